@@ -1,0 +1,188 @@
+"""Agreement metrics: two saliency maps of the same (image, class) pair from two models.
+
+``a`` is the reference (teacher) map, ``b`` the compared (student) map; both ``P x H x W``.
+Every function returns one value per pair on the CPU (see :mod:`.localization` for the shared
+conventions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from .localization import _argmax_rc, _check_maps, _row_chunks
+
+__all__ = [
+    "spearman",
+    "cosine",
+    "topk_sets",
+    "topk_intersection",
+    "topk_iou",
+    "argmax_agreement",
+    "center_of_mass_shift",
+]
+
+
+def _check_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _check_maps(a), _check_maps(b)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return a.detach(), b.detach().to(a.device)
+
+
+def spearman(a, b) -> torch.Tensor:
+    """Spearman rank correlation of the flattened maps (Adebayo et al., "Sanity Checks for
+    Saliency Maps", NeurIPS 2018): Pearson correlation of the average ranks (ties share their
+    mean rank), equal to ``scipy.stats.spearmanr`` per row.  NaN if either map is constant.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    n = a.shape[0]
+    xa = a.reshape(n, -1).to("cpu", torch.float64).numpy()
+    xb = b.reshape(n, -1).to("cpu", torch.float64).numpy()
+    out = np.full(n, np.nan, dtype=np.float64)
+    if xa.shape[1] < 2:
+        return torch.from_numpy(out)
+    for sl in _row_chunks(n, 2 * xa.shape[1]):
+        ra = rankdata(xa[sl], method="average", axis=1)
+        rb = rankdata(xb[sl], method="average", axis=1)
+        ra -= ra.mean(axis=1, keepdims=True)
+        rb -= rb.mean(axis=1, keepdims=True)
+        num = (ra * rb).sum(axis=1)
+        den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = num / den
+        rho[den == 0] = np.nan
+        out[sl] = np.clip(rho, -1.0, 1.0)
+    return torch.from_numpy(out)
+
+
+def cosine(a, b, eps: float = 1e-12) -> torch.Tensor:
+    """Cosine similarity of the flattened maps, ``<a, b> / max(|a| |b|, eps)`` in float64
+    (the quantity the matching loss optimises).  0 when either map is all zero.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    n = a.shape[0]
+    xa = a.reshape(n, -1).to(torch.float64)
+    xb = b.reshape(n, -1).to(torch.float64)
+    num = (xa * xb).sum(dim=1)
+    den = (xa.norm(dim=1) * xb.norm(dim=1)).clamp(min=eps)
+    return (num / den).cpu()
+
+
+def _topk_count(n_pixels: int, frac: float) -> int:
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"frac must be in (0, 1], got {frac}")
+    # round() guards against float noise such as 0.07 * 100 = 7.000000000000001
+    return min(n_pixels, max(1, math.ceil(round(frac * n_pixels, 9))))
+
+
+def _topk_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    # Deterministic ties: everything above the k-th largest value, then the pixels equal to it
+    # in row-major order until k are taken (torch.topk's choice among ties is unspecified and
+    # differs between devices).
+    kth = torch.topk(flat, k, dim=1).values[:, -1:]
+    above = flat > kth
+    tied = flat == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    mask = above | (tied & (torch.cumsum(tied, dim=1) <= need))
+    return mask.reshape(x.shape)
+
+
+def topk_sets(a, b, frac: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool masks ``P x H x W`` of the top-k pixels of ``a`` and of ``b``,
+    ``k = ceil(frac * H * W)`` (at least 1).  Ties at the k-th value are broken towards the lower
+    row-major index, so the result is deterministic on every device.
+    """
+    a, b = _check_pair(a, b)
+    k = _topk_count(a.shape[1] * a.shape[2], frac)
+    return _topk_mask(a, k), _topk_mask(b, k)
+
+
+def topk_intersection(a, b, frac: float = 0.1) -> torch.Tensor:
+    """Top-k intersection (Ghorbani et al., "Interpretation of Neural Networks is Fragile",
+    AAAI 2019): fraction of ``a``'s top-k pixels that are also among ``b``'s top-k,
+    ``|A ∩ B| / k`` with ``k = ceil(frac * H * W)``; ties as in :func:`topk_sets`.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    set_a, set_b = topk_sets(a, b, frac)
+    n = set_a.shape[0]
+    inter = (set_a & set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
+    k = set_a.reshape(n, -1).sum(dim=1).to(torch.float64)
+    return (inter / k).cpu()
+
+
+def topk_iou(a, b, frac: float = 0.1) -> torch.Tensor:
+    """Intersection over union ``|A ∩ B| / |A ∪ B|`` of the two top-k pixel sets
+    (``k = ceil(frac * H * W)``; ties as in :func:`topk_sets`).
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    set_a, set_b = topk_sets(a, b, frac)
+    n = set_a.shape[0]
+    inter = (set_a & set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
+    union = (set_a | set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
+    return (inter / union).cpu()
+
+
+def argmax_agreement(a, b, tolerance: float = 0.0) -> torch.Tensor:
+    """Whether the two maps peak at the same place: Euclidean distance (pixels) between their
+    first argmax pixels (``torch.argmax`` on the row-major flattened map) is ``<= tolerance``;
+    ``tolerance=0`` requires the identical pixel.
+
+    Returns
+    -------
+    bool tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    d = (_argmax_rc(a) - _argmax_rc(b)).to(torch.float64)
+    dist = torch.sqrt((d * d).sum(dim=1))
+    return (dist <= float(tolerance)).cpu()
+
+
+def _center_of_mass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) centre of mass of ``relu(x)`` per map, float64 ``P x 2``, and the mass."""
+    n, h, w = x.shape
+    wgt = x.to(torch.float64).clamp(min=0)
+    mass = wgt.reshape(n, -1).sum(dim=1)
+    rows = torch.arange(h, dtype=torch.float64, device=x.device)
+    cols = torch.arange(w, dtype=torch.float64, device=x.device)
+    r = (wgt.sum(dim=2) * rows).sum(dim=1) / mass
+    c = (wgt.sum(dim=1) * cols).sum(dim=1) / mass
+    return torch.stack((r, c), dim=1), mass
+
+
+def center_of_mass_shift(a, b) -> torch.Tensor:
+    """Distance in pixels between the centres of mass of the positive parts of the two maps
+    (pixel (row, col) coordinates weighted by ``relu(map)``).  NaN if either map has no
+    positive mass.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    com_a, mass_a = _center_of_mass(a)
+    com_b, mass_b = _center_of_mass(b)
+    dist = torch.sqrt(((com_a - com_b) ** 2).sum(dim=1))
+    ok = (mass_a > 0) & (mass_b > 0)
+    return torch.where(ok, dist, torch.full_like(dist, float("nan"))).cpu()

@@ -1,0 +1,78 @@
+"""Multi-label prediction quality.
+
+``scores`` / ``probs`` are ``N x K`` (images x classes; logits or probabilities), ``labels`` is
+the ``N x K`` binary ground truth.  Torch tensors and numpy arrays are both accepted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    label_ranking_average_precision_score,
+)
+
+__all__ = ["mean_average_precision", "per_image_average_precision", "sample_f1"]
+
+
+def _to_numpy(x, name: str, dtype=None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.to(torch.float64) if x.is_floating_point() else x
+        x = x.numpy()
+    x = np.asarray(x, dtype=dtype)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be N x K, got shape {x.shape}")
+    return x
+
+
+def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = _to_numpy(scores, "scores", np.float64)
+    y = _to_numpy(labels, "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in shape")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be binary (0/1 or bool)")
+    return s, y.astype(np.int64)
+
+
+def mean_average_precision(scores, labels) -> tuple[float, list[float]]:
+    """Standard multi-label mAP: per-class average precision
+    (``sklearn.metrics.average_precision_score`` on column k, i.e. the non-interpolated
+    ``sum_n (R_n - R_{n-1}) P_n``), averaged over the classes with at least one positive.
+
+    Returns
+    -------
+    (mAP, per_class): ``per_class[k]`` is NaN for a class without positives; mAP is NaN when no
+    class has a positive.
+    """
+    s, y = _scores_labels(scores, labels)
+    per_class = []
+    for k in range(y.shape[1]):
+        if y[:, k].sum() == 0:
+            per_class.append(float("nan"))
+        else:
+            per_class.append(float(average_precision_score(y[:, k], s[:, k])))
+    present = [v for v in per_class if not np.isnan(v)]
+    return (float(np.mean(present)) if present else float("nan")), per_class
+
+
+def per_image_average_precision(scores, labels) -> float:
+    """The paper code's variant, *per-image* AP: ranks the classes of each image
+    (``sklearn.metrics.label_ranking_average_precision_score``), mean over images.  Not the
+    standard mAP; name it as such.  (sklearn scores an image with no or all labels as 1.)
+    """
+    s, y = _scores_labels(scores, labels)
+    return float(label_ranking_average_precision_score(y, s))
+
+
+def sample_f1(probs, labels, threshold: float = 0.5) -> float:
+    """Sample-averaged F1 of the predictions ``probs >= threshold``
+    (``sklearn.metrics.f1_score(average="samples", zero_division=0)``).
+    Pass probabilities (threshold 0.5) or logits with ``threshold=0``.
+    """
+    p, y = _scores_labels(probs, labels)
+    pred = (p >= threshold).astype(np.int64)
+    return float(f1_score(y, pred, average="samples", zero_division=0))

@@ -1,0 +1,154 @@
+"""Attribution-matching losses: WCAM (the paper's method) and activation attention transfer (AT).
+
+Each loss compares one map per sample (or per (image, class) pair) of a frozen teacher with the
+student's, after L2-normalising each flattened map: mean over batch and pixels of
+``(M_T/||M_T|| - M_S/||M_S||)^2``, i.e. ``(2 - 2 cos) / (H W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
+from ..models.layers import LayerTap
+
+EPS = 1e-12
+
+
+def normalized_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of per-map L2-normalised maps; finite for all-zero maps."""
+    if student_maps.shape[-2:] != teacher_maps.shape[-2:]:
+        student_maps = F.interpolate(student_maps[:, None], size=teacher_maps.shape[-2:],
+                                     mode="bilinear", align_corners=False)[:, 0]
+    t, s = teacher_maps.flatten(1), student_maps.flatten(1)
+    # sqrt(sum + eps), not norm().clamp: the norm's gradient at an all-zero map is 0/0.
+    t = t * torch.rsqrt((t * t).sum(1, keepdim=True) + EPS)
+    s = s * torch.rsqrt((s * s).sum(1, keepdim=True) + EPS)
+    return ((t - s) ** 2).mean()
+
+
+def drop_mask(channels: int, fraction: float, generator: torch.Generator | None = None,
+              device=None) -> torch.Tensor:
+    """1/0 mask over ``channels`` with exactly ``round(fraction * channels)`` zeros, at random."""
+    keep = torch.ones(channels, device=device)
+    n_drop = int(round(fraction * channels))
+    if n_drop:
+        keep[torch.randperm(channels, generator=generator)[:n_drop].to(keep.device)] = 0
+    return keep
+
+
+class MatchingLoss(nn.Module):
+    """Base: ``forward(teacher_tap, teacher_out, student_tap, student_out, classes)``.
+
+    ``needs_pairs`` says whether the taps must carry per-(image, class) rows; ``target`` picks the
+    classes: ``"top1"`` (the teacher's top logit per image, as in the paper's code) or
+    ``"labels"`` (every ground-truth positive label).
+    """
+
+    needs_pairs = False
+    target = "top1"
+
+
+class AttentionTransfer(MatchingLoss):
+    """Activation-based attention transfer (Zagoruyko & Komodakis 2017): ``M = mean_k A_k^2``."""
+
+    def forward(self, t_tap: LayerTap, t_out, s_tap: LayerTap, s_out, classes=None):
+        t_map = t_tap.activation.detach().pow(2).mean(1)
+        s_map = s_tap.activation.pow(2).mean(1)
+        return normalized_distance(t_map, s_map)
+
+
+class WCAM(MatchingLoss):
+    """Weighted collapsed attribution matching (Park et al., NeurIPS 2020).
+
+    The teacher map is a constant; the student map stays differentiable through its channel
+    weights (``create_graph=True``), and only the layers after the matched activation are
+    differentiated twice. ``drop`` zeroes that fraction of the teacher's channels (one random set
+    per step, the student is never dropped) before the teacher map is formed.
+    """
+
+    needs_pairs = True
+
+    def __init__(self, drop: float = 0.3, target: str = "top1", generator=None):
+        super().__init__()
+        if not 0 <= drop < 1:
+            raise ValueError(f"drop must be in [0, 1), got {drop}")
+        if target not in ("top1", "labels"):
+            raise ValueError(f"target must be 'top1' or 'labels', got {target!r}")
+        self.drop, self.target, self.generator = drop, target, generator
+
+    def teacher_maps(self, tap: LayerTap, out: torch.Tensor, classes: torch.Tensor):
+        rows = tap.pair_rows(out.device)
+        (grads,) = torch.autograd.grad(out[rows, classes].sum(), tap.pair_activation)
+        act = tap.pair_activation.detach()
+        if self.training and self.drop > 0:
+            keep = drop_mask(act.shape[1], self.drop, self.generator, act.device)
+            act = act * keep[None, :, None, None]
+        return weighted_map(act, grads)
+
+    def forward(self, t_tap, t_out, s_tap, s_out, classes):
+        if len(classes) == 0:
+            return s_out.sum() * 0.0
+        t_map = self.teacher_maps(t_tap, t_out, classes)
+        s_map = pair_gradcam(s_tap, s_out, classes, create_graph=True)
+        return normalized_distance(t_map, s_map)
+
+
+class AttributionMatcher:
+    """Runs a frozen teacher and a student on a batch and returns the matching loss.
+
+    The drop-in piece for an existing training loop::
+
+        matcher = AttributionMatcher(teacher, student, WCAM(drop=0.3))
+        s_logits, t_logits, match = matcher(images, labels)
+        loss = task_or_kd_loss(s_logits, t_logits, labels) + lam * match
+
+    The teacher is put in eval mode on every call (its BatchNorm statistics never drift) and its
+    parameters get no gradient. ``loss=None`` gives plain outputs and a zero matching term.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, loss: MatchingLoss | None,
+                 teacher_layer: str | None = None, student_layer: str | None = None):
+        self.teacher, self.student, self.loss = teacher, student, loss
+        self.teacher_layer, self.student_layer = teacher_layer, student_layer
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.teacher.eval()
+        if self.loss is None:
+            with torch.no_grad():
+                t_out = self.teacher(images)
+            s_out = self.student(images)
+            return s_out, t_out, s_out.new_zeros(())
+        index = classes = None
+        if self.loss.needs_pairs and self.loss.target == "labels":
+            if labels is None:
+                raise ValueError("target='labels' needs the batch's labels")
+            index, classes = labels.nonzero(as_tuple=True)
+        grad_mode = torch.enable_grad() if self.loss.needs_pairs else torch.no_grad()
+        with grad_mode, frozen(self.teacher), LayerTap(
+                self.teacher, self.teacher_layer, detach=self.loss.needs_pairs, index=index) as tt:
+            t_out = self.teacher(images)
+        batch = len(images)
+        if classes is None:
+            classes = t_out[:batch].detach().argmax(1)
+        with LayerTap(self.student, self.student_layer, index=index) as st:
+            s_out = self.student(images)
+        match = self.loss(tt, t_out, st, s_out, classes)
+        return s_out[:batch], t_out[:batch].detach(), match
+
+
+MATCHERS = {"none": None, "at": AttentionTransfer, "wcam": WCAM}
+
+
+def create_matcher(name: str, **kwargs) -> MatchingLoss | None:
+    """Build a registered matching loss (``None`` for ``"none"``), passing only fitting options."""
+    if name not in MATCHERS:
+        raise ValueError(f"unknown matching {name!r}; known: {', '.join(MATCHERS)}")
+    cls = MATCHERS[name]
+    if cls is None:
+        return None
+    if cls is WCAM:
+        return WCAM(**{k: v for k, v in kwargs.items() if k in ("drop", "target", "generator")})
+    return cls()

@@ -1,0 +1,181 @@
+"""WCAM / AT / Grad-CAM: hand computations, finite differences, the drop contract, captum."""
+
+import pytest
+import torch
+from torch import nn
+
+from attrpreserve.attribution import gradcam, pair_gradcam
+from attrpreserve.compress import DistillStep, multilabel_kd_loss
+from attrpreserve.matching import (WCAM, AttentionTransfer, AttributionMatcher, drop_mask,
+                                   normalized_distance)
+from attrpreserve.models import LayerTap, create_model
+
+
+class Tiny(nn.Module):
+    """conv -> relu (tapped as 'act') -> flatten -> linear -> tanh -> linear."""
+
+    def __init__(self, channels=3, side=4, classes=3, hidden=5):
+        super().__init__()
+        self.conv = nn.Conv2d(2, channels, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(1), nn.Linear(channels * side * side, hidden),
+                                  nn.Tanh(), nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x)))
+
+
+def linear_tiny(classes=3):
+    m = Tiny(classes=classes)
+    m.head = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 16, classes))
+    return m
+
+
+def test_wcam_map_equals_hand_computation():
+    # Linear head: dz_c/dA_k[h,w] = W[c, k, h, w], so alpha_k = sum_hw W[c, k].
+    model, x = linear_tiny(), torch.randn(4, 2, 4, 4)
+    classes = torch.tensor([0, 2, 1, 2])
+    with LayerTap(model, "act", detach=True) as tap:
+        out = model(x)
+    maps = pair_gradcam(tap, out, classes)
+    a = model.act(model.conv(x)).detach()
+    w = model.head[1].weight.detach().view(3, 3, 4, 4)
+    alpha = w[classes].sum(dim=(2, 3))  # B x C
+    hand = torch.relu((alpha[:, :, None, None] * a).sum(1))
+    torch.testing.assert_close(maps, hand, rtol=1e-5, atol=1e-6)
+
+
+def test_pair_expansion_equals_one_pair_at_a_time():
+    model, x = Tiny().eval(), torch.randn(3, 2, 4, 4)
+    img, cls = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 2, 1, 0, 1])
+    maps, logits = gradcam(model, x, img, cls, layer="act")
+    torch.testing.assert_close(logits, model(x))
+    for j in range(len(img)):
+        single, _ = gradcam(model, x[img[j]][None], torch.tensor([0]), cls[j][None], "act")
+        torch.testing.assert_close(maps[j], single[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gradcam_matches_captum():
+    captum = pytest.importorskip("captum.attr")
+    model, x = Tiny().eval(), torch.randn(4, 2, 4, 4)
+    classes = torch.tensor([1, 0, 2, 1])
+    maps, _ = gradcam(model, x, torch.arange(4), classes, layer="act")
+    ref = captum.LayerGradCam(model, model.act).attribute(x, target=classes, relu_attributions=True)[:, 0]
+    # captum averages the gradient over space; WCAM/our Grad-CAM sums it (scale H*W = 16).
+    torch.testing.assert_close(maps, ref * 16, rtol=1e-5, atol=1e-5)
+
+
+def _wcam_loss(student, teacher, x, student_layer="act"):
+    matcher = AttributionMatcher(teacher, student, WCAM(drop=0.0), "act", student_layer)
+    return matcher(x)[2]
+
+
+def test_wcam_gradient_matches_finite_differences():
+    torch.manual_seed(1)
+    teacher = Tiny(channels=4).double().eval()
+    student = Tiny(channels=3).double()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    names = [n for n, _ in student.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in student.parameters())
+
+    assert torch.autograd.gradcheck(lambda *ps: _wcam_loss(_Proxy(student, ps, names), teacher, x,
+                                                                      "student.act"),
+                                    params, eps=1e-6, atol=1e-5)
+    # The head's weights reach the loss only through the channel weights alpha: their gradient
+    # exists only if the second-order path is wired.
+    loss = _wcam_loss(student, teacher, x)
+    g = torch.autograd.grad(loss, student.head[3].weight)[0]
+    assert g.abs().sum() > 0
+
+
+class _Proxy(nn.Module):
+    """Student whose parameters are the given tensors (for gradcheck), same layer names."""
+
+    def __init__(self, student, params, names):
+        super().__init__()
+        self.student, self.params, self.names = student, params, names
+
+    def forward(self, x):
+        return torch.func.functional_call(self.student, dict(zip(self.names, self.params)), (x,))
+
+
+def test_wcam_finite_for_all_zero_map():
+    teacher, student = Tiny().eval(), Tiny()
+    with torch.no_grad():
+        student.conv.weight.zero_()
+        student.conv.bias.fill_(-1.0)  # ReLU output is all zero -> the student's map is zero
+    x = torch.randn(2, 2, 4, 4)
+    loss = _wcam_loss(student, teacher, x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+
+
+def test_drop_mask_zeroes_exact_count():
+    g = torch.Generator().manual_seed(0)
+    for c, p in [(512, 0.3), (10, 0.25), (7, 0.5), (16, 0.0)]:
+        m = drop_mask(c, p, g)
+        assert int((m == 0).sum()) == round(p * c) and set(m.tolist()) <= {0.0, 1.0}
+
+
+def test_drop_touches_teacher_only():
+    teacher, student, x = Tiny(channels=8).eval(), Tiny(channels=3).eval(), torch.randn(4, 2, 4, 4)
+    wcam = WCAM(drop=0.25, generator=torch.Generator().manual_seed(0))
+    loss = AttributionMatcher(teacher, student, wcam, "act", "act")(x)[2]
+    # Hand computation: the same 2 of 8 teacher channels zeroed, the student's map untouched.
+    keep = drop_mask(8, 0.25, torch.Generator().manual_seed(0))
+    assert int((keep == 0).sum()) == 2
+    with LayerTap(teacher, "act", detach=True) as tt:
+        out = teacher(x)
+    cls = out.argmax(1)
+    (grads,) = torch.autograd.grad(out[torch.arange(4), cls].sum(), tt.pair_activation)
+    a = tt.pair_activation.detach()
+    alpha = grads.sum((2, 3), keepdim=True)
+    t_dropped = torch.relu((alpha * a * keep[None, :, None, None]).sum(1))
+    t_full = torch.relu((alpha * a).sum(1))
+    s_maps, _ = gradcam(student, x, torch.arange(4), cls, "act")
+    torch.testing.assert_close(loss, normalized_distance(t_dropped, s_maps))
+    assert not torch.allclose(t_dropped, t_full)
+
+
+def test_teacher_forced_to_eval_and_gets_no_gradient():
+    teacher, student = Tiny().train(), Tiny()
+    teacher.head.insert(1, nn.Dropout(0.5))
+    x = torch.randn(4, 2, 4, 4)
+    step = DistillStep(teacher, WCAM(drop=0.3), lam=10.0, teacher_layer="act", student_layer="act")
+    loss, terms = step(student, x, torch.zeros(4, 3))
+    loss.backward()
+    assert not teacher.training
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+
+
+@pytest.mark.parametrize("target", ["top1", "labels"])
+def test_wcam_zero_when_student_equals_teacher(target):
+    teacher = Tiny().eval()
+    x, y = torch.randn(4, 2, 4, 4), torch.tensor([[1., 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]])
+    matcher = AttributionMatcher(teacher, teacher, WCAM(drop=0.0, target=target), "act", "act")
+    wcam_student = matcher(x, y)[2]
+    assert float(wcam_student.detach()) < 1e-10
+    assert float(AttributionMatcher(teacher, teacher, AttentionTransfer(), "act", "act")(x)[2]) < 1e-10
+
+
+def test_kd_loss_matches_hand_binary_kl():
+    s, t, y = torch.randn(5, 3), torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
+    T, a = 4.0, 0.9
+    pt, ps = torch.sigmoid(t / T), torch.sigmoid(s / T)
+    kl = (pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))).mean()
+    bce = torch.nn.functional.binary_cross_entropy(torch.sigmoid(s), y)
+    torch.testing.assert_close(multilabel_kd_loss(s, t, y, T, a), a * T * T * kl + (1 - a) * bce)
+
+
+def test_vgg_default_layer_and_student_width():
+    t = create_model("vgg", num_classes=8, width=16)
+    s = create_model("vgg", num_classes=8, width=16, width_divisor=4)
+    x = torch.randn(2, 3, 64, 64)
+    with LayerTap(t, detach=True) as tt, torch.enable_grad():
+        t(x)
+    assert tt.activation.shape == (2, 128, 8, 8)
+    with LayerTap(s) as st:
+        s(x)
+    assert st.activation.shape == (2, 32, 8, 8)

@@ -1,0 +1,396 @@
+"""Metrics against independent references (sklearn, scipy, numpy) and hand-built cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    label_ranking_average_precision_score,
+    roc_auc_score,
+)
+from torch import nn
+from torch.nn.utils import prune
+
+from attrpreserve.evaluate import (
+    argmax_agreement,
+    center_of_mass_shift,
+    center_point_maps,
+    cosine,
+    count_macs,
+    count_nonzero_params,
+    count_params,
+    energy_pointing_game,
+    file_bytes,
+    latency_ms,
+    mean_average_precision,
+    per_class_mean,
+    per_image_average_precision,
+    pointing_hits,
+    pointing_hits_tolerance,
+    roc_auc,
+    sample_f1,
+    spearman,
+    topk_intersection,
+    topk_iou,
+    topk_sets,
+)
+
+
+def _random_masks(gen, p, h, w):
+    masks = torch.rand(p, h, w, generator=gen) < 0.3
+    masks[:, 0, 0] = True  # never degenerate
+    masks[:, -1, -1] = False
+    return masks
+
+
+# --------------------------------------------------------------------------- ROC-AUC
+def _sklearn_auc(maps, masks, valid=None):
+    out = []
+    for i in range(maps.shape[0]):
+        keep = np.ones(maps[i].numel(), bool) if valid is None else valid[i].reshape(-1).numpy()
+        y = masks[i].reshape(-1).numpy()[keep]
+        s = maps[i].reshape(-1).double().numpy()[keep]
+        out.append(roc_auc_score(y, s))
+    return np.array(out)
+
+
+def test_roc_auc_matches_sklearn_random():
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn(6, 12, 10, generator=gen)
+    masks = _random_masks(gen, 6, 12, 10)
+    got = roc_auc(maps, masks)
+    assert got.dtype == torch.float64 and got.shape == (6,)
+    np.testing.assert_allclose(got.numpy(), _sklearn_auc(maps, masks), atol=1e-6)
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.round(torch.rand(5, 16, 16, generator=gen) * 3)  # 4 levels: many ties
+    masks = _random_masks(gen, 5, 16, 16)
+    maps[0] = 2.0  # constant map -> 0.5
+    got = roc_auc(maps, masks)
+    np.testing.assert_allclose(got.numpy(), _sklearn_auc(maps, masks), atol=1e-6)
+    assert got[0].item() == pytest.approx(0.5)
+    # min-max normalisation does not change AUC
+    lo = maps.amin(dim=(1, 2), keepdim=True)
+    hi = maps.amax(dim=(1, 2), keepdim=True)
+    norm = (maps - lo) / (hi - lo).clamp(min=1e-12)
+    np.testing.assert_allclose(roc_auc(norm, masks).numpy(), got.numpy(), atol=1e-12)
+
+
+def test_roc_auc_with_void_pixels():
+    gen = torch.Generator().manual_seed(2)
+    maps = torch.round(torch.randn(5, 10, 9, generator=gen) * 2)
+    masks = _random_masks(gen, 5, 10, 9)
+    valid = torch.rand(5, 10, 9, generator=gen) > 0.2
+    valid[:, 0, 0] = True
+    valid[:, -1, -1] = True
+    valid[3] = True  # a row without void, ranked with the vectorised path
+    # a void pixel with an extreme score must not matter
+    maps[0][~valid[0]] = 100.0
+    got = roc_auc(maps, masks, valid)
+    np.testing.assert_allclose(got.numpy(), _sklearn_auc(maps, masks, valid), atol=1e-6)
+    assert not np.allclose(got[0].item(), _sklearn_auc(maps[:1], masks[:1])[0])
+
+
+def test_roc_auc_nan_for_degenerate_masks():
+    maps = torch.randn(4, 5, 5, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(4, 5, 5, dtype=torch.bool)
+    masks[1] = True  # all positive
+    masks[2, :2] = True  # fine
+    masks[3, :2] = True
+    valid = torch.ones(4, 5, 5, dtype=torch.bool)
+    valid[3, 2:] = False  # only object pixels are valid -> degenerate
+    got = roc_auc(maps, masks, valid)
+    assert math.isnan(got[0]) and math.isnan(got[1]) and math.isnan(got[3])
+    assert not math.isnan(got[2])
+
+
+# --------------------------------------------------------------------------- pointing game
+def test_pointing_hits_hand_cases():
+    maps = torch.zeros(4, 4, 5)
+    masks = torch.zeros(4, 4, 5, dtype=torch.bool)
+    masks[:, 1:3, 1:3] = True
+    maps[0, 2, 2] = 1.0  # hit
+    maps[1, 0, 4] = 1.0  # miss
+    maps[2, 0, 0] = 1.0  # tie: first argmax (0, 0) is outside -> miss
+    maps[2, 1, 1] = 1.0
+    maps[3, 1, 1] = 1.0  # tie the other way round: first argmax (1, 1) -> hit
+    maps[3, 3, 4] = 1.0
+    assert pointing_hits(maps, masks).tolist() == [True, False, False, True]
+
+
+def test_pointing_hits_skips_void_max():
+    maps = torch.zeros(2, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, 2, 2] = True
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    maps[:, 0, 0] = 5.0  # global max, but void
+    valid[:, 0, 0] = False
+    maps[0, 2, 2] = 3.0  # best valid pixel is in the object
+    maps[1, 3, 3] = 3.0  # best valid pixel is background
+    assert pointing_hits(maps, masks).tolist() == [False, False]
+    assert pointing_hits(maps, masks, valid).tolist() == [True, False]
+    # a pair with no valid pixel is a miss
+    assert not pointing_hits(maps[:1], masks[:1], torch.zeros(1, 4, 4, dtype=torch.bool))[0]
+
+
+def test_pointing_tolerance_known_distances():
+    h, w = 40, 40
+    masks = torch.zeros(5, h, w, dtype=torch.bool)
+    masks[:, 5, 5] = True
+    peaks = [(5, 19), (5, 20), (5, 21), (14, 17), (5, 5)]  # distances 14, 15, 16, 15 (9-12-15), 0
+    maps = torch.zeros(5, h, w)
+    for i, (r, c) in enumerate(peaks):
+        maps[i, r, c] = 1.0
+    # TorchRay: accept = d**2 < tolerance**2 (strict)
+    assert pointing_hits_tolerance(maps, masks).tolist() == [True, False, False, False, True]
+    assert pointing_hits_tolerance(maps, masks, inclusive=True).tolist() == [
+        True, True, False, True, True,
+    ]
+    assert pointing_hits_tolerance(maps, masks, tolerance=16.5).tolist() == [True] * 5
+    # void pixels are not object pixels
+    valid = torch.ones_like(masks)
+    valid[:, 5, 5] = False
+    assert not pointing_hits_tolerance(maps, masks, valid=valid).any()
+
+
+def _torchray_evaluate(mask, point, tolerance=15):
+    """TorchRay's PointingGame.evaluate, transcribed; point = (u, v) = (col, row)."""
+    v, u = torch.meshgrid(
+        (torch.arange(mask.shape[0], dtype=torch.float32) - point[1]) ** 2,
+        (torch.arange(mask.shape[1], dtype=torch.float32) - point[0]) ** 2,
+        indexing="ij",
+    )
+    accept = (v + u) < tolerance**2
+    return bool((mask & accept).view(-1).any())
+
+
+def test_pointing_tolerance_matches_torchray():
+    gen = torch.Generator().manual_seed(4)
+    p, h, w = 40, 48, 56
+    maps = torch.rand(p, h, w, generator=gen)
+    masks = torch.zeros(p, h, w, dtype=torch.bool)
+    for i in range(p):  # random boxes, some far from the peak
+        r0, c0 = torch.randint(0, h - 6, (2,), generator=gen).tolist()
+        c0 = c0 % (w - 6)
+        masks[i, r0 : r0 + 5, c0 : c0 + 5] = True
+    got = pointing_hits_tolerance(maps, masks)
+    ref = []
+    for i in range(p):
+        idx = int(torch.argmax(maps[i]))
+        ref.append(_torchray_evaluate(masks[i], (idx % w, idx // w)))
+    assert got.tolist() == ref
+    assert 0 < sum(ref) < p
+
+
+def test_per_class_mean_and_center_baseline():
+    values = torch.tensor([1.0, 0.0, 1.0, 1.0, float("nan")])
+    classes = torch.tensor([0, 0, 3, 3, 5])
+    assert per_class_mean(values, classes) == pytest.approx((0.5 + 1.0) / 2)
+    assert per_class_mean(torch.tensor([True, False, True]), [2, 2, 7]) == pytest.approx(0.75)
+    for h, w in [(7, 9), (8, 6)]:
+        maps = center_point_maps(3, h, w)
+        assert maps.shape == (3, h, w)
+        assert torch.argmax(maps[1]).item() == (h // 2) * w + w // 2
+        assert (maps == maps.amax()).sum() == 3  # unique peak per map
+
+
+def test_energy_pointing_game_hand_case():
+    maps = torch.tensor(
+        [
+            [[1.0, 3.0], [-4.0, 0.0]],  # inside 3 of positive 4
+            [[-1.0, 0.0], [-2.0, 0.0]],  # no positive value
+            [[2.0, 2.0], [2.0, 2.0]],
+        ]
+    )
+    masks = torch.tensor([[[False, True], [True, False]]] * 3)
+    valid = torch.ones_like(masks)
+    valid[2, 0, 0] = False  # drops 2 from the total: 4 / 6 instead of 4 / 8
+    got = energy_pointing_game(maps, masks, valid)
+    assert got[0].item() == pytest.approx(0.75)
+    assert math.isnan(got[1].item())
+    assert got[2].item() == pytest.approx(4 / 6)
+    assert energy_pointing_game(maps, masks)[2].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- agreement
+def test_spearman_matches_scipy():
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(5, 8, 7, generator=gen)
+    b = a + 0.7 * torch.randn(5, 8, 7, generator=gen)
+    a[1] = torch.round(a[1])  # ties
+    b[2] = torch.round(b[2] * 2)
+    a[4] = 1.0  # constant -> NaN
+    got = spearman(a, b)
+    for i in range(4):
+        ref = spearmanr(a[i].reshape(-1).numpy(), b[i].reshape(-1).numpy()).statistic
+        assert got[i].item() == pytest.approx(ref, abs=1e-10)
+    assert math.isnan(got[4].item())
+
+
+def test_cosine_matches_numpy():
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(3, 6, 5, generator=gen)
+    b = torch.randn(3, 6, 5, generator=gen)
+    b[2] = 0.0
+    got = cosine(a, b)
+    for i in range(2):
+        x, y = a[i].reshape(-1).double().numpy(), b[i].reshape(-1).double().numpy()
+        ref = x @ y / np.linalg.norm(x) / np.linalg.norm(y)
+        assert got[i].item() == pytest.approx(ref, abs=1e-12)
+    assert got[2].item() == 0.0
+    assert cosine(a, 3 * a).numpy() == pytest.approx(np.ones(3))
+
+
+def test_topk_hand_case():
+    # 2 x 5 = 10 pixels, frac 0.3 -> k = 3
+    a = torch.tensor([[[9.0, 8.0, 7.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]])
+    b = torch.tensor([[[9.0, 0.0, 7.0, 0.0, 0.0], [0.0, 0.0, 8.0, 0.0, 0.0]]])
+    set_a, set_b = topk_sets(a, b, frac=0.3)
+    assert set_a.sum() == 3 and set_b.sum() == 3
+    assert set_a[0, 0, :3].all() and set_b[0, 1, 2] and not set_b[0, 0, 1]
+    assert topk_intersection(a, b, 0.3).item() == pytest.approx(2 / 3)
+    assert topk_iou(a, b, 0.3).item() == pytest.approx(2 / 4)
+    assert topk_iou(a, a, 0.3).item() == 1.0
+    # k = ceil(frac * H * W), ties go to the lower row-major index
+    tied = torch.zeros(1, 2, 5)
+    s, _ = topk_sets(tied, tied, frac=0.15)  # ceil(1.5) = 2
+    assert s.reshape(-1).nonzero().reshape(-1).tolist() == [0, 1]
+    s, _ = topk_sets(tied, tied, frac=0.7)  # 0.7 * 10 is 7.000000000000001 in floats
+    assert s.sum() == 7
+    # partial ties on quantised maps: same sets as a stable descending sort (numpy reference)
+    gen = torch.Generator().manual_seed(9)
+    q = torch.round(torch.rand(4, 6, 7, generator=gen) * 4)
+    s, _ = topk_sets(q, q, frac=0.2)  # k = ceil(8.4) = 9
+    for i in range(4):
+        order = np.argsort(-q[i].reshape(-1).numpy(), kind="stable")[:9]
+        assert sorted(s[i].reshape(-1).nonzero().reshape(-1).tolist()) == sorted(order.tolist())
+
+
+def test_argmax_agreement_and_center_of_mass_hand_cases():
+    a = torch.zeros(3, 10, 10)
+    b = torch.zeros(3, 10, 10)
+    a[0, 2, 3] = 1.0
+    b[0, 2, 3] = 5.0  # same pixel
+    a[1, 0, 0] = 1.0
+    b[1, 3, 4] = 1.0  # 5 px away
+    a[2, 1, 1] = 1.0
+    b[2, 1, 2] = 1.0  # 1 px away
+    assert argmax_agreement(a, b).tolist() == [True, False, False]
+    assert argmax_agreement(a, b, tolerance=1.0).tolist() == [True, False, True]
+    assert argmax_agreement(a, b, tolerance=5.0).tolist() == [True, True, True]
+
+    c = torch.zeros(3, 10, 10)
+    d = torch.zeros(3, 10, 10)
+    c[0, 0, 0] = c[0, 0, 2] = 1.0  # centre (0, 1)
+    c[0, 5, 5] = -7.0  # negative part ignored
+    d[0, 3, 5] = 2.0  # centre (3, 5): distance 5
+    c[1, 4, 4] = 1.0
+    d[1, 4, 4] = 3.0
+    d[1, 4, 6] = 1.0  # centre (4, 4.5)
+    c[2] = -1.0  # no positive mass
+    d[2, 0, 0] = 1.0
+    got = center_of_mass_shift(c, d)
+    assert got[0].item() == pytest.approx(5.0)
+    assert got[1].item() == pytest.approx(0.5)
+    assert math.isnan(got[2].item())
+
+
+# --------------------------------------------------------------------------- task
+def test_map_hand_case_and_sklearn():
+    scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.7, 0.2, 0.1], [0.6, 0.4, 0.0]])
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    m, per_class = mean_average_precision(scores, labels)
+    # class 0: positives ranked 1 and 3 -> (1/1 + 2/3) / 2; class 1: ranks 1 and 3 as well
+    assert per_class[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert per_class[1] == pytest.approx((1 + 2 / 3) / 2)
+    assert math.isnan(per_class[2])
+    assert m == pytest.approx((1 + 2 / 3) / 2)
+
+    rng = np.random.default_rng(7)
+    s = rng.random((30, 5))
+    y = (rng.random((30, 5)) < 0.4).astype(int)
+    m, per_class = mean_average_precision(s, y)
+    ref = [average_precision_score(y[:, k], s[:, k]) for k in range(5)]
+    np.testing.assert_allclose(per_class, ref)
+    assert m == pytest.approx(np.mean(ref))
+    assert per_image_average_precision(torch.from_numpy(s), y) == pytest.approx(
+        label_ranking_average_precision_score(y, s)
+    )
+
+
+def test_sample_f1_matches_sklearn():
+    rng = np.random.default_rng(8)
+    probs = rng.random((25, 4))
+    labels = (rng.random((25, 4)) < 0.3).astype(int)
+    labels[0] = 0  # an image without labels
+    probs[0] = 0.1  # and no predictions
+    ref = f1_score(labels, (probs >= 0.5).astype(int), average="samples", zero_division=0)
+    got = sample_f1(torch.from_numpy(probs).float(), torch.from_numpy(labels))
+    assert got == pytest.approx(ref)
+    assert sample_f1(np.array([[0.5, 0.4]]), np.array([[1, 1]])) == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------------------------- cost
+def _tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    )
+
+
+def test_count_macs_hand_count():
+    model = _tiny_model().train()
+    # conv1: 4*8*8 outputs x 3*3*3; conv2 (8x8 -> 4x4, groups 2): 6*4*4 outputs x 2*3*3; fc: 6*5
+    expected = 4 * 8 * 8 * 27 + 6 * 4 * 4 * 18 + 6 * 5
+    assert count_macs(model, (1, 3, 8, 8)) == expected
+    assert count_macs(model, (2, 3, 8, 8)) == expected  # per image
+    assert model.training  # mode restored
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_count_macs_removes_hooks_on_error():
+    model = _tiny_model()
+    with pytest.raises(RuntimeError):
+        count_macs(model, (1, 5, 8, 8))  # wrong channel count
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_param_counts():
+    model = _tiny_model()
+    # conv1 3*4*9 + 4, bn 4 + 4, conv2 6*2*9, fc 6*5 + 5
+    total = 112 + 8 + 108 + 35
+    assert count_params(model) == total
+    with torch.no_grad():
+        model[0].weight[0] = 0.0  # 27 zeros
+        model[6].bias.zero_()  # 5 zeros
+    # BatchNorm's bias is initialised to zero: 4 more zeros
+    assert count_nonzero_params(model) == total - 27 - 5 - 4
+    prune.l1_unstructured(model[6], "weight", amount=10)
+    assert count_params(model) == total
+    assert count_nonzero_params(model) == total - 27 - 5 - 4 - 10
+
+
+def test_latency_and_file_bytes(tmp_path):
+    model = _tiny_model()
+    ms = latency_ms(model, (1, 3, 16, 16), warmup=1, repeats=3)
+    assert math.isfinite(ms) and ms > 0
+    assert model.training
+    (tmp_path / "a.bin").write_bytes(b"x" * 100)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 23)
+    assert file_bytes(tmp_path / "a.bin") == 100
+    assert file_bytes(tmp_path) == 123
+    with pytest.raises(FileNotFoundError):
+        file_bytes(tmp_path / "missing")
