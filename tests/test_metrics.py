@@ -245,6 +245,7 @@ def test_cosine_matches_numpy():
         assert got[i].item() == pytest.approx(ref, abs=1e-12)
     assert got[2].item() == 0.0
     assert cosine(a, 3 * a).numpy() == pytest.approx(np.ones(3))
+    assert torch.isnan(cosine(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)))[0]
 
 
 def test_topk_hand_case():

@@ -101,7 +101,7 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(images)
             count += len(images)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         row = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()},
                "seconds": time.perf_counter() - t0}
         if val is not None:

@@ -67,7 +67,8 @@ def spearman(a, b) -> torch.Tensor:
 
 def cosine(a, b, eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarity of the flattened maps, ``<a, b> / max(|a| |b|, eps)`` in float64
-    (the quantity the matching loss optimises).  0 when either map is all zero.
+    (the quantity the matching loss optimises).  0 when exactly one map is all zero; NaN when
+    both are (nothing to compare: two empty maps neither agree nor disagree).
 
     Returns
     -------
@@ -78,8 +79,10 @@ def cosine(a, b, eps: float = 1e-12) -> torch.Tensor:
     xa = a.reshape(n, -1).to(torch.float64)
     xb = b.reshape(n, -1).to(torch.float64)
     num = (xa * xb).sum(dim=1)
-    den = (xa.norm(dim=1) * xb.norm(dim=1)).clamp(min=eps)
-    return (num / den).cpu()
+    na, nb = xa.norm(dim=1), xb.norm(dim=1)
+    out = num / (na * nb).clamp(min=eps)
+    out[(na == 0) & (nb == 0)] = float("nan")
+    return out.cpu()
 
 
 def _topk_count(n_pixels: int, frac: float) -> int:

@@ -1,0 +1,208 @@
+"""Command line: ``attrpreserve demo|train|compress|evaluate``; flags override a YAML ``--config``.
+
+No logic lives here: each command parses its flags into the pipeline's config objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import pipeline
+from .engine import TrainConfig
+
+MATCHINGS = ("none", "at", "wcam")
+
+
+def _data_args(p: argparse.ArgumentParser, default: str | None = "scenes") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default,
+                   help="'scenes' (built-in synthetic scenes) or 'masks:PATH' (image+mask folder)"
+                        + ("" if default else "; default: the teacher's data"))
+    g.add_argument("--size", type=int, default=64, help="input size in px (default 64)")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
+    g.add_argument("--n-train", type=int, help="use only the first N training images")
+    g.add_argument("--n-val", type=int, help="use only the first N validation images")
+    g.add_argument("--n-test", type=int, help="use only the first N test images")
+    g.add_argument("--batch-size", type=int, default=64)
+
+
+def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("optimisation (SGD with momentum)")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attrpreserve",
+        description="Compress vision models without breaking their explanations, and prove it.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="teacher + naive/AT/WCAM distillation on built-in scenes",
+                       description="Train a teacher on the built-in scenes, distil it three ways "
+                       "(naive, AT, WCAM), evaluate all four on held-out data, write "
+                       "OUT/results.json and print a table.")
+    p.add_argument("--quick", action="store_true", help="the few-minute CPU setting")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser("train", help="train a teacher", description="Train a teacher classifier "
+                       "(multi-label, BCE), keep the epoch with the best validation mAP.")
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    _data_args(p)
+    p.add_argument("--model", default="vgg", help="registered model name (vgg, vgg16)")
+    p.add_argument("--width", type=int, default=16, help="base width of the small VGG")
+    p.add_argument("--dropout", type=float, default=0.3)
+    _train_args(p, epochs=15, lr=0.05)
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+
+    p = sub.add_parser("compress", help="compress a teacher, optionally matching attributions",
+                       description="Distil a teacher checkpoint into a narrower student with "
+                       "optional attribution matching (none, AT, WCAM).")
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    p.add_argument("--method", default="kd", choices=("kd",), help="compression recipe")
+    p.add_argument("--width-divisor", type=float, default=4.0,
+                   help="student widths = teacher widths / R (default 4)")
+    p.add_argument("--matching", default="wcam", choices=MATCHINGS)
+    p.add_argument("--drop", type=float, default=0.3,
+                   help="WCAM: fraction of teacher channels dropped per step (default 0.3)")
+    p.add_argument("--lambda", dest="lam", type=float, default=100.0,
+                   help="weight of the matching loss (default 100, the paper's)")
+    p.add_argument("--target", choices=("top1", "labels"), default="top1",
+                   help="WCAM classes: teacher's top-1 (paper) or every positive label")
+    p.add_argument("--layer", help="matched layer name (default: last conv block's output)")
+    p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
+    p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
+    _data_args(p, default=None)
+    _train_args(p, epochs=15, lr=0.05)
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+
+    p = sub.add_parser("evaluate", help="score checkpoints: task, localisation, agreement, cost",
+                       description="Evaluate one or more checkpoints on a split; agreement is "
+                       "measured against --teacher.")
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    p.add_argument("--model", action="append", required=True,
+                   help="checkpoint folder (repeatable)")
+    p.add_argument("--teacher", help="reference checkpoint folder for agreement metrics")
+    _data_args(p, default=None)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--out", required=True, help="results JSON file to write")
+    return parser
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, tok in enumerate(argv):
+        if tok == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith("--config="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; keys of a ``--config`` YAML become defaults that flags still override."""
+    path = _config_path(argv)
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    if not path or not argv or argv[0] not in commands:
+        return parser.parse_args(argv)
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {path} not found")
+    values = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    sub = commands[argv[0]]
+    aliases = {opt.lstrip("-").replace("-", "_"): a for a in sub._actions  # noqa: SLF001
+               for opt in a.option_strings if opt.startswith("--")}
+    aliases.pop("config", None)
+    aliases.pop("help", None)
+    for key, value in values.items():
+        action = aliases.get(str(key).replace("-", "_"))
+        if action is None:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), list(aliases), n=1)
+            raise ValueError(f"{path}: unknown key {key!r}"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+        sub.set_defaults(**{action.dest: value})
+        action.required = False  # a required flag given by the config is satisfied
+    return parser.parse_args(argv)
+
+
+def _data(args, explicit_only: bool = False) -> pipeline.DataConfig | None:
+    if explicit_only and args.data is None:
+        return None
+    return pipeline.DataConfig(spec=args.data, size=args.size, seed=args.data_seed,
+                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                               batch_size=args.batch_size)
+
+
+def _train_cfg(args) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                       progress=not args.no_progress, batch_size=args.batch_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        results = pipeline.demo(args.out, quick=args.quick, seed=args.seed,
+                                progress=not args.no_progress)
+        print(pipeline.format_table(results))
+        print(f"wrote {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
+    elif args.command == "train":
+        cfg = pipeline.TeacherConfig(data=_data(args), model=args.model, width=args.width,
+                                     dropout=args.dropout, train=_train_cfg(args))
+        _, meta = pipeline.train_teacher(cfg, args.out)
+        print(f"teacher saved to {args.out} (val mAP {meta['history']['best_val_mAP']:.3f}, "
+              f"epoch {meta['history']['best_epoch']})")
+    elif args.command == "compress":
+        cfg = pipeline.CompressConfig(
+            teacher=args.teacher, method=args.method, width_divisor=args.width_divisor,
+            matching=args.matching, drop=args.drop, lam=args.lam, target=args.target,
+            temperature=args.temperature, alpha=args.alpha, layer=args.layer,
+            data=_data(args, explicit_only=True), train=_train_cfg(args))
+        _, meta = pipeline.compress(cfg, args.out)
+        print(f"compressed model saved to {args.out} "
+              f"(val mAP {meta['history']['best_val_mAP']:.3f})")
+    elif args.command == "evaluate":
+        models = {Path(m).name or m: m for m in args.model}
+        teacher = None
+        if args.teacher:
+            teacher = Path(args.teacher).name + (" (teacher)" if Path(args.teacher).name in models
+                                                 else "")
+            models = {teacher: args.teacher, **models}
+        explainers = tuple(e.strip() for e in args.explainers.split(",") if e.strip())
+        results = pipeline.evaluate(models, teacher, _data(args, explicit_only=True), args.split,
+                                    explainers, seed=args.seed, progress=not args.no_progress)
+        pipeline.write_results(results, args.out)
+        print(pipeline.format_table(results, explainers[0]))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _apply_config(parser, argv)
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"attrpreserve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Demo, train, compress and evaluate as plain functions over config objects (the CLI's engine)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from .compress import DistillStep
+from .data import build_dataset
+from .engine import TrainConfig, fit
+from .evaluate import evaluate_models, model_cost, nan_to_none
+from .matching import create_matcher
+from .models import create_model, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class DataConfig:
+    """Which data and how it is split and batched (``spec``: ``scenes`` or ``masks:PATH``)."""
+
+    spec: str = "scenes"
+    size: int = 64
+    seed: int = 0
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    batch_size: int = 64
+
+    def loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
+        ds = build_dataset(self.spec, split, size=self.size, seed=self.seed, n=n)
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
+
+
+@dataclass
+class TeacherConfig:
+    """Train a teacher from scratch."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "vgg"
+    width: int = 16
+    dropout: float = 0.3
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+
+
+@dataclass
+class CompressConfig:
+    """Compress a teacher checkpoint; ``matching`` adds ``lam`` x attribution matching."""
+
+    teacher: str = ""
+    method: str = "kd"
+    width_divisor: float = 4.0
+    matching: str = "wcam"
+    drop: float = 0.3
+    lam: float = 100.0
+    target: str = "top1"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    layer: str | None = None
+    data: DataConfig | None = None  # default: the teacher's data
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path):
+    """Train a teacher, select it on the val split, save it to ``out``; returns (model, meta)."""
+    torch.manual_seed(cfg.train.seed)
+    train_dl = cfg.data.loader("train", shuffle=True, seed=cfg.train.seed)
+    val_dl = cfg.data.loader("val")
+    classes = train_dl.dataset.classes
+    kwargs = {"num_classes": len(classes), "input_size": cfg.data.size, "dropout": cfg.dropout}
+    if cfg.model == "vgg":
+        kwargs["width"] = cfg.width
+    model = create_model(cfg.model, **kwargs)
+    history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
+    meta = {"role": "teacher", "classes": classes, "config": asdict(cfg),
+            "compression": {"method": "none", "matching": "none"}, "history": history.to_dict()}
+    save_checkpoint(out, model, meta)
+    return model, meta
+
+
+def compress(cfg: CompressConfig, out: str | Path):
+    """Compress the teacher at ``cfg.teacher`` (distillation for now); save to ``out``."""
+    if cfg.method != "kd":
+        raise ValueError(f"unknown compression method {cfg.method!r}; available: kd")
+    teacher, t_meta = load_checkpoint(cfg.teacher)
+    data = cfg.data or DataConfig(**t_meta["config"]["data"])
+    torch.manual_seed(cfg.train.seed)
+    spec = teacher.spec
+    student = create_model(spec["name"], **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
+    step = DistillStep(teacher, matcher, cfg.lam, cfg.temperature, cfg.alpha, cfg.layer, cfg.layer)
+    history = fit(student, data.loader("train", shuffle=True, seed=cfg.train.seed),
+                  data.loader("val"), step, cfg.train, desc=f"kd+{cfg.matching}")
+    settings = {"method": cfg.method, "matching": cfg.matching, "width_divisor": cfg.width_divisor,
+                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target,
+                "temperature": cfg.temperature, "alpha": cfg.alpha}
+    meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
+            "config": {**asdict(cfg), "data": asdict(data)}, "compression": settings,
+            "history": history.to_dict()}
+    save_checkpoint(out, student, meta)
+    return student, meta
+
+
+def evaluate(models: dict[str, str | Path], teacher: str | None, data: DataConfig | None = None,
+             split: str = "test", explainers=("gradcam",), seed: int = 0,
+             progress: bool = True) -> dict:
+    """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
+
+    Returns the results.json document (see docs/design contract).
+    """
+    loaded = {name: load_checkpoint(path) for name, path in models.items()}
+    first_meta = loaded[teacher or next(iter(loaded))][1]
+    data = data or DataConfig(**first_meta["config"]["data"])
+    loader = data.loader(split)
+    nets = {n: m for n, (m, _) in loaded.items()}
+    scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
+                             progress=progress)
+    costs = model_cost(nets, (1, 3, data.size, data.size), checkpoints=models)
+    runs = []
+    for name, (_, meta) in loaded.items():
+        runs.append({"name": name, "role": "teacher" if name == teacher else meta.get("role"),
+                     "checkpoint": str(models[name]), "compression": meta["compression"],
+                     "cost": costs[name], **scores[name],
+                     "training": {"best_epoch": meta["history"]["best_epoch"],
+                                  "best_val_mAP": meta["history"]["best_val_mAP"]}})
+    return nan_to_none({"runs": runs, "dataset": {**asdict(data), "split": split,
+                                                  "images": len(loader.dataset),
+                                                  "classes": first_meta["classes"]},
+                        "seed": seed, "versions": versions()})
+
+
+def versions() -> dict:
+    import captum
+    import torchvision
+    return {"attrpreserve": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "captum": captum.__version__,
+            "python": platform.python_version()}
+
+
+DEMO_MATCHINGS = ("none", "at", "wcam")
+
+
+def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
+         progress: bool = True) -> dict:
+    """Teacher, then distillation with naive / AT / WCAM matching, evaluated on held-out data."""
+    out, t0 = Path(out), time.perf_counter()
+    data = DataConfig(seed=seed)
+    epochs = 15 if quick else 30
+    teacher_cfg = TeacherConfig(data=data, train=TrainConfig(epochs=epochs, lr=0.05, seed=seed,
+                                                             progress=progress))
+    train_teacher(teacher_cfg, out / "teacher")
+    ckpts = {"teacher": out / "teacher"}
+    for matching in DEMO_MATCHINGS:
+        name = "kd" if matching == "none" else f"kd+{matching}"
+        cfg = CompressConfig(teacher=str(out / "teacher"), matching=matching,
+                             train=TrainConfig(epochs=epochs, lr=0.05, seed=seed,
+                                               progress=progress))
+        compress(cfg, out / name)
+        ckpts[name] = out / name
+    results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
+    results["wall_seconds"] = time.perf_counter() - t0
+    write_results(results, out / "results.json")
+    return results
+
+
+def write_results(results: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
+def format_table(results: dict, explainer: str = "gradcam") -> str:
+    """Plain-text results table: one row per run."""
+    cols = ["run", "mAP", "F1", "PG", "PG15", "AUC", "rho", "topk", "cos", "params", "MMACs", "ms"]
+    rows = [cols]
+    for r in results["runs"]:
+        a = r["attribution"].get(explainer, {})
+        g = a.get("agreement", {})
+        rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"], a.get("pointing_game"),
+                     a.get("pointing_game_std"), a.get("auc"), g.get("spearman"),
+                     g.get("topk_iou"), g.get("cosine"), r["cost"]["params"],
+                     r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
+    text = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                               enumerate(zip(row, widths))) for row in text)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def config_fields(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

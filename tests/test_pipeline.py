@@ -1,0 +1,137 @@
+"""End to end on tiny settings: CLI stages, masks folder, results.json schema, config errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attrpreserve.cli import main
+from attrpreserve.models import create_model, load_checkpoint, save_checkpoint
+
+TINY = ["--n-train", "64", "--n-val", "32", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["train", "--data", "scenes", "--width", "4", "--epochs", "1", *TINY,
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("matching", ["none", "at", "wcam"])
+def test_compress_and_evaluate_cli(teacher_dir, tmp_path, matching, capsys):
+    student = tmp_path / f"kd-{matching}"
+    assert main(["compress", "--teacher", str(teacher_dir), "--method", "kd",
+                 "--width-divisor", "2", "--matching", matching, "--lambda", "10",
+                 "--target", "labels", "--epochs", "1", *TINY, "--data", "scenes",
+                 "--out", str(student)]) == 0
+    model, meta = load_checkpoint(student)
+    assert meta["compression"]["matching"] == matching
+    assert model.cfg[0] == 2  # width 4 / 2
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(student), "--teacher", str(teacher_dir),
+                 "--data", "scenes", "--n-test", "24", "--split", "test",
+                 "--explainers", "gradcam", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    teacher, run = res["runs"]
+    assert teacher["role"] == "teacher" and run["role"] == "compressed"
+    for r in res["runs"]:
+        assert set(r["cost"]) >= {"params", "nonzero_params", "macs", "bytes", "latency_ms"}
+        assert set(r["task"]) >= {"mAP", "F1"}
+        assert set(r["attribution"]["gradcam"]) >= {"pointing_game", "pointing_game_std", "auc",
+                                                   "energy_pg"}
+    assert set(run["attribution"]["gradcam"]["agreement"]) >= {"spearman", "topk_iou", "cosine",
+                                                              "argmax_agree"}
+    assert run["cost"]["params"] < teacher["cost"]["params"]
+    assert "mAP" in capsys.readouterr().out
+
+
+def test_teacher_against_itself_agrees_perfectly(teacher_dir, tmp_path):
+    out = tmp_path / "self.json"
+    assert main(["evaluate", "--model", str(teacher_dir), "--teacher", str(teacher_dir),
+                 "--data", "scenes", "--n-test", "16", "--no-progress", "--out", str(out)]) == 0
+    agreement = json.loads(out.read_text())["runs"][1]["attribution"]["gradcam"]["agreement"]
+    assert agreement["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert agreement["argmax_agree"] == 1.0
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    model = create_model("vgg", num_classes=3, width=4).eval()
+    save_checkpoint(tmp_path / "m", model, {"note": "x"})
+    loaded, meta = load_checkpoint(tmp_path / "m")
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert meta["note"] == "x" and not list((tmp_path / "m").glob("*.tmp"))
+
+
+def write_masks_folder(root, n=12, size=40):
+    """A tiny masks-format folder: squares of class 1 and discs of class 2 on noise."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "splits").mkdir()
+    (root / "classes.txt").write_text("square\ndisc\n")
+    yy, xx = np.mgrid[:size, :size]
+    ids = []
+    for i in range(n):
+        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        cy, cx = rng.integers(10, size - 10, 2)
+        if i % 2:
+            sel = (yy - cy) ** 2 + (xx - cx) ** 2 < 36
+            mask[sel] = 2
+        else:
+            sel = (abs(yy - cy) < 6) & (abs(xx - cx) < 6)
+            mask[sel] = 1
+        img[sel] = 255
+        mask[0, :] = 255
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+        ids.append(f"im{i}")
+    (root / "splits" / "train.txt").write_text("\n".join(ids[:8]))
+    (root / "splits" / "val.txt").write_text("\n".join(ids[8:]))
+
+
+def test_masks_folder_end_to_end(tmp_path):
+    write_masks_folder(tmp_path / "ds")
+    spec = f"masks:{tmp_path / 'ds'}"
+    common = ["--data", spec, "--size", "32", "--batch-size", "4", "--no-progress"]
+    assert main(["train", "--width", "2", "--epochs", "1", *common,
+                 "--out", str(tmp_path / "t")]) == 0
+    assert main(["compress", "--teacher", str(tmp_path / "t"), "--matching", "wcam",
+                 "--width-divisor", "2", "--epochs", "1", *common,
+                 "--out", str(tmp_path / "s")]) == 0
+    with pytest.warns(UserWarning, match="val"):
+        assert main(["evaluate", "--model", str(tmp_path / "s"), "--teacher", str(tmp_path / "t"),
+                     *common, "--split", "test", "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["dataset"]["classes"] == ["square", "disc"] and res["dataset"]["images"] == 4
+
+
+def test_config_file_and_flag_override(tmp_path, teacher_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"teacher: {teacher_dir}\nmatching: at\nepochs: 1\nn-train: 32\nn_val: 16\n"
+                   "width-divisor: 2\nno_progress: true\n")
+    assert main(["compress", "--config", str(cfg), "--matching", "none",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert load_checkpoint(tmp_path / "s")[1]["compression"]["matching"] == "none"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--data", "nosuch:thing", "--out", "x"], "nosuch"),
+    (["compress", "--teacher", "/nonexistent", "--out", "x"], "not a checkpoint"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attrpreserve: error:") and needle in err and "\n" not in err
+
+
+def test_unknown_config_key_names_closest(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochz: 3\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
