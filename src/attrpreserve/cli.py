@@ -38,6 +38,10 @@ def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="sgd (with momentum, the paper's) or adamw")
+    g.add_argument("--augment", action="store_true",
+                   help="random 90-degree rotations and flips of each training batch")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--model", default="vgg", help="registered model name (vgg, vgg16)")
     p.add_argument("--width", type=int, default=16, help="base width of the small VGG")
-    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout before the Linear head (default 0: it slowed the small VGG)")
     _train_args(p, epochs=15, lr=0.05)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
@@ -153,6 +158,7 @@ def _data(args, explicit_only: bool = False) -> pipeline.DataConfig | None:
 def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                       optimizer=args.optimizer, augment=args.augment,
                        progress=not args.no_progress, batch_size=args.batch_size)
 
 

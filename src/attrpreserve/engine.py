@@ -20,6 +20,13 @@ from tqdm.auto import tqdm
 from .evaluate.task import mean_average_precision
 
 
+OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                             weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
 @dataclass
 class TrainConfig:
     """Optimiser and schedule settings shared by every recipe."""
@@ -30,6 +37,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 64
     schedule: str = "cosine"  # "cosine" | "constant"
+    optimizer: str = "sgd"  # "sgd" (momentum, the paper's) | "adamw"
+    augment: bool = False  # random 90-degree rotations and flips of each training batch
     warmup_epochs: float = 0.0
     seed: int = 0
     progress: bool = True
@@ -39,6 +48,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
@@ -79,7 +91,8 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
     cfg = cfg or TrainConfig()
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = OPTIMIZERS[cfg.optimizer](params, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
     total = cfg.epochs * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, total, cfg, len(train)))
     history, best_state = History(), None
@@ -89,6 +102,8 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
         bar = tqdm(train, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not cfg.progress)
         for images, labels, *_ in bar:
+            if cfg.augment:
+                images = augment_batch(images, gen)
             images, labels = images.to(device), labels.to(device)
             loss, terms = step(model, images, labels)
             if not torch.isfinite(loss):
@@ -117,6 +132,16 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random rotation by a multiple of 90 degrees and an optional flip for the batch.
+
+    Labels are unchanged (image-level classes); teacher and student see the same batch.
+    """
+    k = int(torch.randint(4, (1,), generator=generator))
+    images = torch.rot90(images, k, (2, 3))
+    return images.flip(3) if bool(torch.randint(2, (1,), generator=generator)) else images
 
 
 def _lr_factor(step: int, total: int, cfg: TrainConfig, per_epoch: int) -> float:

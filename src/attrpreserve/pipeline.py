@@ -46,7 +46,7 @@ class TeacherConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: str = "vgg"
     width: int = 16
-    dropout: float = 0.3
+    dropout: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
 
 
@@ -148,24 +148,54 @@ def versions() -> dict:
 DEMO_MATCHINGS = ("none", "at", "wcam")
 
 
+@dataclass
+class DemoConfig:
+    """Settings of ``attrpreserve demo``; ``QUICK`` is the few-minute CPU preset."""
+
+    width: int = 16
+    width_divisor: float = 4.0
+    teacher_epochs: int = 7
+    student_epochs: int = 4
+    n_train: int = 8000
+    n_val: int = 300
+    n_test: int = 500
+    optimizer: str = "adamw"
+    lr: float = 0.002
+    weight_decay: float = 1e-4
+    lam: float = 100.0
+    drop: float = 0.3
+    target: str = "top1"
+    matchings: tuple[str, ...] = DEMO_MATCHINGS
+
+    def train_cfg(self, epochs: int, seed: int, progress: bool) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=self.lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, augment=True, seed=seed,
+                           progress=progress)
+
+
+QUICK = DemoConfig()
+FULL = DemoConfig(teacher_epochs=20, student_epochs=15, n_train=16000, n_test=1000)
+
+
 def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
-         progress: bool = True) -> dict:
+         progress: bool = True, cfg: DemoConfig | None = None) -> dict:
     """Teacher, then distillation with naive / AT / WCAM matching, evaluated on held-out data."""
+    cfg = cfg or (QUICK if quick else FULL)
     out, t0 = Path(out), time.perf_counter()
-    data = DataConfig(seed=seed)
-    epochs = 15 if quick else 30
-    teacher_cfg = TeacherConfig(data=data, train=TrainConfig(epochs=epochs, lr=0.05, seed=seed,
-                                                             progress=progress))
+    data = DataConfig(seed=seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test)
+    teacher_cfg = TeacherConfig(data=data, width=cfg.width,
+                                train=cfg.train_cfg(cfg.teacher_epochs, seed, progress))
     train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}
-    for matching in DEMO_MATCHINGS:
+    for matching in cfg.matchings:
         name = "kd" if matching == "none" else f"kd+{matching}"
-        cfg = CompressConfig(teacher=str(out / "teacher"), matching=matching,
-                             train=TrainConfig(epochs=epochs, lr=0.05, seed=seed,
-                                               progress=progress))
-        compress(cfg, out / name)
+        ccfg = CompressConfig(teacher=str(out / "teacher"), width_divisor=cfg.width_divisor,
+                              matching=matching, lam=cfg.lam, drop=cfg.drop, target=cfg.target,
+                              train=cfg.train_cfg(cfg.student_epochs, seed, progress))
+        compress(ccfg, out / name)
         ckpts[name] = out / name
     results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
+    results["demo"] = asdict(cfg)
     results["wall_seconds"] = time.perf_counter() - t0
     write_results(results, out / "results.json")
     return results

@@ -40,7 +40,7 @@ class SceneConfig:
     min_objects, max_objects : int
         Number of labelled objects per image, drawn uniformly in this range (0 allowed).
     radius : (float, float)
-        Object radius range as a fraction of ``size`` (0.09..0.22 is 5.8..14 px at 64 px).
+        Object radius range as a fraction of ``size`` (0.10..0.22 is 6.4..14 px at 64 px).
     n_distractors : (int, int)
         Number of unlabelled distractor shapes per image (inclusive range).
     distractor_radius : (float, float)
@@ -73,17 +73,17 @@ class SceneConfig:
     size: int = 64
     min_objects: int = 1
     max_objects: int = 4
-    radius: tuple[float, float] = (0.09, 0.22)
+    radius: tuple[float, float] = (0.10, 0.22)
     n_distractors: tuple[int, int] = (1, 3)
-    distractor_radius: tuple[float, float] = (0.09, 0.22)
+    distractor_radius: tuple[float, float] = (0.10, 0.22)
     min_separation: float = 0.75
     min_visible: float = 0.5
     margin: float = 0.8
     aspect_jitter: float = 0.15
     rotate: bool = True
     texture: float = 0.35
-    background: float = 1.0
-    min_contrast: float = 60.0
+    background: float = 0.5
+    min_contrast: float = 80.0
     noise: float = 6.0
     antialias: bool = True
     max_tries: int = 10
