@@ -135,3 +135,20 @@ def test_unknown_config_key_names_closest(tmp_path, capsys):
     cfg.write_text("epochz: 3\n")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
+    from attrpreserve import pipeline
+    cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, student_epochs=1, n_train=32, n_val=16,
+                              n_test=16, matchings=("none", "wcam"))
+    res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
+    assert [r["name"] for r in res["runs"]] == ["teacher", "kd", "kd+wcam"]
+    assert (tmp_path / "results.json").is_file()
+    calls = []
+    monkeypatch.setattr(pipeline, "train_teacher", lambda *a, **k: calls.append("teacher"))
+    monkeypatch.setattr(pipeline, "compress", lambda *a, **k: calls.append("compress"))
+    pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
+    assert calls == []  # an interrupted demo restarts where it stopped
+    pipeline.demo(tmp_path, seed=0, progress=False,
+                  cfg=pipeline.DemoConfig(**{**cfg.__dict__, "lam": 1.0}))
+    assert calls == ["compress"]  # changed settings are never served from a stale checkpoint

@@ -79,7 +79,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path):
         kwargs["width"] = cfg.width
     model = create_model(cfg.model, **kwargs)
     history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
-    meta = {"role": "teacher", "classes": classes, "config": asdict(cfg),
+    meta = {"role": "teacher", "classes": classes, "config": asdict(cfg), "data": asdict(cfg.data),
             "compression": {"method": "none", "matching": "none"}, "history": history.to_dict()}
     save_checkpoint(out, model, meta)
     return model, meta
@@ -90,7 +90,7 @@ def compress(cfg: CompressConfig, out: str | Path):
     if cfg.method != "kd":
         raise ValueError(f"unknown compression method {cfg.method!r}; available: kd")
     teacher, t_meta = load_checkpoint(cfg.teacher)
-    data = cfg.data or DataConfig(**t_meta["config"]["data"])
+    data = cfg.data or DataConfig(**t_meta["data"])
     torch.manual_seed(cfg.train.seed)
     spec = teacher.spec
     student = create_model(spec["name"], **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
@@ -103,7 +103,7 @@ def compress(cfg: CompressConfig, out: str | Path):
                 "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target,
                 "temperature": cfg.temperature, "alpha": cfg.alpha}
     meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
-            "config": {**asdict(cfg), "data": asdict(data)}, "compression": settings,
+            "config": asdict(cfg), "data": asdict(data), "compression": settings,
             "history": history.to_dict()}
     save_checkpoint(out, student, meta)
     return student, meta
@@ -118,7 +118,7 @@ def evaluate(models: dict[str, str | Path], teacher: str | None, data: DataConfi
     """
     loaded = {name: load_checkpoint(path) for name, path in models.items()}
     first_meta = loaded[teacher or next(iter(loaded))][1]
-    data = data or DataConfig(**first_meta["config"]["data"])
+    data = data or DataConfig(**first_meta["data"])
     loader = data.loader(split)
     nets = {n: m for n, (m, _) in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
@@ -185,20 +185,34 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     data = DataConfig(seed=seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test)
     teacher_cfg = TeacherConfig(data=data, width=cfg.width,
                                 train=cfg.train_cfg(cfg.teacher_epochs, seed, progress))
-    train_teacher(teacher_cfg, out / "teacher")
+    if not _finished(out / "teacher", teacher_cfg):
+        train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}
     for matching in cfg.matchings:
         name = "kd" if matching == "none" else f"kd+{matching}"
         ccfg = CompressConfig(teacher=str(out / "teacher"), width_divisor=cfg.width_divisor,
-                              matching=matching, lam=cfg.lam, drop=cfg.drop, target=cfg.target,
+                              matching=matching, target=cfg.target,
+                              lam=cfg.lam if matching != "none" else 0.0,
+                              drop=cfg.drop if matching == "wcam" else 0.0,
                               train=cfg.train_cfg(cfg.student_epochs, seed, progress))
-        compress(ccfg, out / name)
+        if not _finished(out / name, ccfg):
+            compress(ccfg, out / name)
         ckpts[name] = out / name
     results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
     results["demo"] = asdict(cfg)
     results["wall_seconds"] = time.perf_counter() - t0
     write_results(results, out / "results.json")
     return results
+
+
+def _finished(directory: Path, cfg) -> bool:
+    """True if ``directory`` holds a checkpoint trained with exactly ``cfg`` (demo resume)."""
+    side = directory / "model.json"
+    if not side.is_file() or not (directory / "model.safetensors").is_file():
+        return False
+    saved = json.loads(side.read_text()).get("config", {})
+    wanted = json.loads(json.dumps(asdict(cfg), default=str))
+    return saved == wanted
 
 
 def write_results(results: dict, path: str | Path) -> None:
