@@ -161,14 +161,15 @@ class DemoConfig:
     n_test: int = 500
     optimizer: str = "adamw"
     lr: float = 0.002
+    student_lr: float = 0.002
     weight_decay: float = 1e-4
     lam: float = 100.0
     drop: float = 0.3
     target: str = "top1"
     matchings: tuple[str, ...] = DEMO_MATCHINGS
 
-    def train_cfg(self, epochs: int, seed: int, progress: bool) -> TrainConfig:
-        return TrainConfig(epochs=epochs, lr=self.lr, optimizer=self.optimizer,
+    def train_cfg(self, epochs: int, seed: int, progress: bool, lr: float) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=lr, optimizer=self.optimizer,
                            weight_decay=self.weight_decay, augment=True, seed=seed,
                            progress=progress)
 
@@ -184,7 +185,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     out, t0 = Path(out), time.perf_counter()
     data = DataConfig(seed=seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test)
     teacher_cfg = TeacherConfig(data=data, width=cfg.width,
-                                train=cfg.train_cfg(cfg.teacher_epochs, seed, progress))
+                                train=cfg.train_cfg(cfg.teacher_epochs, seed, progress, cfg.lr))
     if not _finished(out / "teacher", teacher_cfg):
         train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}
@@ -194,7 +195,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
                               matching=matching, target=cfg.target,
                               lam=cfg.lam if matching != "none" else 0.0,
                               drop=cfg.drop if matching == "wcam" else 0.0,
-                              train=cfg.train_cfg(cfg.student_epochs, seed, progress))
+                              train=cfg.train_cfg(cfg.student_epochs, seed, progress,
+                                                  cfg.student_lr))
         if not _finished(out / name, ccfg):
             compress(ccfg, out / name)
         ckpts[name] = out / name
