@@ -179,3 +179,14 @@ def test_vgg_default_layer_and_student_width():
     with LayerTap(s) as st:
         s(x)
     assert st.activation.shape == (2, 32, 8, 8)
+
+
+def test_vgg16_paper_layout_and_divisors():
+    full = create_model("vgg16", num_classes=20)
+    small = create_model("vgg16", num_classes=20, width_divisor=8)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert full.classifier[-1].in_features == 512 * 7 * 7  # the paper's pool5 head at 227 px
+    assert 0.01 < n(small) / n(full) < 0.03  # the paper's x8 student: ~1.9% of the parameters
+    out = small.eval()(torch.rand(1, 3, 227, 227))
+    assert out.shape == (1, 20)
+    assert small.last_relu_name() == "features.42" and small.last_pool_name() == "features.43"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -161,7 +161,7 @@ class DemoConfig:
     n_test: int = 500
     optimizer: str = "adamw"
     lr: float = 0.002
-    student_lr: float = 0.002
+    student_lr: float = 0.005
     weight_decay: float = 1e-4
     lam: float = 100.0
     drop: float = 0.3
@@ -246,7 +246,3 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)
-
-
-def config_fields(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

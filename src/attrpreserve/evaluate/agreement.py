@@ -116,6 +116,13 @@ def topk_sets(a, b, frac: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     return _topk_mask(a, k), _topk_mask(b, k)
 
 
+def _topk_counts(a, b, frac: float):
+    """Per pair: |A ∩ B|, |A| (= k) and |A ∪ B| of the two top-k sets, float64."""
+    set_a, set_b = topk_sets(a, b, frac)
+    count = lambda m: m.reshape(m.shape[0], -1).sum(dim=1).to(torch.float64)  # noqa: E731
+    return count(set_a & set_b), count(set_a), count(set_a | set_b)
+
+
 def topk_intersection(a, b, frac: float = 0.1) -> torch.Tensor:
     """Top-k intersection (Ghorbani et al., "Interpretation of Neural Networks is Fragile",
     AAAI 2019): fraction of ``a``'s top-k pixels that are also among ``b``'s top-k,
@@ -125,10 +132,7 @@ def topk_intersection(a, b, frac: float = 0.1) -> torch.Tensor:
     -------
     float64 tensor ``P``.
     """
-    set_a, set_b = topk_sets(a, b, frac)
-    n = set_a.shape[0]
-    inter = (set_a & set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
-    k = set_a.reshape(n, -1).sum(dim=1).to(torch.float64)
+    inter, k, _ = _topk_counts(a, b, frac)
     return (inter / k).cpu()
 
 
@@ -140,10 +144,7 @@ def topk_iou(a, b, frac: float = 0.1) -> torch.Tensor:
     -------
     float64 tensor ``P``.
     """
-    set_a, set_b = topk_sets(a, b, frac)
-    n = set_a.shape[0]
-    inter = (set_a & set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
-    union = (set_a | set_b).reshape(n, -1).sum(dim=1).to(torch.float64)
+    inter, _, union = _topk_counts(a, b, frac)
     return (inter / union).cpu()
 
 

@@ -60,6 +60,13 @@ def _check_bool(name: str, x, like: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _check_inputs(maps, masks, valid):
+    """Validated ``(maps, masks, valid)`` as documented in the module docstring."""
+    maps = _check_maps(maps)
+    masks = _check_bool("masks", masks, maps)
+    return maps, masks, None if valid is None else _check_bool("valid", valid, maps)
+
+
 def _row_chunks(n_rows: int, row_elems: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMENTS // max(1, row_elems))
     for start in range(0, n_rows, step):
@@ -102,9 +109,7 @@ def pointing_hits(maps, masks, valid=None) -> torch.Tensor:
     -------
     bool tensor ``P``.
     """
-    maps = _check_maps(maps)
-    masks = _check_bool("masks", masks, maps)
-    valid = None if valid is None else _check_bool("valid", valid, maps)
+    maps, masks, valid = _check_inputs(maps, masks, valid)
     idx = _first_argmax(maps, valid)
     flat_masks = masks.reshape(masks.shape[0], -1)
     hits = flat_masks.gather(1, idx[:, None])[:, 0]
@@ -132,9 +137,7 @@ def pointing_hits_tolerance(
     -------
     bool tensor ``P``.
     """
-    maps = _check_maps(maps)
-    masks = _check_bool("masks", masks, maps)
-    valid = None if valid is None else _check_bool("valid", valid, maps)
+    maps, masks, valid = _check_inputs(maps, masks, valid)
     if valid is not None:
         masks = masks & valid
     n, h, w = maps.shape
