@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -34,9 +35,15 @@ class DataConfig:
 
     def loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
         n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
-        ds = build_dataset(self.spec, split, size=self.size, seed=self.seed, n=n)
+        ds = _dataset(self.spec, split, self.size, self.seed, n)
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
+
+
+@functools.lru_cache(maxsize=6)
+def _dataset(spec: str, split: str, size: int, seed: int, n: int | None):
+    """Datasets are generated or read once per process (the demo reuses them for every stage)."""
+    return build_dataset(spec, split, size=size, seed=seed, n=n)
 
 
 @dataclass
