@@ -152,3 +152,14 @@ def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
     pipeline.demo(tmp_path, seed=0, progress=False,
                   cfg=pipeline.DemoConfig(**{**cfg.__dict__, "lam": 1.0}))
     assert calls == ["compress"]  # changed settings are never served from a stale checkpoint
+
+
+def test_wrong_architecture_names_the_layer(tmp_path):
+    import json as _json
+    save_checkpoint(tmp_path / "m", create_model("vgg", num_classes=3, width=4))
+    side = tmp_path / "m" / "model.json"
+    meta = _json.loads(side.read_text())
+    meta["model"]["kwargs"]["width"] = 8
+    side.write_text(_json.dumps(meta))
+    with pytest.raises(ValueError, match="features.0.weight"):
+        load_checkpoint(tmp_path / "m")

@@ -36,8 +36,12 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
         raise ValueError(f"{directory} is not a checkpoint (needs {SIDECAR} and {WEIGHTS})")
     meta = json.loads(side.read_text())
     model = create_model(meta["model"]["name"], **meta["model"]["kwargs"])
-    missing, unexpected = model.load_state_dict(load_file(str(weights), device=map_location),
-                                                strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(weights), device=map_location),
+                                                    strict=False)
+    except RuntimeError as exc:  # shape mismatch: torch's message names the layer
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
+        raise ValueError(f"{weights}: weights do not fit the architecture: {first}") from exc
     if missing or unexpected:
         raise ValueError(f"{weights}: weights do not fit the architecture "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
