@@ -163,3 +163,24 @@ def test_wrong_architecture_names_the_layer(tmp_path):
     side.write_text(_json.dumps(meta))
     with pytest.raises(ValueError, match="features.0.weight"):
         load_checkpoint(tmp_path / "m")
+
+
+def test_unstructured_compress_cli(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["compress", "--teacher", str(teacher_dir), "--method", "unstructured",
+                 "--rounds", "2", "--per-round", "0.5", "--matching", "wcam", "--lambda", "10",
+                 "--epochs", "1", *TINY, "--data", "scenes", "--out", str(out)]) == 0
+    assert "sparsity 0.75" in capsys.readouterr().out
+    model, meta = load_checkpoint(out)
+    assert meta["compression"]["method"] == "unstructured"
+    res_path = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(out), "--teacher", str(teacher_dir), "--data",
+                 "scenes", "--n-test", "16", "--no-progress", "--out", str(res_path)]) == 0
+    cost = json.loads(res_path.read_text())["runs"][1]["cost"]
+    assert cost["nonzero_params"] < 0.5 * cost["params"]
+
+
+def test_bad_ranges_exit_2(teacher_dir, tmp_path, capsys):
+    assert main(["compress", "--teacher", str(teacher_dir), "--drop", "1.5",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "drop must be in [0, 1)" in capsys.readouterr().err

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "optional attribution matching (none, AT, WCAM).")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
-    p.add_argument("--method", default="kd", choices=("kd",), help="compression recipe")
+    p.add_argument("--method", default="kd", choices=pipeline.METHODS,
+                   help="kd: distil into a narrower student; unstructured: global magnitude "
+                        "pruning of conv weights in rounds, fine-tuned after each")
     p.add_argument("--width-divisor", type=float, default=4.0,
                    help="student widths = teacher widths / R (default 4)")
     p.add_argument("--matching", default="wcam", choices=MATCHINGS)
@@ -88,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("top1", "labels"), default="top1",
                    help="WCAM classes: teacher's top-1 (paper) or every positive label")
     p.add_argument("--layer", help="matched layer name (default: last conv block's output)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="unstructured: pruning rounds, each followed by --epochs of fine-tuning")
+    p.add_argument("--per-round", type=float, default=0.2,
+                   help="unstructured: fraction of the remaining weights pruned per round")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
     _data_args(p, default=None)
@@ -179,10 +185,13 @@ def run(args: argparse.Namespace) -> int:
             teacher=args.teacher, method=args.method, width_divisor=args.width_divisor,
             matching=args.matching, drop=args.drop, lam=args.lam, target=args.target,
             temperature=args.temperature, alpha=args.alpha, layer=args.layer,
+            rounds=args.rounds, per_round=args.per_round,
             data=_data(args, explicit_only=True), train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out)
+        extra = (f", sparsity {meta['compression']['sparsity']:.3f}"
+                 if "sparsity" in meta["compression"] else "")
         print(f"compressed model saved to {args.out} "
-              f"(val mAP {meta['history']['best_val_mAP']:.3f})")
+              f"(val mAP {meta['history']['best_val_mAP']:.3f}{extra})")
     elif args.command == "evaluate":
         models = {Path(m).name or m: m for m in args.model}
         teacher = None

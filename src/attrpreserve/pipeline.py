@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import platform
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .compress import DistillStep
+from .compress import DistillStep, finalize, unstructured_prune
 from .data import build_dataset
 from .engine import TrainConfig, fit
 from .evaluate import evaluate_models, model_cost, nan_to_none
@@ -71,8 +72,20 @@ class CompressConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     layer: str | None = None
+    rounds: int = 3  # unstructured: pruning rounds (the paper: 16)
+    per_round: float = 0.2  # unstructured: fraction of the remaining conv weights pruned per round
     data: DataConfig | None = None  # default: the teacher's data
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+
+    def __post_init__(self):
+        checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
+                  (0 <= self.per_round < 1, f"per_round must be in [0, 1), got {self.per_round}"),
+                  (self.rounds >= 1, f"rounds must be positive, got {self.rounds}"),
+                  (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
+                  (self.lam >= 0, f"lambda must be >= 0, got {self.lam}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 def train_teacher(cfg: TeacherConfig, out: str | Path):
@@ -92,26 +105,47 @@ def train_teacher(cfg: TeacherConfig, out: str | Path):
     return model, meta
 
 
+METHODS = ("kd", "unstructured")
+
+
 def compress(cfg: CompressConfig, out: str | Path):
-    """Compress the teacher at ``cfg.teacher`` (distillation for now); save to ``out``."""
-    if cfg.method != "kd":
-        raise ValueError(f"unknown compression method {cfg.method!r}; available: kd")
+    """Compress the teacher at ``cfg.teacher`` (``kd`` or ``unstructured``); save to ``out``."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown compression method {cfg.method!r}; available: "
+                         f"{', '.join(METHODS)}")
     teacher, t_meta = load_checkpoint(cfg.teacher)
     data = cfg.data or DataConfig(**t_meta["data"])
     torch.manual_seed(cfg.train.seed)
-    spec = teacher.spec
-    student = create_model(spec["name"], **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
-    step = DistillStep(teacher, matcher, cfg.lam, cfg.temperature, cfg.alpha, cfg.layer, cfg.layer)
-    history = fit(student, data.loader("train", shuffle=True, seed=cfg.train.seed),
-                  data.loader("val"), step, cfg.train, desc=f"kd+{cfg.matching}")
-    settings = {"method": cfg.method, "matching": cfg.matching, "width_divisor": cfg.width_divisor,
-                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target,
-                "temperature": cfg.temperature, "alpha": cfg.alpha}
+    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed)
+    val_dl = data.loader("val")
+    settings = {"method": cfg.method, "matching": cfg.matching,
+                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target}
+    if cfg.method == "kd":
+        spec = teacher.spec
+        student = create_model(spec["name"],
+                               **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
+        step = DistillStep(teacher, matcher, cfg.lam, cfg.temperature, cfg.alpha, cfg.layer,
+                           cfg.layer)
+        history = fit(student, train_dl, val_dl, step, cfg.train,
+                      desc=f"kd+{cfg.matching}").to_dict()
+        settings.update(width_divisor=cfg.width_divisor, temperature=cfg.temperature,
+                        alpha=cfg.alpha)
+    else:
+        student = copy.deepcopy(teacher)
+        student.requires_grad_(True)
+        rounds = unstructured_prune(student, teacher, train_dl, val_dl, cfg.rounds,
+                                    cfg.per_round, cfg.train, matcher, cfg.lam,
+                                    teacher_layer=cfg.layer, student_layer=cfg.layer)
+        finalize(student)
+        history = {"rounds": rounds, "best_epoch": cfg.train.epochs,
+                   "best_val_mAP": rounds[-1]["best_val_mAP"]}
+        settings.update(rounds=cfg.rounds, per_round=cfg.per_round,
+                        sparsity=rounds[-1]["sparsity"])
     meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
             "config": asdict(cfg), "data": asdict(data), "compression": settings,
-            "history": history.to_dict()}
+            "history": history}
     save_checkpoint(out, student, meta)
     return student, meta
 
