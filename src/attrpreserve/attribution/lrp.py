@@ -1,0 +1,142 @@
+"""Layer-wise Relevance Propagation and Excitation Backprop via zennit, batched over pairs.
+
+Both share the explainer call shape ``f(model, images, image_index, classes, layer=None)`` and
+return ``(maps P x H x W, logits B x K)``, both detached; ``layer`` is ignored (relevance is taken
+at the input pixels). The map of pair j is the input relevance summed over colour channels.
+
+The rules are zennit's (no hand-written copy): a zennit composite registers backward hooks on the
+model's layers and applies canonizers (BatchNorm merged into the preceding conv/linear) inside a
+context (``Composite.context``); leaving the context removes every hook and reverts the
+canonizers (the original weights, biases and BatchNorm statistics are put back, a bias created for
+a bias-free conv is removed again), so the model computes exactly what it computed before.
+
+Canonizers: for torchvision ResNets, zennit's ``ResNetCanonizer`` (SequentialMergeBatchNorm plus
+an explicit ``Sum`` module for the residual additions so that the Norm rule applies to them);
+for every other model, ``SequentialMergeBatchNorm``, which merges each BatchNorm that directly
+follows a conv/linear leaf in module-registration order (right for the VGG nets here; a BatchNorm
+that does not directly follow a linear leaf stays unmerged and gets the ``Pass`` rule in the LRP
+composites).
+
+Batching follows ``gradients._pair_input_grads``: one forward on ``cat([images, images[idx]])``
+(the model must be in eval mode so rows do not interact) and one backward whose output
+relevance is non-zero only on row ``B + j`` at class ``c_j``. The first B rows are returned as the
+logits (computed with BatchNorm merged, i.e. equal to the plain model's up to float rounding).
+
+Not differentiable w.r.t. the model's parameters (no ``create_graph``): evaluation only.
+Second-order LRP (LRP maps as a matching loss) is future work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .gradcam import frozen
+
+COMPOSITES = ("epsilon_plus_flat", "alpha1_beta0")
+
+
+def default_canonizers(model: nn.Module) -> list:
+    """zennit canonizers for ``model``: ResNetCanonizer for torchvision ResNets, else
+    SequentialMergeBatchNorm (see the module docstring)."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer
+
+    try:
+        from torchvision.models.resnet import ResNet
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        ResNet = ()
+    if isinstance(model, ResNet):
+        return [ResNetCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def make_composite(name: str, model: nn.Module, epsilon: float = 1e-6, stabilizer: float = 1e-6):
+    """A fresh zennit composite (with canonizers for ``model``) by name.
+
+    * ``"epsilon_plus_flat"``: zennit's EpsilonPlusFlat (Flat rule on the first conv/linear layer,
+      ZPlus on the other convolutions, Epsilon on fully connected layers, Pass on activations and
+      BatchNorm, Norm on sums and average pools).
+    * ``"alpha1_beta0"``: the paper's LRP, AlphaBeta(alpha=1, beta=0) on every conv and linear layer
+      (zennit has no registered composite of that name, so it is a ``LayerMapComposite`` on
+      zennit's ``layer_map_base`` -- Pass on activations and BatchNorm, Norm on sums/avg-pools --
+      plus ``AlphaBeta(1, 0)`` for ``zennit.types.Linear``).
+    * ``"excitation_backprop"``: zennit's ExcitationBackprop (ZPlus on conv/linear, plain
+      gradient through ReLUs, Norm on sums/avg-pools).
+    """
+    from zennit.composites import (EpsilonPlusFlat, ExcitationBackprop, LayerMapComposite,
+                                   layer_map_base)
+    from zennit.rules import AlphaBeta
+    from zennit.types import Linear
+
+    canonizers = default_canonizers(model)
+    if name == "epsilon_plus_flat":
+        return EpsilonPlusFlat(epsilon=epsilon, stabilizer=stabilizer, canonizers=canonizers)
+    if name == "alpha1_beta0":
+        layer_map = layer_map_base(stabilizer) + [
+            (Linear, AlphaBeta(alpha=1., beta=0., stabilizer=stabilizer))]
+        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+    if name == "excitation_backprop":
+        return ExcitationBackprop(stabilizer=stabilizer, canonizers=canonizers)
+    raise ValueError(f"unknown composite {name!r}; expected one of "
+                     f"{COMPOSITES + ('excitation_backprop',)}")
+
+
+def _pair_relevance(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
+                    classes: torch.Tensor, composite, init: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input relevance (P x 3 x H x W) of every pair under ``composite``, and logits B x K.
+
+    ``init``: "logit" injects ``z_c`` at class c (one-hot times the logit), "onehot" injects 1.
+    """
+    if init not in ("logit", "onehot"):
+        raise ValueError(f"init must be 'logit' or 'onehot', got {init!r}")
+    b = len(images)
+    x = images[image_index].detach().requires_grad_(True)
+    with torch.enable_grad(), frozen(model), composite.context(model):
+        out = model(torch.cat([images.detach(), x]))
+        rows = torch.arange(b, b + len(x), device=out.device)
+        seed = torch.zeros_like(out)
+        value = out[rows, classes].detach() if init == "logit" else 1.0
+        seed[rows, classes] = value
+        (rel,) = torch.autograd.grad(out, x, grad_outputs=seed)
+    return rel.detach(), out[:b].detach()
+
+
+def lrp(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor, classes: torch.Tensor,
+        layer: str | None = None, composite: str = "epsilon_plus_flat", init: str = "logit",
+        epsilon: float = 1e-6, stabilizer: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """LRP maps for pairs ``(images[image_index[j]], classes[j])`` in one forward/backward.
+
+    ``composite``: "epsilon_plus_flat" (default; zennit's EpsilonPlusFlat) or "alpha1_beta0"
+    (AlphaBeta(1, 0) everywhere, the paper's LRP); see ``make_composite``. The output relevance
+    is the one-hot of the pair's class times its logit (``init="logit"``, the usual LRP start, so
+    the map sums to about ``z_c`` on bias-free nets) or the plain one-hot (``init="onehot"``).
+    The map is the input relevance summed over colour channels (signed).
+    Returns ``(maps P x H x W, logits B x K)``; ``layer`` is ignored.
+    """
+    comp = make_composite(composite, model, epsilon=epsilon, stabilizer=stabilizer)
+    rel, logits = _pair_relevance(model, images, image_index, classes, comp, init)
+    return rel.sum(dim=1), logits
+
+
+def lrp_a1b0(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
+             classes: torch.Tensor, layer: str | None = None, **kwargs
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lrp`` with the AlphaBeta(alpha=1, beta=0) composite (registered as "lrp_a1b0")."""
+    return lrp(model, images, image_index, classes, layer, composite="alpha1_beta0", **kwargs)
+
+
+def ebp(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor, classes: torch.Tensor,
+        layer: str | None = None, init: str = "onehot", stabilizer: float = 1e-6
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Excitation Backprop (Zhang et al. 2016) via zennit's ``ExcitationBackprop`` composite.
+
+    The top-down signal starts as the one-hot of the pair's class (``init="onehot"``, the paper's
+    P(a_c) = 1; "logit" multiplies it by the logit). The map is the input relevance (marginal
+    winning probability) summed over colour channels; it is non-negative for non-negative inputs.
+    Returns ``(maps P x H x W, logits B x K)``; ``layer`` is ignored.
+    """
+    comp = make_composite("excitation_backprop", model, stabilizer=stabilizer)
+    rel, logits = _pair_relevance(model, images, image_index, classes, comp, init)
+    return rel.sum(dim=1), logits
