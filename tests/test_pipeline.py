@@ -184,3 +184,11 @@ def test_bad_ranges_exit_2(teacher_dir, tmp_path, capsys):
     assert main(["compress", "--teacher", str(teacher_dir), "--drop", "1.5",
                  "--out", str(tmp_path / "x")]) == 2
     assert "drop must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_evaluate_flags_override_the_teachers_data(teacher_dir, tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(teacher_dir), "--n-test", "8", "--no-progress",
+                 "--out", str(out)]) == 0
+    ds = json.loads(out.read_text())["dataset"]
+    assert ds["images"] == 8 and ds["spec"] == "scenes" and ds["n_train"] == 64  # inherited

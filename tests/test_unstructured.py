@@ -94,7 +94,7 @@ def test_masks_survive_finetuning_and_teacher_frozen(matching):
     student = copy.deepcopy(teacher)
     t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     loader = _loader()
-    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=8, progress=False)
+    cfg = TrainConfig(epochs=1, lr=0.05, progress=False)
     records = unstructured_prune(student, teacher, loader, loader, rounds=2, per_round=0.2,
                                  finetune_cfg=cfg,
                                  matching=WCAM(drop=0.3) if matching else None, lam=10.0)

@@ -18,17 +18,19 @@ from .engine import TrainConfig
 MATCHINGS = ("none", "at", "wcam")
 
 
-def _data_args(p: argparse.ArgumentParser, default: str | None = "scenes") -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=default,
-                   help="'scenes' (built-in synthetic scenes) or 'masks:PATH' (image+mask folder)"
-                        + ("" if default else "; default: the teacher's data"))
-    g.add_argument("--size", type=int, default=64, help="input size in px (default 64)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the generated scenes")
+def _data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
+    """Data flags; with ``inherit`` every unset flag keeps the teacher checkpoint's value."""
+    g = p.add_argument_group("data" + (" (unset flags: the teacher's data)" if inherit else ""))
+    g.add_argument("--data", default=None if inherit else "scenes",
+                   help="'scenes' (built-in synthetic scenes) or 'masks:PATH' (image+mask folder)")
+    g.add_argument("--size", type=int, default=None if inherit else 64,
+                   help="input size in px (default 64)")
+    g.add_argument("--data-seed", type=int, default=None if inherit else 0,
+                   help="seed of the generated scenes")
     g.add_argument("--n-train", type=int, help="use only the first N training images")
     g.add_argument("--n-val", type=int, help="use only the first N validation images")
     g.add_argument("--n-test", type=int, help="use only the first N test images")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=None if inherit else 64)
 
 
 def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured: fraction of the remaining weights pruned per round")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
-    _data_args(p, default=None)
+    _data_args(p, inherit=True)
     _train_args(p, epochs=15, lr=0.05)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True,
                    help="checkpoint folder (repeatable)")
     p.add_argument("--teacher", help="reference checkpoint folder for agreement metrics")
-    _data_args(p, default=None)
+    _data_args(p, inherit=True)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
     p.add_argument("--seed", type=int, default=0)
@@ -153,19 +155,25 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     return parser.parse_args(argv)
 
 
-def _data(args, explicit_only: bool = False) -> pipeline.DataConfig | None:
-    if explicit_only and args.data is None:
-        return None
-    return pipeline.DataConfig(spec=args.data, size=args.size, seed=args.data_seed,
-                               n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                               batch_size=args.batch_size)
+DATA_FLAGS = {"data": "spec", "size": "size", "data_seed": "seed", "n_train": "n_train",
+              "n_val": "n_val", "n_test": "n_test", "batch_size": "batch_size"}
+
+
+def _data(args) -> pipeline.DataConfig:
+    return pipeline.DataConfig(**{field: getattr(args, flag) for flag, field in DATA_FLAGS.items()})
+
+
+def _data_overrides(args) -> dict:
+    """Only the data flags given: the rest is taken from the teacher checkpoint."""
+    return {field: getattr(args, flag) for flag, field in DATA_FLAGS.items()
+            if getattr(args, flag) is not None}
 
 
 def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                        optimizer=args.optimizer, augment=args.augment,
-                       progress=not args.no_progress, batch_size=args.batch_size)
+                       progress=not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             matching=args.matching, drop=args.drop, lam=args.lam, target=args.target,
             temperature=args.temperature, alpha=args.alpha, layer=args.layer,
             rounds=args.rounds, per_round=args.per_round,
-            data=_data(args, explicit_only=True), train=_train_cfg(args))
+            data=_data_overrides(args), train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out)
         extra = (f", sparsity {meta['compression']['sparsity']:.3f}"
                  if "sparsity" in meta["compression"] else "")
@@ -200,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
                                                  else "")
             models = {teacher: args.teacher, **models}
         explainers = tuple(e.strip() for e in args.explainers.split(",") if e.strip())
-        results = pipeline.evaluate(models, teacher, _data(args, explicit_only=True), args.split,
+        results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                     explainers, seed=args.seed, progress=not args.no_progress)
         pipeline.write_results(results, args.out)
         print(pipeline.format_table(results, explainers[0]))

@@ -35,7 +35,6 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 64
     schedule: str = "cosine"  # "cosine" | "constant"
     optimizer: str = "sgd"  # "sgd" (momentum, the paper's) | "adamw"
     augment: bool = False  # random 90-degree rotations and flips of each training batch

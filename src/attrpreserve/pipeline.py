@@ -41,6 +41,13 @@ class DataConfig:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
 
 
+def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
+    """``data`` itself, or the checkpoint's data with the fields given in a dict overridden."""
+    if isinstance(data, DataConfig):
+        return data
+    return DataConfig(**{**meta["data"], **(data or {})})
+
+
 @functools.lru_cache(maxsize=6)
 def _dataset(spec: str, split: str, size: int, seed: int, n: int | None):
     """Datasets are generated or read once per process (the demo reuses them for every stage)."""
@@ -74,7 +81,7 @@ class CompressConfig:
     layer: str | None = None
     rounds: int = 3  # unstructured: pruning rounds (the paper: 16)
     per_round: float = 0.2  # unstructured: fraction of the remaining conv weights pruned per round
-    data: DataConfig | None = None  # default: the teacher's data
+    data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
 
     def __post_init__(self):
@@ -114,7 +121,7 @@ def compress(cfg: CompressConfig, out: str | Path):
         raise ValueError(f"unknown compression method {cfg.method!r}; available: "
                          f"{', '.join(METHODS)}")
     teacher, t_meta = load_checkpoint(cfg.teacher)
-    data = cfg.data or DataConfig(**t_meta["data"])
+    data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
@@ -150,7 +157,8 @@ def compress(cfg: CompressConfig, out: str | Path):
     return student, meta
 
 
-def evaluate(models: dict[str, str | Path], teacher: str | None, data: DataConfig | None = None,
+def evaluate(models: dict[str, str | Path], teacher: str | None,
+             data: DataConfig | dict | None = None,
              split: str = "test", explainers=("gradcam",), seed: int = 0,
              progress: bool = True) -> dict:
     """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
@@ -159,7 +167,7 @@ def evaluate(models: dict[str, str | Path], teacher: str | None, data: DataConfi
     """
     loaded = {name: load_checkpoint(path) for name, path in models.items()}
     first_meta = loaded[teacher or next(iter(loaded))][1]
-    data = data or DataConfig(**first_meta["data"])
+    data = resolve_data(data, first_meta)
     loader = data.loader(split)
     nets = {n: m for n, (m, _) in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
