@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
         results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                     explainers, seed=args.seed, progress=not args.no_progress)
         pipeline.write_results(results, args.out)
-        print(pipeline.format_table(results, explainers[0]))
+        for e in explainers:
+            print(f"[{e}]\n{pipeline.format_table(results, e)}")
         print(f"wrote {args.out}")
     return 0
 
