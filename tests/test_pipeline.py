@@ -192,3 +192,20 @@ def test_evaluate_flags_override_the_teachers_data(teacher_dir, tmp_path):
                  "--out", str(out)]) == 0
     ds = json.loads(out.read_text())["dataset"]
     assert ds["images"] == 8 and ds["spec"] == "scenes" and ds["n_train"] == 64  # inherited
+
+
+def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
+    from attrpreserve.data import build_dataset
+    img = build_dataset("scenes", "test", n=1).images[0].permute(1, 2, 0).numpy()
+    Image.fromarray(img).resize((100, 80)).save(tmp_path / "photo.png")  # any size is accepted
+    assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "photo.png"),
+                 "--class", "circle", "--class", "star", "--methods", "gradcam,gradient",
+                 "--out", str(tmp_path / "png")]) == 0
+    files = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert files == ["photo_circle_gradcam.png", "photo_circle_gradient.png",
+                     "photo_star_gradcam.png", "photo_star_gradient.png"]
+    pixels = np.asarray(Image.open(tmp_path / "png" / "photo_star_gradient.png").convert("L"))
+    assert pixels.std() > 5  # not a blank figure
+    assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "nope.png"),
+                 "--out", str(tmp_path / "png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err

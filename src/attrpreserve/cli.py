@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--out", required=True, help="results JSON file to write")
+
+    p = sub.add_parser("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
+                       description="Draw each explainer's map over an image file: one PNG per "
+                       "method and class, named IMAGE_CLASS_METHOD.png.")
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--image", required=True, help="image file (any size; resized to the model's)")
+    p.add_argument("--class", dest="class_names", action="append",
+                   help="class name to explain (repeatable; default: every predicted class)")
+    p.add_argument("--methods", default="gradcam",
+                   help="comma-separated explainers (default gradcam), e.g. gradcam,lrp,ebp,ig")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
     return parser
 
 
@@ -214,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
         for e in explainers:
             print(f"[{e}]\n{pipeline.format_table(results, e)}")
         print(f"wrote {args.out}")
+    elif args.command == "explain":
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        for path in pipeline.explain(args.model, args.image, args.out, methods,
+                                     args.class_names):
+            print(f"wrote {path}")
     return 0
 
 

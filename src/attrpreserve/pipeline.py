@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -184,6 +185,49 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
                                                   "images": len(loader.dataset),
                                                   "classes": first_meta["classes"]},
                         "seed": seed, "versions": versions()})
+
+
+def explain(model_dir: str | Path, image_path: str | Path, out: str | Path,
+            methods=("gradcam",), class_names: list[str] | None = None) -> list[Path]:
+    """Heatmap overlays (one PNG per method and class) of a checkpoint on one image file.
+
+    Classes: the named ones, else every class the model predicts (logit > 0), else its top-1.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .attribution import EXPLAINERS, upsample
+    from .report import save_overlay
+
+    model, meta = load_checkpoint(model_dir)
+    for m in methods:
+        if m not in EXPLAINERS:
+            raise ValueError(f"unknown explainer {m!r}; known: {', '.join(EXPLAINERS)}")
+    size = meta["data"]["size"]
+    try:
+        img = Image.open(image_path).convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {image_path}: {exc}") from exc
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None] / 255.0
+    names = meta["classes"]
+    if class_names:
+        unknown = [c for c in class_names if c not in names]
+        if unknown:
+            raise ValueError(f"unknown class {unknown[0]!r}; classes: {', '.join(names)}")
+        classes = [names.index(c) for c in class_names]
+    else:
+        with torch.no_grad():
+            logits = model(x)[0]
+        classes = (logits > 0).nonzero()[:, 0].tolist() or [int(logits.argmax())]
+    cls = torch.tensor(classes)
+    written = []
+    for m in methods:
+        maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)
+        maps = upsample(maps, (size, size))
+        for c, amap in zip(classes, maps):
+            title = f"{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
+            written.append(save_overlay(x[0], amap, Path(out) / f"{Path(image_path).stem}_"
+                                        f"{names[c]}_{m}.png", title))
+    return written
 
 
 def versions() -> dict:
