@@ -155,3 +155,19 @@ def test_finalize_and_checkpoint_round_trip(tmp_path):
     assert sparsity(loaded) == s
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), before)
+
+
+def test_sparse_checkpoint_is_compact_and_exact(tmp_path):
+    from attrpreserve.evaluate import file_bytes
+    model = create_model("vgg", num_classes=3, width=8).eval()
+    save_checkpoint(tmp_path / "dense", model)
+    for _ in range(10):  # 1 - 0.8^10 = 89% of conv weights pruned
+        global_magnitude_prune(model, 0.2)
+    finalize(model)
+    save_checkpoint(tmp_path / "sparse", model)
+    dense_b = file_bytes(tmp_path / "dense" / "model.safetensors")
+    sparse_b = file_bytes(tmp_path / "sparse" / "model.safetensors")
+    assert sparse_b < 0.3 * dense_b  # ~ 1/8 bit mask + 11% of the values
+    loaded, _ = load_checkpoint(tmp_path / "sparse")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
