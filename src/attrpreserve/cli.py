@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
     p = sub.add_parser("compress", help="compress a teacher, optionally matching attributions",
-                       description="Distil a teacher checkpoint into a narrower student with "
-                       "optional attribution matching (none, AT, WCAM).")
+                       description="Compress a teacher checkpoint (distillation into a narrower "
+                       "student, or unstructured pruning) with optional attribution matching "
+                       "(none, AT, WCAM).")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     p.add_argument("--method", default="kd", choices=pipeline.METHODS,

@@ -134,8 +134,9 @@ def compress(cfg: CompressConfig, out: str | Path):
         spec = teacher.spec
         student = create_model(spec["name"],
                                **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
-        step = DistillStep(teacher, matcher, cfg.lam, cfg.temperature, cfg.alpha, cfg.layer,
-                           cfg.layer)
+        step = DistillStep(teacher, matcher, cfg.lam, teacher_layer=cfg.layer,
+                           student_layer=cfg.layer, temperature=cfg.temperature,
+                           alpha=cfg.alpha)
         history = fit(student, train_dl, val_dl, step, cfg.train,
                       desc=f"kd+{cfg.matching}").to_dict()
         settings.update(width_divisor=cfg.width_divisor, temperature=cfg.temperature,
@@ -147,7 +148,7 @@ def compress(cfg: CompressConfig, out: str | Path):
                                     cfg.per_round, cfg.train, matcher, cfg.lam,
                                     teacher_layer=cfg.layer, student_layer=cfg.layer)
         finalize(student)
-        history = {"rounds": rounds, "best_epoch": cfg.train.epochs,
+        history = {"rounds": rounds, "best_epoch": None,  # selected within each round
                    "best_val_mAP": rounds[-1]["best_val_mAP"]}
         settings.update(rounds=cfg.rounds, per_round=cfg.per_round,
                         sparsity=rounds[-1]["sparsity"])

@@ -30,21 +30,37 @@ def multilabel_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 @dataclass
-class DistillStep:
-    """Training step: KD loss against a frozen teacher plus ``lam`` x attribution matching."""
+class MatchedStep:
+    """Training step: a task term plus ``lam`` x attribution matching against a frozen teacher.
+
+    Subclasses define ``task(student_logits, teacher_logits, labels) -> (name, loss)``; the
+    matcher puts the teacher in eval mode and gives it no gradient.
+    """
 
     teacher: nn.Module
     matching: MatchingLoss | None = None
     lam: float = 100.0
-    temperature: float = 4.0
-    alpha: float = 0.9
     teacher_layer: str | None = None
     student_layer: str | None = None
+
+    def task(self, s_out, t_out, labels) -> tuple[str, torch.Tensor]:
+        raise NotImplementedError
 
     def __call__(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor):
         matcher = AttributionMatcher(self.teacher, student, self.matching,
                                      self.teacher_layer, self.student_layer)
         s_out, t_out, match = matcher(images, labels)
-        kd = multilabel_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)
-        loss = kd + self.lam * match if self.matching is not None else kd
-        return loss, {"kd": kd.detach(), "match": match.detach()}
+        name, task = self.task(s_out, t_out, labels)
+        loss = task + self.lam * match if self.matching is not None else task
+        return loss, {name: task.detach(), "match": match.detach()}
+
+
+@dataclass
+class DistillStep(MatchedStep):
+    """KD loss (binary KL at temperature T, weight alpha, plus BCE) + ``lam`` x matching."""
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+    def task(self, s_out, t_out, labels):
+        return "kd", multilabel_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)

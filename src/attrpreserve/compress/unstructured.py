@@ -18,7 +18,8 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader
 
 from ..engine import TrainConfig, fit
-from ..matching import AttributionMatcher, MatchingLoss
+from ..matching import MatchingLoss
+from .distill import MatchedStep
 
 __all__ = ["prunable", "global_magnitude_prune", "sparsity", "schedule", "PruneFinetuneStep",
            "unstructured_prune", "finalize"]
@@ -71,26 +72,11 @@ def schedule(rounds: int, per_round: float = 0.2) -> list[float]:
 
 
 @dataclass
-class PruneFinetuneStep:
-    """Fine-tuning step: BCE task loss plus ``lam`` x attribution matching to a frozen teacher.
+class PruneFinetuneStep(MatchedStep):
+    """Fine-tuning step of the pruning recipe: multi-label BCE + ``lam`` x matching."""
 
-    Same matcher as ``DistillStep`` (the teacher is put in eval mode and gets no gradient), but the
-    task term is the plain multi-label BCE on the student's logits, as in the pruning recipe.
-    """
-
-    teacher: nn.Module
-    matching: MatchingLoss | None = None
-    lam: float = 100.0
-    teacher_layer: str | None = None
-    student_layer: str | None = None
-
-    def __call__(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-        matcher = AttributionMatcher(self.teacher, student, self.matching,
-                                     self.teacher_layer, self.student_layer)
-        s_out, _, match = matcher(images, labels)
-        bce = F.binary_cross_entropy_with_logits(s_out, labels)
-        loss = bce + self.lam * match if self.matching is not None else bce
-        return loss, {"bce": bce.detach(), "match": match.detach()}
+    def task(self, s_out, t_out, labels):
+        return "bce", F.binary_cross_entropy_with_logits(s_out, labels)
 
 
 def unstructured_prune(model: nn.Module, teacher: nn.Module, train_loader: DataLoader,

@@ -88,11 +88,11 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                 device = next(model.parameters()).device
                 raw, out = EXPLAINERS[e](model, images.to(device), img_idx.to(device),
                                          cls.to(device), layers.get(name))
-                maps = upsample(raw, obj.shape[1:]).float().cpu()
+                maps, out = upsample(raw, obj.shape[1:]).float().cpu(), out.float().cpu()
                 if e == explainers[0]:
-                    logits[name].append(out.float().cpu())
+                    logits[name].append(out)
                 rec = _pair_metrics(maps, obj, valid)
-                rec["predicted"] = out.float().cpu()[img_idx, cls] > 0
+                rec["predicted"] = out[img_idx, cls] > 0
                 if name == reference:
                     ref_maps = maps
                 elif ref_maps is not None:
