@@ -1,9 +1,9 @@
 """Model families, the matched-layer contract and checkpoint IO."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, register_rebuild_step, save_checkpoint
 from .layers import LayerTap, default_layer, get_layer
 from .registry import MODELS, create_model, register_model
 from .vgg import VGG
 
 __all__ = ["MODELS", "VGG", "LayerTap", "create_model", "default_layer", "get_layer",
-           "load_checkpoint", "register_model", "save_checkpoint"]
+           "load_checkpoint", "register_model", "register_rebuild_step", "save_checkpoint"]

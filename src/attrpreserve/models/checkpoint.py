@@ -15,6 +15,33 @@ from .registry import create_model
 
 WEIGHTS, SIDECAR = "model.safetensors", "model.json"
 
+# Steps that turn a freshly built registry model into the form its weights were saved from
+# (channel-pruned shapes, quantization-aware wrappers, ...). A recipe that changes a model's
+# structure appends ``{"step": NAME, **options}`` to ``model.spec["rebuild"]`` and registers
+# ``NAME`` here; loading replays the steps in order, then loads the weights.
+REBUILD_STEPS: dict = {}
+
+
+def register_rebuild_step(name: str):
+    """Decorator: ``fn(model, state_dict, **options) -> model`` replayed by ``load_checkpoint``."""
+    def wrap(fn):
+        REBUILD_STEPS[name] = fn
+        return fn
+    return wrap
+
+
+def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build ``spec``'s model and replay its recorded rebuild steps; the spec is kept on it."""
+    model = create_model(spec["name"], **spec["kwargs"])
+    for step in spec.get("rebuild", []):
+        options = {k: v for k, v in step.items() if k != "step"}
+        if step["step"] not in REBUILD_STEPS:
+            raise ValueError(f"checkpoint needs rebuild step {step['step']!r}, which is not "
+                             f"registered (known: {', '.join(sorted(REBUILD_STEPS)) or 'none'})")
+        model = REBUILD_STEPS[step["step"]](model, state, **options)
+    model.spec = spec
+    return model
+
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``model.json`` (model spec + ``meta``) atomically."""
@@ -37,9 +64,9 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
     if not side.is_file() or not weights.is_file():
         raise ValueError(f"{directory} is not a checkpoint (needs {SIDECAR} and {WEIGHTS})")
     meta = json.loads(side.read_text())
-    model = create_model(meta["model"]["name"], **meta["model"]["kwargs"])
+    state = unpack_sparse(load_file(str(weights), device=map_location))
+    model = rebuild(meta["model"], state)
     try:
-        state = unpack_sparse(load_file(str(weights), device=map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch: torch's message names the layer
         first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)

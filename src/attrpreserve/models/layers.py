@@ -29,6 +29,8 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 
 def default_layer(model: nn.Module) -> str:
     """The layer matched and explained when none is named: the last conv block's output."""
+    if getattr(model, "matched_layer", None):
+        return model.matched_layer
     if hasattr(model, "last_relu_name"):
         return model.last_relu_name()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]

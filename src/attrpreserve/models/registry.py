@@ -34,6 +34,31 @@ def vgg16(num_classes: int, width_divisor: float = 1.0, input_size: int = 227,
     return VGG(cfg or scaled(VGG16, width_divisor), num_classes, input_size, dropout, head)
 
 
+def _torchvision(builder: str, num_classes: int, layer: str, **kwargs) -> nn.Module:
+    """A torchvision classifier with random weights (nothing is downloaded).
+
+    ``layer`` (the last conv stage's output, after its residual add / activation) becomes the
+    model's ``matched_layer``: the default for Grad-CAM and matching.
+    """
+    import torchvision
+
+    model = getattr(torchvision.models, builder)(weights=None, num_classes=num_classes, **kwargs)
+    model.matched_layer = layer
+    return model
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int, input_size: int = 224) -> nn.Module:
+    """torchvision ResNet-18, random init; ``input_size`` is recorded for the data pipeline."""
+    return _torchvision("resnet18", num_classes, layer="layer4")
+
+
+@register_model("mobilenet_v3_small")
+def mobilenet_v3_small(num_classes: int, input_size: int = 224, dropout: float = 0.2) -> nn.Module:
+    """torchvision MobileNetV3-Small, random init."""
+    return _torchvision("mobilenet_v3_small", num_classes, layer="features.12", dropout=dropout)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; ``model.spec`` records how, so a checkpoint can rebuild it."""
     if name not in MODELS:
