@@ -33,6 +33,8 @@ def register_rebuild_step(name: str):
 def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
     """Build ``spec``'s model and replay its recorded rebuild steps; the spec is kept on it."""
     model = create_model(spec["name"], **spec["kwargs"])
+    if spec.get("rebuild"):
+        import attrpreserve.compress  # noqa: F401  (the recipes register their rebuild steps)
     for step in spec.get("rebuild", []):
         options = {k: v for k, v in step.items() if k != "step"}
         if step["step"] not in REBUILD_STEPS:
