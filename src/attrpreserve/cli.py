@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(none, AT, WCAM).")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
-    p.add_argument("--method", default="kd", choices=pipeline.METHODS,
+    p.add_argument("--method", default="kd", choices=tuple(pipeline.RECIPES),
                    help="kd: distil into a narrower student; unstructured: global magnitude "
                         "pruning of conv weights in rounds, fine-tuned after each")
     p.add_argument("--width-divisor", type=float, default=4.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import platform
@@ -15,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .compress import DistillStep, finalize, unstructured_prune
 from .data import build_dataset
 from .engine import TrainConfig, fit
 from .evaluate import evaluate_models, model_cost, nan_to_none
 from .matching import create_matcher
 from .models import create_model, load_checkpoint, save_checkpoint
+from .recipes import RECIPES
 
 
 @dataclass
@@ -113,14 +112,11 @@ def train_teacher(cfg: TeacherConfig, out: str | Path):
     return model, meta
 
 
-METHODS = ("kd", "unstructured")
-
-
 def compress(cfg: CompressConfig, out: str | Path):
-    """Compress the teacher at ``cfg.teacher`` (``kd`` or ``unstructured``); save to ``out``."""
-    if cfg.method not in METHODS:
+    """Compress the teacher at ``cfg.teacher`` with the recipe ``cfg.method``; save to ``out``."""
+    if cfg.method not in RECIPES:
         raise ValueError(f"unknown compression method {cfg.method!r}; available: "
-                         f"{', '.join(METHODS)}")
+                         f"{', '.join(RECIPES)}")
     teacher, t_meta = load_checkpoint(cfg.teacher)
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
@@ -128,30 +124,10 @@ def compress(cfg: CompressConfig, out: str | Path):
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
     train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed)
     val_dl = data.loader("val")
+    student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
     settings = {"method": cfg.method, "matching": cfg.matching,
-                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target}
-    if cfg.method == "kd":
-        spec = teacher.spec
-        student = create_model(spec["name"],
-                               **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
-        step = DistillStep(teacher, matcher, cfg.lam, teacher_layer=cfg.layer,
-                           student_layer=cfg.layer, temperature=cfg.temperature,
-                           alpha=cfg.alpha)
-        history = fit(student, train_dl, val_dl, step, cfg.train,
-                      desc=f"kd+{cfg.matching}").to_dict()
-        settings.update(width_divisor=cfg.width_divisor, temperature=cfg.temperature,
-                        alpha=cfg.alpha)
-    else:
-        student = copy.deepcopy(teacher)
-        student.requires_grad_(True)
-        rounds = unstructured_prune(student, teacher, train_dl, val_dl, cfg.rounds,
-                                    cfg.per_round, cfg.train, matcher, cfg.lam,
-                                    teacher_layer=cfg.layer, student_layer=cfg.layer)
-        finalize(student)
-        history = {"rounds": rounds, "best_epoch": None,  # selected within each round
-                   "best_val_mAP": rounds[-1]["best_val_mAP"]}
-        settings.update(rounds=cfg.rounds, per_round=cfg.per_round,
-                        sparsity=rounds[-1]["sparsity"])
+                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target,
+                **extra}
     meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
             "config": asdict(cfg), "data": asdict(data), "compression": settings,
             "history": history}
