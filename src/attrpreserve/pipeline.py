@@ -6,7 +6,7 @@ import functools
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .engine import TrainConfig, fit
 from .evaluate import evaluate_models, model_cost, nan_to_none
 from .matching import create_matcher
 from .models import create_model, load_checkpoint, save_checkpoint
-from .recipes import RECIPES
+from .recipes import RECIPES, strength
 
 
 @dataclass
@@ -79,8 +79,13 @@ class CompressConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     layer: str | None = None
-    rounds: int = 3  # unstructured: pruning rounds (the paper: 16)
+    rounds: int = 3  # unstructured: pruning rounds (the paper: 16); structured: see below
     per_round: float = 0.2  # unstructured: fraction of the remaining conv weights pruned per round
+    rate: float = 0.5  # structured: fraction of filters removed from each pruned conv
+    prune_layers: str = "all"  # structured: "all" convs or the paper's "paper" preset
+    importance: str = "l1"  # structured: filter ranking (L1 norm, Li et al.)
+    structured_rounds: int = 1  # structured: 1 = one-shot (paper); more = iterative
+    bits: int = 8  # quantization: bit width of weights and activations
     data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
 
@@ -88,6 +93,10 @@ class CompressConfig:
         checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
                   (0 <= self.per_round < 1, f"per_round must be in [0, 1), got {self.per_round}"),
                   (self.rounds >= 1, f"rounds must be positive, got {self.rounds}"),
+                  (0 <= self.rate < 1, f"rate must be in [0, 1), got {self.rate}"),
+                  (self.structured_rounds >= 1,
+                   f"structured_rounds must be positive, got {self.structured_rounds}"),
+                  (2 <= self.bits <= 8, f"bits must be in [2, 8], got {self.bits}"),
                   (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}")]
         for ok, message in checks:
@@ -220,7 +229,13 @@ DEMO_MATCHINGS = ("none", "at", "wcam")
 
 @dataclass
 class DemoConfig:
-    """Settings of ``attrpreserve demo``; ``QUICK`` is the few-minute CPU preset."""
+    """Settings of ``attrpreserve demo``; ``QUICK`` is the few-minute CPU preset.
+
+    Every recipe in ``recipes`` runs once per matching in ``matchings`` against one teacher.
+    Distillation trains a narrower student from scratch (``student_*``); the other recipes start
+    from the teacher and fine-tune (``finetune_*``) at the strength given here (chosen with
+    ``bench/sweep.py``, see docs/benchmarks.md).
+    """
 
     width: int = 16
     width_divisor: float = 4.0
@@ -237,20 +252,40 @@ class DemoConfig:
     drop: float = 0.3
     target: str = "top1"
     matchings: tuple[str, ...] = DEMO_MATCHINGS
+    recipes: tuple[str, ...] = ("kd",)
+    finetune_epochs: int = 2
+    finetune_lr: float = 0.001
+    strengths: dict = field(default_factory=lambda: {
+        "structured": 0.5, "unstructured": 0.9, "quantization": 4})
+    unstructured_rounds: int = 2
 
     def train_cfg(self, epochs: int, seed: int, progress: bool, lr: float) -> TrainConfig:
         return TrainConfig(epochs=epochs, lr=lr, optimizer=self.optimizer,
                            weight_decay=self.weight_decay, augment=True, seed=seed,
                            progress=progress)
 
+    def compress_cfg(self, teacher: Path, recipe: str, matching: str, seed: int,
+                     progress: bool) -> CompressConfig:
+        """The demo's settings for one (recipe, matching) run."""
+        kd = recipe == "kd"
+        train = self.train_cfg(self.student_epochs if kd else self.finetune_epochs, seed,
+                               progress, self.student_lr if kd else self.finetune_lr)
+        cfg = CompressConfig(teacher=str(teacher), method=recipe, matching=matching,
+                             width_divisor=self.width_divisor, target=self.target,
+                             lam=self.lam if matching != "none" else 0.0,
+                             drop=self.drop if matching == "wcam" else 0.0, train=train)
+        if kd:
+            return cfg
+        return replace(cfg, **strength(recipe, self.strengths[recipe], self.unstructured_rounds))
+
 
 QUICK = DemoConfig()
-FULL = DemoConfig(teacher_epochs=20, student_epochs=15, n_train=16000, n_test=1000)
+FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"))
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
          progress: bool = True, cfg: DemoConfig | None = None) -> dict:
-    """Teacher, then distillation with naive / AT / WCAM matching, evaluated on held-out data."""
+    """Teacher, then each recipe with naive / AT / WCAM matching, evaluated on held-out data."""
     cfg = cfg or (QUICK if quick else FULL)
     out, t0 = Path(out), time.perf_counter()
     data = DataConfig(seed=seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test)
@@ -259,17 +294,13 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     if not _finished(out / "teacher", teacher_cfg):
         train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}
-    for matching in cfg.matchings:
-        name = "kd" if matching == "none" else f"kd+{matching}"
-        ccfg = CompressConfig(teacher=str(out / "teacher"), width_divisor=cfg.width_divisor,
-                              matching=matching, target=cfg.target,
-                              lam=cfg.lam if matching != "none" else 0.0,
-                              drop=cfg.drop if matching == "wcam" else 0.0,
-                              train=cfg.train_cfg(cfg.student_epochs, seed, progress,
-                                                  cfg.student_lr))
-        if not _finished(out / name, ccfg):
-            compress(ccfg, out / name)
-        ckpts[name] = out / name
+    for recipe in cfg.recipes:
+        for matching in cfg.matchings:
+            name = recipe if matching == "none" else f"{recipe}+{matching}"
+            ccfg = cfg.compress_cfg(out / "teacher", recipe, matching, seed, progress)
+            if not _finished(out / name, ccfg):
+                compress(ccfg, out / name)
+            ckpts[name] = out / name
     results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
     results["demo"] = asdict(cfg)
     results["wall_seconds"] = time.perf_counter() - t0

@@ -59,3 +59,20 @@ def unstructured(cfg, teacher, train_dl, val_dl, matcher):
                "best_val_mAP": rounds[-1]["best_val_mAP"]}
     return student, history, {"rounds": cfg.rounds, "per_round": cfg.per_round,
                               "sparsity": rounds[-1]["sparsity"]}
+
+
+def strength(method: str, value: float, rounds: int = 1) -> dict:
+    """``CompressConfig`` fields that set a recipe's compression strength to ``value``.
+
+    kd: width divisor; structured: filter rate; unstructured: final sparsity reached in
+    ``rounds`` equal rounds; quantization: bit width.
+    """
+    if method == "kd":
+        return {"width_divisor": float(value)}
+    if method == "structured":
+        return {"rate": float(value)}
+    if method == "unstructured":
+        return {"rounds": rounds, "per_round": 1.0 - (1.0 - float(value)) ** (1.0 / rounds)}
+    if method == "quantization":
+        return {"bits": int(value)}
+    raise ValueError(f"unknown compression method {method!r}; available: {', '.join(RECIPES)}")

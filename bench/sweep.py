@@ -1,0 +1,109 @@
+"""Strength sweeps: naive vs matched compression at several strengths of one recipe.
+
+    python bench/sweep.py --teacher runs/quick/teacher --recipe unstructured \
+        --strengths 0.8 0.9 0.95 0.99 --matchings none wcam --out runs/sweep
+
+Each (strength, matching) point is one ``attrpreserve compress`` run (finished points are
+reused); then every point is evaluated together with the teacher on its test split. Writes
+OUT/RECIPE/sweep.json (rows: recipe, matching, strength, size and quality numbers), a plot
+per recipe (pointing game, AUC, Spearman and mAP against non-zero parameters or bytes), and
+prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from attrpreserve.engine import TrainConfig
+from attrpreserve.pipeline import (CompressConfig, _finished, compress, evaluate, format_table,
+                                   write_results)
+from attrpreserve.recipes import strength
+
+METRICS = ("mAP", "pointing_game", "auc", "spearman")
+
+
+def sweep_rows(results: dict, points: dict[str, tuple]) -> list[dict]:
+    """One flat row per compressed point: recipe, matching, strength, size and metrics."""
+    rows = []
+    for run in results["runs"]:
+        if run["name"] not in points:
+            continue
+        recipe, matching, value = points[run["name"]]
+        g = run["attribution"]["gradcam"]
+        rows.append({"recipe": recipe, "matching": matching, "strength": value,
+                     "params": run["cost"]["params"],
+                     "nonzero_params": run["cost"]["nonzero_params"],
+                     "bytes": run["cost"]["bytes"], "mAP": run["task"]["mAP"],
+                     "pointing_game": g["pointing_game"], "auc": g["auc"],
+                     "spearman": g.get("agreement", {}).get("spearman")})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--recipe", required=True, choices=("kd", "structured", "unstructured",
+                                                        "quantization"))
+    ap.add_argument("--strengths", type=float, nargs="+", required=True)
+    ap.add_argument("--matchings", nargs="+", default=["none", "wcam"])
+    ap.add_argument("--rounds", type=int, default=2, help="unstructured: rounds to the sparsity")
+    ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (per round)")
+    ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--lam", type=float, default=100.0)
+    ap.add_argument("--drop", type=float, default=0.3)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/sweep")
+    args = ap.parse_args()
+    out = Path(args.out) / args.recipe
+    train = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="adamw", weight_decay=1e-4,
+                        augment=True, seed=args.seed, progress=False)
+    ckpts, points = {"teacher": args.teacher}, {}
+    for value in args.strengths:
+        for matching in args.matchings:
+            name = f"{args.recipe}@{value:g}" + ("" if matching == "none" else f"+{matching}")
+            cfg = CompressConfig(teacher=args.teacher, method=args.recipe, matching=matching,
+                                 lam=args.lam if matching != "none" else 0.0,
+                                 drop=args.drop if matching == "wcam" else 0.0, train=train)
+            cfg = replace(cfg, **strength(args.recipe, value, args.rounds))
+            if not _finished(out / name, cfg):
+                print(f"compress {name}", flush=True)
+                compress(cfg, out / name)
+            ckpts[name], points[name] = out / name, (args.recipe, matching, value)
+    results = evaluate(ckpts, "teacher", {"n_test": args.n_test}, "test", seed=args.seed,
+                       progress=False)
+    results["sweeps"] = sweep_rows(results, points)
+    write_results(results, out / "sweep.json")
+    print(format_table(results))
+    plot(results["sweeps"], out / "sweep.png")
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Each metric against non-zero parameters (bytes for quantization), one line per matching."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = "bytes" if rows and rows[0]["recipe"] == "quantization" else "nonzero_params"
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS):
+        for matching in sorted({r["matching"] for r in rows}):
+            pts = sorted((r[size], r[metric]) for r in rows
+                         if r["matching"] == matching and r[metric] is not None)
+            ax.plot(*zip(*pts), marker="o", label=matching)
+        ax.set_xlabel(size)
+        ax.set_title(metric)
+        ax.set_xscale("log")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
