@@ -28,12 +28,16 @@ from attrpreserve.evaluate import (
     latency_ms,
     mean_average_precision,
     per_class_mean,
+    minmax_normalize,
     per_image_average_precision,
     pointing_hits,
     pointing_hits_tolerance,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
     roc_auc,
     sample_f1,
     spearman,
+    ssim,
     topk_intersection,
     topk_iou,
     topk_sets,
@@ -218,6 +222,58 @@ def test_energy_pointing_game_hand_case():
     assert energy_pointing_game(maps, masks)[2].item() == pytest.approx(0.5)
 
 
+def test_relevance_mass_and_rank_hand_case():
+    maps = torch.tensor([[[3.0, 1.0, 0.0], [-2.0, 2.0, 0.0]]])
+    masks = torch.tensor([[[True, False, False], [True, True, False]]])
+    # pos: inside 3 + 0 + 2 of 6; abs: inside 3 + 2 + 2 of 8
+    assert relevance_mass_accuracy(maps, masks).item() == pytest.approx(5 / 6)
+    assert relevance_mass_accuracy(maps, masks, pooling="abs").item() == pytest.approx(7 / 8)
+    # K = 3; pos ranking 3 (obj), 2 (obj), 1 (bg) -> 2/3; abs ranking 3, 2, 2 all on the object
+    assert relevance_rank_accuracy(maps, masks).item() == pytest.approx(2 / 3)
+    assert relevance_rank_accuracy(maps, masks, pooling="abs").item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        relevance_mass_accuracy(maps, masks, pooling="max")
+
+
+def test_relevance_rank_ties_void_and_degenerate():
+    zeros = torch.zeros(2, 3, 3)
+    masks = torch.zeros(2, 3, 3, dtype=torch.bool)
+    masks[0, 1, 1] = True  # K = 1, all tied: the first row-major pixel (0, 0) wins -> miss
+    masks[1, 0, 0] = True  # ... and here it is on the object -> hit
+    assert relevance_rank_accuracy(zeros, masks).tolist() == [0.0, 1.0]
+    assert torch.isnan(relevance_mass_accuracy(zeros, masks)).all()  # no relevance at all
+
+    maps = torch.tensor([[[9.0, 0.0, 0.0], [0.0, 5.0, 4.0], [0.0, 0.0, 0.0]]])
+    obj = torch.tensor([[[False, False, False], [False, True, True], [False, False, False]]])
+    valid = torch.ones_like(obj)
+    assert relevance_rank_accuracy(maps, obj).item() == pytest.approx(0.5)  # top-2: 9, 5
+    valid[0, 0, 0] = False  # the 9 is void: never ranked, not in the mass
+    assert relevance_rank_accuracy(maps, obj, valid).item() == pytest.approx(1.0)
+    assert relevance_mass_accuracy(maps, obj, valid).item() == pytest.approx(1.0)
+    valid[0, 1, 2] = False  # a void object pixel: K becomes 1
+    assert relevance_rank_accuracy(maps, obj, valid).item() == pytest.approx(1.0)
+    assert relevance_mass_accuracy(maps, obj, valid).item() == pytest.approx(1.0)
+    empty = torch.zeros_like(obj)
+    assert math.isnan(relevance_rank_accuracy(maps, empty).item())
+    assert math.isnan(relevance_mass_accuracy(maps, empty).item())
+
+
+def test_relevance_metrics_match_numpy_reference():
+    gen = torch.Generator().manual_seed(11)
+    maps = torch.round(torch.randn(6, 9, 8, generator=gen) * 2)  # signed, many ties
+    masks = _random_masks(gen, 6, 9, 8)
+    got_rank = relevance_rank_accuracy(maps, masks)
+    for i in range(6):
+        rel = np.maximum(maps[i].reshape(-1).double().numpy(), 0.0)
+        gt = masks[i].reshape(-1).numpy()
+        k = int(gt.sum())
+        top = np.argsort(-rel, kind="stable")[:k]
+        assert got_rank[i].item() == pytest.approx(gt[top].sum() / k)
+    # with "pos" pooling the mass accuracy is the energy pointing game
+    np.testing.assert_allclose(relevance_mass_accuracy(maps, masks).numpy(),
+                               energy_pointing_game(maps, masks).numpy(), atol=1e-12)
+
+
 # --------------------------------------------------------------------------- agreement
 def test_spearman_matches_scipy():
     gen = torch.Generator().manual_seed(5)
@@ -395,3 +451,57 @@ def test_latency_and_file_bytes(tmp_path):
     assert file_bytes(tmp_path) == 123
     with pytest.raises(FileNotFoundError):
         file_bytes(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- SSIM
+def _ssim_single_window(x, y, sigma=1.5, c1=0.01**2, c2=0.03**2):
+    """SSIM of two 11 x 11 maps with one Gaussian window covering them (numpy, by hand)."""
+    r = np.arange(-5, 6)
+    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+    g /= g.sum()
+    mx, my = (g * x).sum(), (g * y).sum()
+    vx, vy = (g * (x - mx) ** 2).sum(), (g * (y - my) ** 2).sum()
+    cxy = (g * (x - mx) * (y - my)).sum()
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+
+
+def test_ssim_single_window_hand_computation():
+    gen = torch.Generator().manual_seed(12)
+    a = torch.rand(3, 11, 11, generator=gen, dtype=torch.float64)
+    b = a + 0.4 * torch.rand(3, 11, 11, generator=gen, dtype=torch.float64)
+    b[2] = -a[2]  # anti-correlated
+    got = ssim(a, b)
+    for i in range(3):
+        x = (a[i] - a[i].min()) / (a[i].max() - a[i].min())
+        y = (b[i] - b[i].min()) / (b[i].max() - b[i].min())
+        ref = _ssim_single_window(x.numpy(), y.numpy())
+        assert got[i].item() == pytest.approx(ref, abs=1e-10)
+    assert got[2].item() < 0
+    with pytest.raises(ValueError, match="11 x 11"):
+        ssim(a[:, :10], b[:, :10])
+
+
+def test_ssim_matches_skimage():
+    metrics = pytest.importorskip("skimage.metrics")
+    gen = torch.Generator().manual_seed(13)
+    a = torch.rand(4, 20, 27, generator=gen)
+    b = a + 0.6 * torch.randn(4, 20, 27, generator=gen)
+    b[1] = torch.round(b[1] * 2)  # ties
+    got = ssim(a, b)
+    for i in range(4):
+        ref = metrics.structural_similarity(
+            minmax_normalize(a[i : i + 1])[0].numpy(), minmax_normalize(b[i : i + 1])[0].numpy(),
+            data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert got[i].item() == pytest.approx(ref, abs=1e-10)
+
+
+def test_ssim_identity_scale_and_constant_maps():
+    gen = torch.Generator().manual_seed(14)
+    a = torch.randn(2, 16, 16, generator=gen)
+    np.testing.assert_allclose(ssim(a, a).numpy(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(ssim(a, 3 * a + 7).numpy(), 1.0, atol=1e-9)  # min-max scaled
+    zero = torch.zeros(1, 16, 16)
+    assert ssim(zero, zero).item() == pytest.approx(1.0)
+    norm = minmax_normalize(a)
+    assert norm.amin().item() == 0.0 and norm.amax().item() == 1.0
+    assert minmax_normalize(torch.full((1, 3, 3), 4.0)).abs().sum() == 0

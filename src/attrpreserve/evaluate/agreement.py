@@ -23,7 +23,16 @@ __all__ = [
     "topk_iou",
     "argmax_agreement",
     "center_of_mass_shift",
+    "minmax_normalize",
+    "ssim",
+    "SSIM_SIGMA",
+    "SSIM_TRUNCATE",
 ]
+
+# SSIM recipe (Wang et al., IEEE TIP 2004, as in skimage ``structural_similarity`` with
+# ``gaussian_weights=True, use_sample_covariance=False, data_range=1``).
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # window radius int(3.5 * 1.5 + 0.5) = 5 px: an 11 x 11 Gaussian window
 
 
 def _check_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,3 +199,66 @@ def center_of_mass_shift(a, b) -> torch.Tensor:
     dist = torch.sqrt(((com_a - com_b) ** 2).sum(dim=1))
     ok = (mass_a > 0) & (mass_b > 0)
     return torch.where(ok, dist, torch.full_like(dist, float("nan"))).cpu()
+
+
+def minmax_normalize(x) -> torch.Tensor:
+    """Each map rescaled to ``[0, 1]`` by its own min and max (float64); a constant map
+    becomes all zeros."""
+    x = _check_maps(x).detach().to(torch.float64)
+    lo = x.amin(dim=(1, 2), keepdim=True)
+    span = x.amax(dim=(1, 2), keepdim=True) - lo
+    return torch.where(span > 0, (x - lo) / span.clamp(min=1e-300), torch.zeros_like(x))
+
+
+def _gaussian_window(sigma: float, truncate: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``int(truncate * sigma + 0.5)`` (scipy's rule)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def _valid_filter_matrix(g: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n - len(g) + 1) x n`` matrix whose row ``i`` applies ``g`` at positions ``i..i+len(g)-1``
+    (a "valid" 1-D correlation as a matrix product, so filtering runs on BLAS in float64)."""
+    win = g.numel()
+    m = torch.zeros(n - win + 1, n, dtype=g.dtype, device=g.device)
+    for i in range(n - win + 1):
+        m[i, i : i + win] = g
+    return m
+
+
+def ssim(a, b, sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE,
+         k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity (Wang et al., IEEE TIP 2004) of the two maps.
+
+    Recipe: each map is min-max scaled to ``[0, 1]`` (:func:`minmax_normalize`, so the data
+    range is 1 and ``C1 = (k1)^2``, ``C2 = (k2)^2``); local means, variances and covariance use
+    a Gaussian window (``sigma`` 1.5 px, radius ``int(truncate * sigma + 0.5)`` = 5, i.e.
+    11 x 11) with population (not sample) covariance; the SSIM map is averaged over the
+    positions where the window lies fully inside the map.  This equals
+    ``skimage.metrics.structural_similarity(a01, b01, data_range=1, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``.  Two constant maps (both all zero after
+    scaling) score 1.  Raises ``ValueError`` when a map is smaller than the window.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    n, h, w = a.shape
+    g = _gaussian_window(sigma, truncate).to(a.device)
+    win = g.numel()
+    if h < win or w < win:
+        raise ValueError(f"SSIM needs maps of at least {win} x {win} px, got {h} x {w}")
+    c1, c2 = k1 ** 2, k2 ** 2
+    rows, cols = _valid_filter_matrix(g, h), _valid_filter_matrix(g, w).T
+    out = torch.empty(n, dtype=torch.float64, device=a.device)
+    for sl in _row_chunks(n, 10 * h * w):
+        x, y = minmax_normalize(a[sl]), minmax_normalize(b[sl])
+        stack = torch.stack((x, y, x * x, y * y, x * y), dim=1)  # p x 5 x H x W
+        mx, my, xx, yy, xy = (rows @ stack @ cols).unbind(dim=1)
+        vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        out[sl] = s.mean(dim=(1, 2))
+    return out.cpu()

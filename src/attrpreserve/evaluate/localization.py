@@ -28,6 +28,8 @@ __all__ = [
     "center_point_maps",
     "roc_auc",
     "energy_pointing_game",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
 ]
 
 # Upper bound on elements materialised at once by chunked computations (float64: 64 MiB).
@@ -275,4 +277,72 @@ def energy_pointing_game(maps, masks, valid=None) -> torch.Tensor:
     inside = (pos * masks).reshape(n, -1).sum(dim=1)
     total = pos.reshape(n, -1).sum(dim=1)
     out = torch.where(total > 0, inside / total, torch.full_like(total, float("nan")))
+    return out.cpu()
+
+
+# --------------------------------------------------------------------------- Arras et al.
+def _pooled_relevance(maps: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Non-negative relevance per pixel, as the CLEVR-XAI evaluation requires:
+    ``"pos"`` keeps the positive part (their ``sum,pos`` pooling), ``"abs"`` the magnitude."""
+    x = maps.detach().to(torch.float64)
+    if pooling == "pos":
+        return x.clamp(min=0)
+    if pooling == "abs":
+        return x.abs()
+    raise ValueError(f"pooling must be 'pos' or 'abs', got {pooling!r}")
+
+
+def relevance_mass_accuracy(maps, masks, valid=None, pooling: str = "pos") -> torch.Tensor:
+    """Relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022):
+    ``R_within / R_total``, the share of the (non-negative, see ``pooling``) relevance that lies
+    on the object's pixels.
+
+    Void pixels count in neither sum.  With ``pooling="pos"`` this equals
+    :func:`energy_pointing_game` wherever the object has a valid pixel.  NaN when the object has
+    no valid pixel or the map no relevance.
+
+    Returns
+    -------
+    float64 tensor ``P`` on the CPU.
+    """
+    maps, masks, valid = _check_inputs(maps, masks, valid)
+    rel = _pooled_relevance(maps, pooling)
+    obj = masks if valid is None else masks & valid
+    if valid is not None:
+        rel = rel * valid
+    n = maps.shape[0]
+    inside = (rel * obj).reshape(n, -1).sum(dim=1)
+    total = rel.reshape(n, -1).sum(dim=1)
+    ok = (total > 0) & obj.reshape(n, -1).any(dim=1)
+    return torch.where(ok, inside / total, torch.full_like(total, float("nan"))).cpu()
+
+
+def relevance_rank_accuracy(maps, masks, valid=None, pooling: str = "pos") -> torch.Tensor:
+    """Relevance rank accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022): with ``K``
+    the number of object pixels, the fraction of the ``K`` most relevant pixels that lie on the
+    object, ``|top_K ∩ GT| / K``.
+
+    Relevance is pooled as in :func:`relevance_mass_accuracy`.  Ties at the K-th value go to
+    the lower row-major index (stable descending sort), so the result is deterministic.  Void
+    pixels are never ranked and ``K`` counts valid object pixels only.  NaN when ``K = 0``.
+
+    Returns
+    -------
+    float64 tensor ``P`` on the CPU.
+    """
+    maps, masks, valid = _check_inputs(maps, masks, valid)
+    rel = _pooled_relevance(maps, pooling)
+    obj = masks if valid is None else masks & valid
+    if valid is not None:
+        rel = rel.masked_fill(~valid, float("-inf"))
+    n = maps.shape[0]
+    flat, flat_obj = rel.reshape(n, -1), obj.reshape(n, -1)
+    k = flat_obj.sum(dim=1)
+    out = torch.full((n,), float("nan"), dtype=torch.float64, device=maps.device)
+    positions = torch.arange(flat.shape[1], device=maps.device)
+    for sl in _row_chunks(n, 2 * flat.shape[1]):
+        order = torch.sort(flat[sl], dim=1, descending=True, stable=True).indices
+        on_object = flat_obj[sl].gather(1, order) & (positions[None, :] < k[sl, None])
+        hits = on_object.sum(dim=1).to(torch.float64)
+        out[sl] = torch.where(k[sl] > 0, hits / k[sl].clamp(min=1), out[sl])
     return out.cpu()

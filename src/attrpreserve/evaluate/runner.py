@@ -21,28 +21,87 @@ from ..attribution import EXPLAINERS, upsample
 from . import agreement as agr
 from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
+from .faithfulness import faithfulness_aucs
+from .stats import delta_ci, group_means, mean_ci
 from .task import mean_average_precision, sample_f1
 
 STD_TOLERANCE = 15.0  # px, the standard pointing game's tolerance (Zhang et al. 2016)
 ARGMAX_TOLERANCE = 4.0  # px at input resolution: "the peak lands where the teacher's does"
 TOPK = 0.1  # fraction of pixels in the top-k agreement sets
+FAITHFULNESS_STEPS = 16  # deletion / insertion curve points - 1 (RISE uses 224 on 224 px)
+
+# (result key, per-pair key, which pairs are pooled, class-balanced mean?)
+LOCALIZATION = (
+    ("pointing_game", "hit", "predicted", False),
+    ("pointing_game_std", "hit_std", "all", True),
+    ("auc", "auc", "predicted", False),
+    ("energy_pg", "energy", "all", False),
+    ("relevance_mass", "relevance_mass", "all", False),
+    ("relevance_rank", "relevance_rank", "all", False),
+)
+FAITHFULNESS = (
+    ("deletion_auc", "deletion_auc", "all", False),
+    ("insertion_auc", "insertion_auc", "all", False),
+)
+AGREEMENT = ("spearman", "topk_iou", "topk_intersection", "cosine", "ssim", "argmax_agree",
+             "com_shift")
+
+DEFINITIONS = {
+    "pointing_game": "paper mode: first argmax inside the class mask, void pixels never chosen;"
+                     " pairs the model predicts (logit > 0), pooled",
+    "pointing_game_std": f"Zhang et al. 2016 / TorchRay: argmax within {STD_TOLERANCE:g} px "
+                         "(strict) of the mask; per-class accuracy, mean over classes",
+    "auc": "pixel ROC-AUC (sklearn ties), void excluded; predicted pairs pooled",
+    "energy_pg": "Score-CAM energy: positive mass inside / positive mass; all pairs",
+    "relevance_mass": "Arras et al. 2022, relevance mass accuracy, 'pos' pooling; all pairs",
+    "relevance_rank": "Arras et al. 2022, relevance rank accuracy (top-K, K = object size, "
+                      "ties row-major), 'pos' pooling; all pairs",
+    "spearman": "Spearman rank correlation of the two maps (average ranks)",
+    "topk_iou": f"IoU of the top {TOPK:.0%} pixel sets",
+    "topk_intersection": f"Ghorbani et al.: share of the reference's top {TOPK:.0%} pixels in "
+                         "the other's",
+    "cosine": "cosine similarity of the flattened maps",
+    "ssim": "SSIM of min-max scaled maps, Gaussian window sigma 1.5 (11 px), C1 = 0.01^2, "
+            "C2 = 0.03^2, population covariance, mean over full windows (= skimage)",
+    "argmax_agree": f"peaks within {ARGMAX_TOLERANCE:g} px",
+    "com_shift": "distance between the centres of mass of the positive parts (px)",
+    "deletion_auc": f"RISE deletion AUC (trapezoid over equal pixel steps, {FAITHFULNESS_STEPS} "
+                    "unless configured), black substrate, sigmoid probability of the class; "
+                    "all pairs",
+    "insertion_auc": f"RISE insertion AUC ({FAITHFULNESS_STEPS} steps unless configured), "
+                     "blurred substrate (11 px kernel, sigma 5, edge replication), sigmoid "
+                     "probability; all pairs",
+    "ci": "percentile bootstrap over images (pairs of one image resampled together)",
+}
 
 
 def _pair_metrics(maps, masks, valid) -> dict[str, torch.Tensor]:
+    # hits as float64 so that NaN can mark pairs without masks
     return {
-        "hit": loc.pointing_hits(maps, masks, valid),
-        "hit_std": loc.pointing_hits_tolerance(maps, masks, STD_TOLERANCE, valid),
+        "hit": loc.pointing_hits(maps, masks, valid).to(torch.float64),
+        "hit_std": loc.pointing_hits_tolerance(maps, masks, STD_TOLERANCE, valid).to(
+            torch.float64),
         "auc": loc.roc_auc(maps, masks, valid),
         "energy": loc.energy_pointing_game(maps, masks, valid),
+        "relevance_mass": loc.relevance_mass_accuracy(maps, masks, valid),
+        "relevance_rank": loc.relevance_rank_accuracy(maps, masks, valid),
     }
 
 
+def _no_localization(n: int) -> dict[str, torch.Tensor]:
+    nan = torch.full((n,), float("nan"), dtype=torch.float64)
+    return {key: nan.clone() for _, key, _, _ in LOCALIZATION}
+
+
 def _agreement(ref, maps) -> dict[str, torch.Tensor]:
+    big = min(maps.shape[-2:]) >= 11  # the SSIM window
     return {
         "spearman": agr.spearman(ref, maps),
         "topk_iou": agr.topk_iou(ref, maps, TOPK),
         "topk_intersection": agr.topk_intersection(ref, maps, TOPK),
         "cosine": agr.cosine(ref, maps),
+        "ssim": agr.ssim(ref, maps) if big else torch.full((len(maps),), float("nan"),
+                                                           dtype=torch.float64),
         "argmax_agree": agr.argmax_agreement(ref, maps, ARGMAX_TOLERANCE),
         "com_shift": agr.center_of_mass_shift(ref, maps),
     }
@@ -56,14 +115,29 @@ def _mean(x: torch.Tensor, where: torch.Tensor | None = None) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
-def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference: str | None = None,
-                    explainers: tuple[str, ...] = ("gradcam",), layers: dict | None = None,
-                    progress: bool = True) -> dict[str, dict]:
-    """Task and attribution metrics of each model (by name) on ``loader``.
+def _unpack(batch):
+    """``(images, labels, masks or None)``; masks that are all void (255) count as absent."""
+    images, labels = batch[0], batch[1]
+    masks = batch[2] if len(batch) > 2 else None
+    if masks is not None and bool((masks == 255).all()):
+        masks = None
+    return images, labels, masks
 
-    Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. Paper-mode pointing
-    game and AUC pool the pairs the model predicts (logit > 0); the standard pointing game is
-    the per-class mean over every ground-truth pair; agreement pools every ground-truth pair.
+
+def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = None,
+                  explainers: tuple[str, ...] = ("gradcam",), layers: dict | None = None,
+                  progress: bool = True, faithfulness: bool = False,
+                  faithfulness_steps: int = FAITHFULNESS_STEPS,
+                  faithfulness_batch: int = 64) -> dict:
+    """One streaming pass: the per-pair numbers of every model on every (image, ground-truth
+    class) pair; maps are dropped batch by batch.
+
+    ``loader`` yields ``(images, labels multi-hot, masks)`` (masks ``None``, missing or all 255:
+    localisation values are NaN for that batch).  Images are numbered in loader order.
+
+    Returns ``{"logits": {name: N x K}, "labels": N x K, "image": P, "classes": P,
+    "center_hit": P, "localization": bool, "pairs": {name: {explainer: {key: P}}}}``; agreement
+    keys (vs ``reference``) exist for the other models, faithfulness keys when asked.
     """
     for e in explainers:
         if e not in EXPLAINERS:
@@ -71,38 +145,90 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     layers = layers or {}
     logits = {n: [] for n in models}
     pairs = {n: {e: [] for e in explainers} for n in models}
-    labels_all, classes_all, center = [], [], []
+    labels_all, classes_all, image_all, center = [], [], [], []
+    any_masks, offset = False, 0
     for m in models.values():
         m.eval()
-    for images, labels, masks in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        images, labels, masks = _unpack(batch)
         img_idx, cls = labels.nonzero(as_tuple=True)
-        obj = masks[img_idx] == (cls + 1)[:, None, None]
-        valid = masks[img_idx] != 255
+        size = tuple(masks.shape[-2:]) if masks is not None else tuple(images.shape[-2:])
+        if masks is not None:
+            any_masks = True
+            obj = masks[img_idx] == (cls + 1)[:, None, None]
+            valid = masks[img_idx] != 255
+            center.append(loc.pointing_hits_tolerance(
+                loc.center_point_maps(len(cls), *size), obj, STD_TOLERANCE, valid
+            ).to(torch.float64))
+        else:
+            center.append(torch.full((len(cls),), float("nan"), dtype=torch.float64))
         labels_all.append(labels)
         classes_all.append(cls)
-        center.append(loc.pointing_hits_tolerance(
-            loc.center_point_maps(len(cls), *obj.shape[1:]), obj, STD_TOLERANCE, valid))
+        image_all.append(img_idx + offset)
+        offset += len(images)
         for e in explainers:
             ref_maps = None
             for name, model in _reference_first(models, reference):
                 device = next(model.parameters()).device
-                raw, out = EXPLAINERS[e](model, images.to(device), img_idx.to(device),
-                                         cls.to(device), layers.get(name))
-                maps, out = upsample(raw, obj.shape[1:]).float().cpu(), out.float().cpu()
+                x = images.to(device)
+                raw, out = EXPLAINERS[e](model, x, img_idx.to(device), cls.to(device),
+                                         layers.get(name))
+                maps, out = upsample(raw, size).float().cpu(), out.float().cpu()
                 if e == explainers[0]:
                     logits[name].append(out)
-                rec = _pair_metrics(maps, obj, valid)
+                rec = _pair_metrics(maps, obj, valid) if masks is not None else \
+                    _no_localization(len(cls))
                 rec["predicted"] = out[img_idx, cls] > 0
+                if faithfulness:
+                    at_input = upsample(raw, tuple(images.shape[-2:])).float()
+                    rec.update(faithfulness_aucs(model, x, img_idx, cls, at_input,
+                                                 faithfulness_steps, faithfulness_batch))
                 if name == reference:
                     ref_maps = maps
                 elif ref_maps is not None:
                     rec.update(_agreement(ref_maps, maps))
                 pairs[name][e].append(rec)
-    labels_all, classes_all = torch.cat(labels_all), torch.cat(classes_all)
-    baseline = float(torch.cat(center).float().mean()) if center else float("nan")
-    return {name: _summarise(torch.cat(logits[name]), labels_all, classes_all, pairs[name],
-                             baseline, name != reference and reference is not None)
-            for name in models}
+    def cat(xs, dtype=torch.int64):
+        return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
+
+    return {
+        "logits": {n: cat(v, torch.float32) for n, v in logits.items()},
+        "labels": cat(labels_all, torch.float32),
+        "image": cat(image_all), "classes": cat(classes_all),
+        "center_hit": cat(center, torch.float64), "localization": any_masks,
+        "pairs": {n: {e: {k: torch.cat([r[k] for r in recs]) for k in recs[0]}
+                      for e, recs in per.items() if recs} for n, per in pairs.items()},
+    }
+
+
+def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference: str | None = None,
+                    explainers: tuple[str, ...] = ("gradcam",), layers: dict | None = None,
+                    progress: bool = True, faithfulness: bool = False,
+                    faithfulness_steps: int = FAITHFULNESS_STEPS, faithfulness_batch: int = 64,
+                    n_boot: int = 1000, seed: int = 0, per_image: bool = False
+                    ) -> dict[str, dict]:
+    """Task and attribution metrics of each model (by name) on ``loader``.
+
+    Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. Paper-mode pointing
+    game and AUC pool the pairs the model predicts (logit > 0); the standard pointing game is
+    the per-class mean over every ground-truth pair; agreement pools every ground-truth pair
+    (definitions: :data:`DEFINITIONS`).
+
+    Beside the means each explainer entry has ``per_class`` (``{metric: {class index (str):
+    mean}}``, with ``pairs`` counts), for non-reference models ``agreement_ci`` and ``delta``
+    (vs the reference: ``{metric: {a, b, delta, ci_low, ci_high}}``, percentile bootstrap over
+    images with ``n_boot`` replicates and ``seed``; ``n_boot=0`` skips them), and with
+    ``per_image`` ``{metric: [mean per image]}`` in loader order.  ``faithfulness=True`` adds
+    RISE deletion / insertion AUCs (``faithfulness_steps`` + 1 forwards per pair, at most
+    ``faithfulness_batch`` images at once).
+    """
+    data = collect_pairs(models, loader, reference, explainers, layers, progress, faithfulness,
+                         faithfulness_steps, faithfulness_batch)
+    baseline = _mean(data["center_hit"])
+    opts = {"n_boot": n_boot, "seed": seed, "per_image": per_image, "faithfulness": faithfulness}
+    ref_pairs = data["pairs"].get(reference) if reference is not None else None
+    return {name: _summarise(data, name, baseline, ref_pairs if name != reference else None,
+                             **opts) for name in models}
 
 
 def _reference_first(models, reference):
@@ -110,29 +236,76 @@ def _reference_first(models, reference):
     return sorted(items, key=lambda kv: kv[0] != reference)
 
 
-def _summarise(logits, labels, classes, per_explainer, center_baseline, with_agreement) -> dict:
+def _filter(rec, which):
+    return rec["predicted"] if which == "predicted" else None
+
+
+def _per_class(values: torch.Tensor, classes: torch.Tensor, where=None) -> dict[str, float]:
+    """``{str(class): mean}`` over the pairs of each class present (NaN values skipped)."""
+    v = values.double() if where is None else values.double().masked_fill(~where, float("nan"))
+    return {str(int(k)): _mean(v[classes == k]) for k in torch.unique(classes)}
+
+
+def _summarise(data, name, center_baseline, ref_pairs, n_boot, seed, per_image,
+               faithfulness) -> dict:
+    logits, labels, classes = data["logits"][name], data["labels"], data["classes"]
     m_ap, per_class = mean_average_precision(logits, labels)
     row = {"task": {"mAP": m_ap, "F1": sample_f1(torch.sigmoid(logits), labels),
                     "per_class_AP": per_class}, "attribution": {}}
-    for e, recs in per_explainer.items():
-        cat = {k: torch.cat([r[k] for r in recs]) for k in recs[0]}
+    specs = LOCALIZATION + (FAITHFULNESS if faithfulness else ())
+    for e, cat in data["pairs"][name].items():
         pred = cat["predicted"]
-        hit_std = cat["hit_std"].double()
         att = {
             "pointing_game": _mean(cat["hit"], pred),
-            "pointing_game_std": loc.per_class_mean(hit_std, classes),
+            "pointing_game_std": loc.per_class_mean(cat["hit_std"], classes),
             "pointing_game_std_center_baseline": center_baseline,
             "auc": _mean(cat["auc"], pred),
             "energy_pg": _mean(cat["energy"]),
+            "relevance_mass": _mean(cat["relevance_mass"]),
+            "relevance_rank": _mean(cat["relevance_rank"]),
             "pairs": int(len(pred)),
             "predicted_pairs": int(pred.sum()),
         }
+        if faithfulness:
+            att.update({key: _mean(cat[key]) for key, *_ in FAITHFULNESS})
+        pc = {"pairs": {str(int(k)): int((classes == k).sum()) for k in torch.unique(classes)}}
+        pc.update({out: _per_class(cat[key], classes, _filter(cat, which))
+                   for out, key, which, _ in specs})
+        with_agreement = ref_pairs is not None and "spearman" in cat
         if with_agreement:
-            att["agreement"] = {k: _mean(cat[k]) for k in
-                                ("spearman", "topk_iou", "topk_intersection", "cosine",
-                                 "argmax_agree", "com_shift")}
+            att["agreement"] = {k: _mean(cat[k]) for k in AGREEMENT}
+            pc.update({k: _per_class(cat[k], classes) for k in AGREEMENT})
+            if n_boot > 0:
+                att["agreement_ci"], att["delta"] = _bootstrap(
+                    cat, ref_pairs[e], data["image"], classes, specs, n_boot, seed)
+        att["per_class"] = pc
+        if per_image:
+            att["per_image"] = _per_image(cat, data["image"], len(labels), specs,
+                                          AGREEMENT if with_agreement else ())
         row["attribution"][e] = att
     return row
+
+
+def _bootstrap(cat, ref, image, classes, specs, n_boot, seed) -> tuple[dict, dict]:
+    """Agreement means' CIs and localisation / faithfulness deltas (this model minus the
+    reference) with CIs, all from one set of image-level bootstrap replicates."""
+    agreement = {k: mean_ci(cat[k], image, n_boot=n_boot, seed=seed) for k in AGREEMENT}
+    agreement = {k: {"ci_low": v["ci_low"], "ci_high": v["ci_high"]}
+                 for k, v in agreement.items()}
+    delta = {}
+    for out, key, which, balanced in specs:
+        delta[out] = delta_ci(ref[key], cat[key], image, _filter(ref, which), _filter(cat, which),
+                              classes if balanced else None, n_boot, seed)
+        for k in ("n_boot", "confidence"):
+            delta[out].pop(k)
+    return agreement, delta
+
+
+def _per_image(cat, image, n_images, specs, agreement_keys) -> dict[str, list]:
+    """``{metric: [mean over the image's pairs]}`` (localisation over all its pairs, i.e.
+    unfiltered), NaN for images without pairs."""
+    keys = [(out, key) for out, key, *_ in specs] + [(k, k) for k in agreement_keys]
+    return {out: group_means(cat[key], image, n_images).tolist() for out, key in keys}
 
 
 def model_cost(models: dict[str, nn.Module], input_shape: tuple[int, ...],

@@ -1,0 +1,216 @@
+"""Bootstrap confidence intervals over images for per-pair metrics and their paired deltas.
+
+Why over images: the pairs of one image (one per ground-truth class) share the image and are
+not independent, so the resampling unit is the image.  A bootstrap replicate draws ``n_images``
+images with replacement; each pair then counts as many times as its image was drawn (its
+*weight*).  Every statistic here is a (class-balanced) weighted mean, so one matrix product per
+chunk of replicates evaluates all metrics on the same replicates: deltas between two models are
+paired (both models see the same resampled images).
+
+Confidence intervals are percentile intervals (Efron): the ``(1 - confidence) / 2`` and
+``(1 + confidence) / 2`` quantiles (numpy's linear interpolation) of the replicates, with a fixed
+seed (``numpy.random.default_rng(seed)``).  NaN values are missing pairs; replicates whose
+statistic is undefined (e.g. no pair left in a filter) are ignored by the quantiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "resample_weights",
+    "bootstrap_means",
+    "percentile_ci",
+    "mean_ci",
+    "delta_ci",
+    "group_means",
+    "bootstrap_columns",
+]
+
+_CHUNK_ELEMENTS = 1 << 22  # weights materialised at once (float64: 32 MiB)
+
+
+def _np(x, dtype=None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.to(torch.float64) if x.is_floating_point() else x
+        x = x.numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def resample_weights(groups, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """Bootstrap replicates as pair weights, in chunks of ``b x P`` float64 arrays.
+
+    ``groups`` (``P``, any hashable ids, e.g. image indices) says which pairs move together.
+    Each replicate draws ``G`` groups uniformly with replacement (``G`` distinct groups); a
+    pair's weight is how often its group was drawn.  Deterministic in ``seed``; the draws do
+    not depend on how many pairs a group has, only on ``G``, ``n_boot`` and ``seed``.
+    """
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    _, inverse = np.unique(_np(groups).reshape(-1), return_inverse=True)
+    n_groups, n_pairs = int(inverse.max()) + 1 if len(inverse) else 0, len(inverse)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, n_pairs + n_groups))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, max(1, n_groups), size=(b, n_groups))
+        offsets = (np.arange(b) * n_groups)[:, None]
+        counts = np.bincount((draws + offsets).ravel(), minlength=b * n_groups)
+        yield counts.reshape(b, n_groups)[:, inverse].astype(np.float64)
+
+
+def _columns(values, where) -> tuple[np.ndarray, np.ndarray]:
+    """``P x M`` values with NaN -> 0 and the ``P x M`` 0/1 membership of each pair."""
+    v = _np(values, np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    m = np.ones_like(v, dtype=bool) if where is None else _np(where, bool)
+    m = np.broadcast_to(m[:, None] if m.ndim == 1 else m, v.shape)
+    m = m & ~np.isnan(v)
+    return np.where(m, v, 0.0), m.astype(np.float64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def bootstrap_means(values, groups, where=None, n_boot: int = 1000,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``M`` per-pair metrics and their bootstrap replicates over groups (images).
+
+    ``values`` is ``P`` or ``P x M``; ``where`` (bool, same shape or ``P``) selects the pairs
+    each mean pools; NaN values are left out.  Column ``m``'s mean is
+    ``sum(w * x * keep) / sum(w * keep)`` with ``w`` the pair weights (1 for the estimate).
+
+    Returns
+    -------
+    (estimate ``M``, replicates ``n_boot x M``), NaN where no pair is pooled.
+    """
+    x, keep = _columns(values, where)
+    estimate = _ratio(x.sum(axis=0), keep.sum(axis=0))
+    reps = [_ratio(w @ x, w @ keep) for w in resample_weights(groups, n_boot, seed)]
+    return estimate, np.concatenate(reps, axis=0)
+
+
+def percentile_ci(replicates, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of each column of ``replicates`` (NaN replicates ignored; NaN when
+    all are NaN)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError("confidence must be in (0, 1)")
+    r = np.asarray(replicates, dtype=np.float64)
+    r = r[:, None] if r.ndim == 1 else r
+    q = 100.0 * np.array([(1 - confidence) / 2, (1 + confidence) / 2])
+    out = np.full((2, r.shape[1]), np.nan)
+    for j in range(r.shape[1]):
+        col = r[:, j][~np.isnan(r[:, j])]
+        if len(col):
+            out[:, j] = np.percentile(col, q)
+    return out[0], out[1]
+
+
+def _class_balanced(x_cols: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-class means laid out as ``K`` columns per metric (``... x (M * K)``) -> mean over
+    the classes that have pairs, per metric (``... x M``)."""
+    k = len(np.unique(classes))
+    shaped = x_cols.reshape(*x_cols.shape[:-1], -1, k)
+    with np.errstate(invalid="ignore"):
+        present = ~np.isnan(shaped)
+        total = np.where(present, shaped, 0.0).sum(axis=-1)
+        count = present.sum(axis=-1)
+    return _ratio(total, count.astype(np.float64))
+
+
+def _stack(values_list, where_list, classes):
+    """Columns for several (values, where) metrics; with ``classes`` one column per class."""
+    cols, masks = [], []
+    for v, m in zip(values_list, where_list):
+        x, keep = _columns(v, m)
+        if classes is None:
+            cols.append(x)
+            masks.append(keep)
+        else:
+            for k in np.unique(classes):
+                sel = (classes == k)[:, None]
+                cols.append(x * sel)
+                masks.append(keep * sel)
+    return np.concatenate(cols, axis=1), np.concatenate(masks, axis=1)
+
+
+def _means_and_reps(values_list, where_list, groups, classes, n_boot, seed):
+    classes = None if classes is None else _np(classes).reshape(-1)
+    x, keep = _stack(values_list, where_list, classes)
+    est, reps = bootstrap_means(x, groups, keep > 0, n_boot, seed)
+    if classes is not None:
+        est, reps = _class_balanced(est, classes), _class_balanced(reps, classes)
+    return est, reps
+
+
+def mean_ci(values, groups, where=None, classes=None, n_boot: int = 1000, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """Mean of a per-pair metric with its percentile bootstrap CI over images (``groups``).
+
+    ``classes`` (per pair) switches to the class-balanced mean: per-class means, then their
+    mean over the classes present (the standard pointing game's aggregation).
+
+    Returns ``{"mean", "ci_low", "ci_high", "n_boot", "confidence"}``.
+    """
+    est, reps = _means_and_reps([values], [where], groups, classes, n_boot, seed)
+    lo, hi = percentile_ci(reps, confidence)
+    return {"mean": float(est[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]),
+            "n_boot": int(n_boot), "confidence": float(confidence)}
+
+
+def delta_ci(a, b, groups, where_a=None, where_b=None, classes=None, n_boot: int = 1000,
+             seed: int = 0, confidence: float = 0.95) -> dict:
+    """Paired difference ``mean_B - mean_A`` of a per-pair metric with a percentile bootstrap
+    CI over images.
+
+    ``a`` and ``b`` are the two models' values on the same pairs (aligned, ``groups`` = image
+    per pair); ``where_a`` / ``where_b`` let each mean pool its own pairs (e.g. the pairs each
+    model predicts, for the paper-mode pointing game); ``classes`` as in :func:`mean_ci`.
+    Both means are computed on the same replicates, so the delta is paired by image.  With
+    equal filters and no NaN this is the bootstrap of the mean per-pair difference.
+
+    Returns ``{"a", "b", "delta", "ci_low", "ci_high", "n_boot", "confidence"}``.
+    """
+    est, reps = _means_and_reps([a, b], [where_a, where_b], groups, classes, n_boot, seed)
+    lo, hi = percentile_ci(reps[:, 1] - reps[:, 0], confidence)
+    return {"a": float(est[0]), "b": float(est[1]), "delta": float(est[1] - est[0]),
+            "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n_boot": int(n_boot),
+            "confidence": float(confidence)}
+
+
+def group_means(values, groups, n_groups: int | None = None) -> np.ndarray:
+    """Mean of ``values`` per integer group id ``0..n_groups-1`` (e.g. per image), NaN values
+    left out; NaN for a group without values."""
+    v = _np(values, np.float64).reshape(-1)
+    g = _np(groups).reshape(-1).astype(np.int64)
+    n_groups = int(g.max()) + 1 if n_groups is None else int(n_groups)
+    ok = ~np.isnan(v)
+    total = np.bincount(g[ok], weights=v[ok], minlength=n_groups)
+    count = np.bincount(g[ok], minlength=n_groups).astype(np.float64)
+    return _ratio(total, count)
+
+
+def bootstrap_columns(columns: dict, groups, n_boot: int = 1000,
+                      seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Means of many named per-pair columns on one shared set of bootstrap replicates.
+
+    ``columns`` maps a name to ``(values P, where P or None)``.  Returns
+    ``({name: estimate}, {name: replicates n_boot})``; replicates of different columns come
+    from the same resampled images, so differences of columns are paired deltas and their
+    percentile CIs (:func:`percentile_ci`) are valid.
+    """
+    names = list(columns)
+    if not names:
+        return {}, {}
+    x = np.stack([_np(columns[n][0], np.float64).reshape(-1) for n in names], axis=1)
+    where = np.stack([np.ones(x.shape[0], bool) if columns[n][1] is None
+                      else _np(columns[n][1], bool).reshape(-1) for n in names], axis=1)
+    est, reps = bootstrap_means(x, groups, where, n_boot, seed)
+    return ({n: float(est[i]) for i, n in enumerate(names)},
+            {n: reps[:, i] for i, n in enumerate(names)})
