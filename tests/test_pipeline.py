@@ -180,6 +180,46 @@ def test_unstructured_compress_cli(teacher_dir, tmp_path, capsys):
     assert cost["nonzero_params"] < 0.5 * cost["params"]
 
 
+def test_structured_compress_cli(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "filters"
+    assert main(["compress", "--teacher", str(teacher_dir), "--method", "structured",
+                 "--rate", "0.5", "--matching", "wcam", "--lambda", "10", "--epochs", "1",
+                 *TINY, "--data", "scenes", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)  # rebuilt from the checkpoint alone
+    teacher, _ = load_checkpoint(teacher_dir)
+    assert meta["compression"]["method"] == "structured"
+    assert model.cfg == [c if c == "M" else c // 2 for c in teacher.cfg]  # width 4: 4 -> 2, ...
+    assert meta["compression"]["params"] == sum(p.numel() for p in model.parameters())
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+
+
+def test_quantization_compress_cli_exports_int8(teacher_dir, tmp_path):
+    out = tmp_path / "int8"
+    assert main(["compress", "--teacher", str(teacher_dir), "--method", "quantization",
+                 "--matching", "wcam", "--lambda", "10", "--epochs", "1", *TINY,
+                 "--data", "scenes", "--out", str(out)]) == 0
+    meta = load_checkpoint(out)[1]
+    assert meta["compression"]["int8_agreement"] >= 0.95  # fake-quant vs converted int8
+    res_path = tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(out), "--teacher", str(teacher_dir), "--data",
+                 "scenes", "--n-test", "16", "--no-progress", "--out", str(res_path)]) == 0
+    teacher, run = json.loads(res_path.read_text())["runs"]
+    assert run["cost"]["bytes"] == (out / "model.int8.safetensors").stat().st_size
+    assert run["cost"]["bytes"] < 0.5 * teacher["cost"]["bytes"]  # int8 weights ship
+    assert run["attribution"]["gradcam"]["agreement"]["spearman"] is not None
+
+
+def test_audit_cli_self_audit_is_perfect(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["audit", "--reference", str(teacher_dir), "--candidate", str(teacher_dir),
+                 "--n-test", "16", "--n-boot", "50", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "audit.json").read_text())
+    agreement = result["explainers"]["gradcam"]["agreement"]
+    assert agreement["argmax_agree"]["mean"] == 1.0
+    assert "Perfect agreement" in capsys.readouterr().out
+    assert "<table" in (out / "audit.html").read_text()
+
+
 def test_bad_ranges_exit_2(teacher_dir, tmp_path, capsys):
     assert main(["compress", "--teacher", str(teacher_dir), "--drop", "1.5",
                  "--out", str(tmp_path / "x")]) == 2

@@ -14,6 +14,7 @@ import yaml
 
 from . import pipeline
 from .engine import TrainConfig
+from .report import audit_headline
 
 MATCHINGS = ("none", "at", "wcam")
 
@@ -81,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     p.add_argument("--method", default="kd", choices=tuple(pipeline.RECIPES),
-                   help="kd: distil into a narrower student; unstructured: global magnitude "
-                        "pruning of conv weights in rounds, fine-tuned after each")
+                   help="kd: distil into a narrower student; structured: remove whole conv "
+                        "filters (L1 norm) and fine-tune; unstructured: global magnitude "
+                        "pruning of conv weights in rounds, fine-tuned after each; "
+                        "quantization: quantization-aware training, exported as int8")
     p.add_argument("--width-divisor", type=float, default=4.0,
                    help="student widths = teacher widths / R (default 4)")
     p.add_argument("--matching", default="wcam", choices=MATCHINGS)
@@ -97,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured: pruning rounds, each followed by --epochs of fine-tuning")
     p.add_argument("--per-round", type=float, default=0.2,
                    help="unstructured: fraction of the remaining weights pruned per round")
+    p.add_argument("--rate", type=float, default=0.5,
+                   help="structured: fraction of each pruned conv's filters removed (paper 0.7)")
+    p.add_argument("--prune-layers", choices=("all", "paper"), default="all",
+                   help="structured: prune every conv, or the paper's first + last six convs")
+    p.add_argument("--importance", default="l1",
+                   help="structured: filter ranking (l1 = Li et al.; l2, fpgm, bn_scale, random)")
+    p.add_argument("--structured-rounds", type=int, default=1,
+                   help="structured: 1 = one-shot (paper); N = N prune+fine-tune rounds")
+    p.add_argument("--bits", type=int, default=8,
+                   help="quantization: weight bits, 2-8 (activations are 8-bit; the exported "
+                        "model runs int8 kernels either way)")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
     _data_args(p, inherit=True)
@@ -116,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--out", required=True, help="results JSON file to write")
+    p.add_argument("--report", help="HTML report to write (default: --out with .html)")
+
+    p = sub.add_parser("audit", help="how far one model's explanations moved from another's",
+                       description="Compare the explanations of --candidate with those of "
+                       "--reference on a data split: agreement with bootstrap CIs, localisation "
+                       "deltas, per class and per image, the images whose explanations moved "
+                       "most, and whether agreeing predictions hide disagreeing explanations. "
+                       "Writes OUT/audit.json and OUT/audit.html.")
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    p.add_argument("--reference", required=True, help="reference checkpoint folder (A)")
+    p.add_argument("--candidate", required=True, help="candidate checkpoint folder (B)")
+    _data_args(p, inherit=True)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (0: no CIs)")
+    p.add_argument("--top", type=int, default=12, help="how many most-moved images to show")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also compare deletion / insertion AUC (slower)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
                        description="Draw each explainer's map over an image file: one PNG per "
@@ -189,12 +224,18 @@ def _train_cfg(args) -> TrainConfig:
                        progress=not args.no_progress)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"a, b,c"`` -> ``("a", "b", "c")``."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         results = pipeline.demo(args.out, quick=args.quick, seed=args.seed,
                                 progress=not args.no_progress)
         print(pipeline.format_table(results))
-        print(f"wrote {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
+        print(f"wrote {Path(args.out) / 'results.json'} and report.html "
+              f"({results['wall_seconds']:.0f} s)")
     elif args.command == "train":
         cfg = pipeline.TeacherConfig(data=_data(args), model=args.model, width=args.width,
                                      dropout=args.dropout, train=_train_cfg(args))
@@ -206,7 +247,9 @@ def run(args: argparse.Namespace) -> int:
             teacher=args.teacher, method=args.method, width_divisor=args.width_divisor,
             matching=args.matching, drop=args.drop, lam=args.lam, target=args.target,
             temperature=args.temperature, alpha=args.alpha, layer=args.layer,
-            rounds=args.rounds, per_round=args.per_round,
+            rounds=args.rounds, per_round=args.per_round, rate=args.rate,
+            prune_layers=args.prune_layers, importance=args.importance,
+            structured_rounds=args.structured_rounds, bits=args.bits,
             data=_data_overrides(args), train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out)
         extra = (f", sparsity {meta['compression']['sparsity']:.3f}"
@@ -220,15 +263,26 @@ def run(args: argparse.Namespace) -> int:
             teacher = Path(args.teacher).name + (" (teacher)" if Path(args.teacher).name in models
                                                  else "")
             models = {teacher: args.teacher, **models}
-        explainers = tuple(e.strip() for e in args.explainers.split(",") if e.strip())
+        explainers = _names(args.explainers)
         results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                     explainers, seed=args.seed, progress=not args.no_progress)
         pipeline.write_results(results, args.out)
+        report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
+                                 models)
         for e in explainers:
             print(f"[{e}]\n{pipeline.format_table(results, e)}")
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {report}")
+    elif args.command == "audit":
+        explainers = _names(args.explainers)
+        result = pipeline.audit(args.reference, args.candidate, args.out, _data_overrides(args),
+                                args.split, explainers, n_boot=args.n_boot, top=args.top,
+                                seed=args.seed, faithfulness=args.faithfulness,
+                                progress=not args.no_progress)
+        for e in explainers:
+            print(f"[{e}] " + audit_headline(result, e)["summary"])
+        print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")
     elif args.command == "explain":
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        methods = _names(args.methods)
         for path in pipeline.explain(args.model, args.image, args.out, methods,
                                      args.class_names):
             print(f"wrote {path}")

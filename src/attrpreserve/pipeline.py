@@ -16,10 +16,12 @@ from torch.utils.data import DataLoader
 from . import __version__
 from .data import build_dataset
 from .engine import TrainConfig, fit
+from .evaluate import audit as run_audit
 from .evaluate import evaluate_models, model_cost, nan_to_none
 from .matching import create_matcher
 from .models import create_model, load_checkpoint, save_checkpoint
-from .recipes import RECIPES, strength
+from .recipes import RECIPES, deployed, deployed_file, export, strength
+from .report import ReportImages, write_audit_report, write_report
 
 
 @dataclass
@@ -85,7 +87,7 @@ class CompressConfig:
     prune_layers: str = "all"  # structured: "all" convs or the paper's "paper" preset
     importance: str = "l1"  # structured: filter ranking (L1 norm, Li et al.)
     structured_rounds: int = 1  # structured: 1 = one-shot (paper); more = iterative
-    bits: int = 8  # quantization: bit width of weights and activations
+    bits: int = 8  # quantization: weight bits (activations 8-bit)
     data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
 
@@ -98,7 +100,9 @@ class CompressConfig:
                    f"structured_rounds must be positive, got {self.structured_rounds}"),
                   (2 <= self.bits <= 8, f"bits must be in [2, 8], got {self.bits}"),
                   (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
-                  (self.lam >= 0, f"lambda must be >= 0, got {self.lam}")]
+                  (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
+                  (self.prune_layers in ("all", "paper"),
+                   f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -141,6 +145,7 @@ def compress(cfg: CompressConfig, out: str | Path):
             "config": asdict(cfg), "data": asdict(data), "compression": settings,
             "history": history}
     save_checkpoint(out, student, meta)
+    export(student, out)
     return student, meta
 
 
@@ -159,7 +164,9 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
     nets = {n: m for n, (m, _) in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress)
-    costs = model_cost(nets, (1, 3, data.size, data.size), checkpoints=models)
+    costs = model_cost(nets, (1, 3, data.size, data.size),
+                       checkpoints={n: deployed_file(p) for n, p in models.items()},
+                       deployed={n: deployed(m) for n, m in nets.items()})
     runs = []
     for name, (_, meta) in loaded.items():
         runs.append({"name": name, "role": "teacher" if name == teacher else meta.get("role"),
@@ -171,6 +178,28 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
                                                   "images": len(loader.dataset),
                                                   "classes": first_meta["classes"]},
                         "seed": seed, "versions": versions()})
+
+
+def audit(reference: str | Path, candidate: str | Path, out: str | Path,
+          data: DataConfig | dict | None = None, split: str = "test",
+          explainers=("gradcam",), n_boot: int = 1000, top: int = 12, seed: int = 0,
+          faithfulness: bool = False, progress: bool = True) -> dict:
+    """How far ``candidate``'s explanations moved from ``reference``'s: OUT/audit.json + .html.
+
+    Data defaults to the reference checkpoint's (``data`` overrides it); see
+    :func:`attrpreserve.evaluate.audit` for what is measured.
+    """
+    (model_a, meta), (model_b, _) = load_checkpoint(reference), load_checkpoint(candidate)
+    loader = resolve_data(data, meta).loader(split)
+    result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
+                       top=top, progress=progress, faithfulness=faithfulness)
+    result.update(reference=str(reference), candidate=str(candidate), split=split,
+                  versions=versions())
+    out = Path(out)
+    write_results(result, out / "audit.json")
+    names = (f"{Path(reference).name} (reference)", f"{Path(candidate).name} (candidate)")
+    write_audit_report(result, out / "audit.html", model_a, model_b, loader.dataset, names)
+    return result
 
 
 def explain(model_dir: str | Path, image_path: str | Path, out: str | Path,
@@ -305,7 +334,19 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     results["demo"] = asdict(cfg)
     results["wall_seconds"] = time.perf_counter() - t0
     write_results(results, out / "results.json")
+    report(results, out / "report.html", ckpts, title="attrpreserve demo")
     return results
+
+
+def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
+           title: str = "attrpreserve report") -> Path:
+    """``report.html`` for an evaluation: tables, plots, curves, and heatmap grids of a few
+    images of the evaluated split."""
+    ds = results["dataset"]
+    data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
+                                            "n_test", "batch_size")})
+    images = ReportImages.from_dataset(data.loader(ds["split"]).dataset)
+    return write_report(results, path, checkpoints, images, title=title)
 
 
 def _finished(directory: Path, cfg) -> bool:

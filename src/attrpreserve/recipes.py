@@ -9,11 +9,14 @@ fine-tunes with its task term plus ``cfg.lam`` x matching against the unmodified
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
-from .compress import DistillStep, finalize, unstructured_prune
+from .compress import (DistillStep, convert_int8, export_int8, finalize, is_qat, paper_rates,
+                       prediction_agreement, quantization_aware_train, structured_prune,
+                       unstructured_prune)
 from .engine import fit
 from .models import create_model
 
@@ -59,6 +62,54 @@ def unstructured(cfg, teacher, train_dl, val_dl, matcher):
                "best_val_mAP": rounds[-1]["best_val_mAP"]}
     return student, history, {"rounds": cfg.rounds, "per_round": cfg.per_round,
                               "sparsity": rounds[-1]["sparsity"]}
+
+
+@register_recipe("structured")
+def structured(cfg, teacher, train_dl, val_dl, matcher):
+    """L1-norm filter pruning at ``rate`` (every conv, or the paper's layers), fine-tuned."""
+    student = _trainable_copy(teacher)
+    rates = paper_rates(student, cfg.rate) if cfg.prune_layers == "paper" else cfg.rate
+    rounds = structured_prune(student, teacher, train_dl, val_dl, rates, cfg.structured_rounds,
+                              cfg.train, matcher, cfg.lam, cfg.importance,
+                              teacher_layer=cfg.layer, student_layer=cfg.layer)
+    history = {"rounds": rounds, "best_epoch": None,  # selected within each round
+               "best_val_mAP": rounds[-1]["best_val_mAP"]}
+    return student, history, {"rate": cfg.rate, "prune_layers": cfg.prune_layers,
+                              "importance": cfg.importance, "rounds": cfg.structured_rounds,
+                              "params": rounds[-1]["params"], "macs": rounds[-1]["macs"]}
+
+
+INT8_FILE = "model.int8.safetensors"
+
+
+@register_recipe("quantization")
+def quantization(cfg, teacher, train_dl, val_dl, matcher):
+    """Quantization-aware training at ``bits``; the checkpoint is the fake-quant model (the
+    form attributions are computed on), exported beside it as int8 by :func:`export`."""
+    student, history = quantization_aware_train(
+        teacher, teacher, train_dl, val_dl, bits=cfg.bits, act_bits=8,
+        finetune_cfg=cfg.train, matching=matcher, lam=cfg.lam, teacher_layer=cfg.layer,
+        student_layer=cfg.layer)
+    agree = prediction_agreement(student, convert_int8(student), val_dl)
+    return student, history, {"bits": cfg.bits, "int8_agreement": agree["agreement"],
+                              "int8_max_abs_logit_diff": agree["max_abs_logit_diff"]}
+
+
+def export(student: nn.Module, out: str | Path) -> None:
+    """Write what ships besides the checkpoint: the converted int8 model of a fake-quant one."""
+    if is_qat(student):
+        export_int8(convert_int8(student), Path(out) / INT8_FILE)
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """The module that ships for ``model``: its int8 conversion if it is fake-quant."""
+    return convert_int8(model) if is_qat(model) else model
+
+
+def deployed_file(checkpoint: str | Path) -> Path:
+    """The weights file that ships for a checkpoint folder (int8 export if there is one)."""
+    int8 = Path(checkpoint) / INT8_FILE
+    return int8 if int8.is_file() else Path(checkpoint) / "model.safetensors"
 
 
 def strength(method: str, value: float, rounds: int = 1) -> dict:

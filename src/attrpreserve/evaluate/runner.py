@@ -309,23 +309,32 @@ def _per_image(cat, image, n_images, specs, agreement_keys) -> dict[str, list]:
 
 
 def model_cost(models: dict[str, nn.Module], input_shape: tuple[int, ...],
-               checkpoints: dict[str, str | Path] | None = None, repeats: int = 20) -> dict:
-    """Params, non-zero params, MACs, bytes on disk and batch-1 CPU latency, measured together."""
-    checkpoints = checkpoints or {}
+               checkpoints: dict[str, str | Path] | None = None, repeats: int = 20,
+               deployed: dict[str, nn.Module] | None = None) -> dict:
+    """Params, non-zero params, MACs, bytes on disk and batch-1 CPU latency, measured together.
+
+    ``checkpoints`` maps a name to a weights file or a checkpoint folder (its
+    ``model.safetensors``); ``deployed`` maps a name to the module that ships in place of the
+    evaluated one (e.g. the int8 conversion of a fake-quant model), which is the one timed.
+    """
+    checkpoints, deployed = checkpoints or {}, deployed or {}
     out = {}
     for name, model in models.items():
         ckpt = checkpoints.get(name)
+        if ckpt is not None and not Path(ckpt).is_file():
+            ckpt = Path(ckpt) / "model.safetensors"
         out[name] = {
             "params": count_params(model),
             "nonzero_params": count_nonzero_params(model),
             "macs": count_macs(model, input_shape),
-            "bytes": file_bytes(Path(ckpt) / "model.safetensors") if ckpt else None,
+            "bytes": file_bytes(ckpt) if ckpt else None,
         }
     # Latency interleaved over rounds so machine noise hits every model alike.
     lat = {n: [] for n in models}
     for _ in range(3):
         for name, model in models.items():
-            lat[name].append(latency_ms(model, input_shape, warmup=2, repeats=repeats))
+            lat[name].append(latency_ms(deployed.get(name, model), input_shape, warmup=2,
+                                        repeats=repeats))
     for name in models:
         out[name]["latency_ms"] = float(np.median(lat[name]))
     return out

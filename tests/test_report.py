@@ -1,0 +1,406 @@
+"""HTML report: self-contained, holds the results table and the right gap-closed shares, and
+renders to a non-blank page in headless Chromium (skipped where Chromium is absent)."""
+
+import base64
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attrpreserve.models import create_model, save_checkpoint
+from attrpreserve.report import (ReportImages, audit_headline, gap_closed, headline, recipe_groups,
+                                 save_overlay, write_audit_report, write_report)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CLASSES = ["circle", "square", "triangle"]
+
+# Pointing game, AUC and Spearman per run; the expected shares below are computed by hand.
+T_PG, T_AUC = 0.8, 0.9
+KD = {"pg": 0.4, "auc": 0.89, "rho": 0.2, "mAP": 0.41}       # AUC within 0.02: no gap
+KD_AT = {"pg": 0.5, "auc": 0.91, "rho": 0.6, "mAP": 0.45}
+KD_WCAM = {"pg": 0.7, "auc": 0.90, "rho": 0.8, "mAP": 0.52}
+WCAM_PG_SHARE = round(100 * (0.7 - 0.4) / (0.8 - 0.4))        # 75
+AT_PG_SHARE = round(100 * (0.5 - 0.4) / (0.8 - 0.4))          # 25
+WCAM_RHO_SHARE = round(100 * (0.8 - 0.2) / (1.0 - 0.2))       # 75 (teacher agrees with itself: 1)
+
+
+def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None):
+    att = {"pointing_game": pg, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2,
+           "agreement": None if rho is None else
+           {"spearman": rho, "topk_iou": 0.3, "cosine": 0.5, "argmax_agree": 0.4,
+            "com_shift": 3.0}}
+    if per_class:
+        att["per_class"] = per_class
+    return {"name": name, "role": "teacher" if method == "none" else "compressed",
+            "checkpoint": name, "compression": {"method": method, "matching": matching},
+            "cost": {"params": 1234567, "nonzero_params": 1000000, "macs": 2500000,
+                     "bytes": 4938268, "latency_ms": 0.5},
+            "task": {"mAP": m_ap, "F1": 0.3, "per_class_AP": [0.5, 0.6, 0.7]},
+            "attribution": {"gradcam": att},
+            "training": {"best_epoch": 1, "best_val_mAP": 0.3}}
+
+
+def _results():
+    pc = {"pointing_game": {"0": 0.5, "1": 0.6, "2": 0.7}}
+    runs = [_run("teacher", "none", "none", 0.7, T_PG, T_AUC, None, pc),
+            _run("kd", "kd", "none", KD["mAP"], KD["pg"], KD["auc"], KD["rho"], pc),
+            _run("kd+at", "kd", "at", KD_AT["mAP"], KD_AT["pg"], KD_AT["auc"], KD_AT["rho"]),
+            _run("kd+wcam", "kd", "wcam", KD_WCAM["mAP"], KD_WCAM["pg"], KD_WCAM["auc"],
+                 KD_WCAM["rho"]),
+            _run("unstructured", "unstructured", "none", 0.69, 0.79, None, 0.9),
+            _run("unstructured+wcam", "unstructured", "wcam", 0.69, None, 0.9, 0.95)]
+    sweeps = [{"recipe": "kd", "matching": m, "strength": s, "size_bytes": b, "mAP": 0.5,
+               "pointing_game": pg, "auc": 0.9, "spearman": 0.5}
+              for m, off in (("none", 0.0), ("wcam", 0.2))
+              for s, b, pg in ((2, 40000, 0.5 + off), (4, 10000, 0.3 + off))]
+    return {"runs": runs, "sweeps": sweeps,
+            "dataset": {"spec": "scenes", "split": "test", "images": 3, "classes": CLASSES},
+            "seed": 0, "demo": {"width": 4, "lr": 0.002, "weight_decay": 1e-4},
+            "versions": {"attrpreserve": "0.1.0", "torch": torch.__version__}}
+
+
+def _checkpoints(root: Path) -> dict[str, Path]:
+    """Tiny VGGs with distillation-style epochs (or pruning-style rounds) in their history."""
+    torch.manual_seed(0)
+    out = {}
+    for name, method, matching in (("teacher", "none", "none"), ("kd", "kd", "none"),
+                                   ("kd+wcam", "kd", "wcam"),
+                                   ("unstructured", "unstructured", "none")):
+        model = create_model("vgg", num_classes=3, width=4, input_size=32)
+        if method == "unstructured":
+            history = {"rounds": [{"round": 1, "target": 0.2, "sparsity": 0.2,
+                                   "best_val_mAP": 0.4},
+                                  {"round": 2, "target": 0.36, "sparsity": 0.36,
+                                   "best_val_mAP": 0.38}],
+                       "best_epoch": None, "best_val_mAP": 0.38}
+        else:
+            history = {"epochs": [{"epoch": e, "loss": 1.0 / e, "kd": 0.5 / e,
+                                   "match": 0.01 / e if matching != "none" else 0.0,
+                                   "val_mAP": 0.3 + 0.05 * e, "seconds": 1.0}
+                                  for e in (1, 2, 3)], "best_epoch": 3, "best_val_mAP": 0.45}
+        out[name] = save_checkpoint(root / name, model, {
+            "classes": CLASSES, "compression": {"method": method, "matching": matching},
+            "history": history})
+    return out
+
+
+def _images(n: int = 3, size: int = 32) -> ReportImages:
+    """Noise images, each with one bright square of class i (mask value i + 1)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, size, size, generator=gen) * 0.3
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    labels = torch.zeros(n, len(CLASSES))
+    for i in range(n):
+        y0 = 4 + 6 * i
+        images[i, i % 3, y0:y0 + 12, 8:20] = 1.0
+        masks[i, y0:y0 + 12, 8:20] = i % 3 + 1
+        labels[i, i % 3] = 1
+    return ReportImages(images, labels, masks)
+
+
+class _Page(HTMLParser):
+    """Collects every src / href and the cell texts of every table."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.images, self.tables, self.scripts = [], [], [], 0
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if key in attrs:
+                self.links.append(attrs[key])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append(self._cell.strip())
+            self._cell = None
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    results = _results()
+    # input x gradient (signed, not in the results) is drawn as heatmaps only
+    path = write_report(results, root / "report.html", _checkpoints(root), _images(),
+                        explainers=("gradcam", "input_x_gradient"))
+    return path, results, path.read_text(encoding="utf-8")
+
+
+def test_gap_closed_and_groups():
+    assert gap_closed(0.8, 0.4, 0.7) == pytest.approx(0.75)
+    assert gap_closed(0.8, 0.79, 0.7) is None          # within 0.02: nothing to close
+    assert gap_closed(0.8, None, 0.7) is None
+    groups = recipe_groups(_results())
+    assert {k: [r["name"] for r in v] for k, v in groups.items()} == {
+        "kd": ["kd", "kd+at", "kd+wcam"], "unstructured": ["unstructured", "unstructured+wcam"]}
+
+
+def test_report_is_self_contained(report):
+    path, _, text = report
+    page = _Page()
+    page.feed(text)
+    assert "http://" not in text and "https://" not in text
+    assert not any(link.startswith("//") for link in page.links)
+    assert page.scripts == 0
+    # bar charts, size sweep, two heatmap grids, training curves: all inline PNGs
+    assert len(page.images) == 5
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(link.startswith(("#", "data:")) for link in page.links)
+
+
+def test_report_table_and_headline(report):
+    _, results, text = report
+    page = _Page()
+    page.feed(text)
+    names = [r["name"] for r in results["runs"]]
+    main = next(t for t in page.tables if t and "PG gap closed" in t[0])
+    assert [row[0] for row in main[1:]] == names       # teacher first, then recipe by recipe
+    header = main[0]
+    wcam = main[1 + names.index("kd+wcam")]
+    assert wcam[header.index("PG gap closed")] == f"{WCAM_PG_SHARE}%"
+    assert wcam[header.index("Spearman gap closed")] == f"{WCAM_RHO_SHARE}%"
+    assert wcam[header.index("AUC gap closed")] == "no gap"
+    cost = next(t for t in page.tables if t and "non-zero params" in t[0])
+    assert "1,234,567" in cost[1]                      # thousands separators
+    assert any(t and t[0][:1] == ["class"] for t in page.tables)  # per-class tables
+
+    kd = next(h for h in headline(results) if h["recipe"] == "kd")
+    pg_sentence = next(s for s in kd["sentences"] if "pointing game" in s)
+    assert "lost 0.400 pointing game" in pg_sentence
+    assert f"WCAM (kd+wcam) won back {WCAM_PG_SHARE}% of it" in pg_sentence
+    assert f"AT (kd+at) won back {AT_PG_SHARE}% of it" in pg_sentence
+    assert "mAP 0.520 vs 0.410" in pg_sentence
+    assert any("no gap to close" in s for s in kd["sentences"])   # AUC 0.89 vs 0.90
+    assert f"won back {WCAM_PG_SHARE}% of it" in text
+    unstructured = next(h for h in headline(results) if h["recipe"] == "unstructured")
+    assert any("not measured" in s for s in unstructured["sentences"])  # None metrics
+
+
+def test_report_without_checkpoints_or_optional_sections(tmp_path):
+    results = _results()
+    del results["sweeps"], results["demo"]
+    for run in results["runs"]:
+        run["attribution"]["gradcam"].pop("per_class", None)
+    results["runs"][1]["attribution"] = {}
+    text = write_report(results, tmp_path / "r.html").read_text()
+    assert "Attribution maps" not in text and "Training curves" not in text
+    assert "Metrics against model size" not in text and "kd+wcam" in text
+    text = write_report(results, tmp_path / "r2.html", {"teacher": tmp_path / "missing"},
+                        _images()).read_text()
+    assert "Not drawn: teacher" in text                # a bad checkpoint is reported, not fatal
+
+
+def test_report_images_from_dataset_and_overlay(tmp_path):
+    imgs = _images()
+    items = [(imgs.images[i], imgs.labels[i], imgs.masks[i]) for i in range(3)]
+    picked = ReportImages.from_dataset([(items[0][0], torch.zeros(3), items[0][2])] + items, n=2)
+    assert len(picked.images) == 2 and bool((picked.labels.sum(1) > 0).all())
+    out = save_overlay(imgs.images[0], torch.rand(32, 32), tmp_path / "o.png", "t")
+    assert out.is_file()
+
+
+def _chromium(*args, timeout=90):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed")
+    return subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_report_renders_in_chromium(report, tmp_path):
+    path = report[0]
+    shot = tmp_path / "shot.png"
+    _chromium(f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+              "--window-size=1280,2000", path.resolve().as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20                            # text, tables and plots, not blank
+
+    dom = _chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom",
+                    path.resolve().as_uri()).stdout
+    page = _Page()
+    page.feed(dom)
+    main = next(t for t in page.tables if t and "PG gap closed" in t[0])
+    assert "kd+wcam" in [row[0] for row in main]
+
+
+# --------------------------------------------------------------------------------------------
+# The audit page
+# --------------------------------------------------------------------------------------------
+
+AUDIT_NAMES = ("teacher", "student <int8>")  # "<" must come out escaped
+
+
+@pytest.fixture(scope="module")
+def audit_pages(tmp_path_factory):
+    """A self-audit and an audit against a randomized copy, 8 scenes, each with its page."""
+    from torch.utils.data import DataLoader
+
+    from attrpreserve.data import build_dataset
+    from attrpreserve.evaluate import audit, randomize_model
+
+    root = tmp_path_factory.mktemp("audit")
+    torch.manual_seed(0)
+    model = create_model("vgg", num_classes=8, width=4, input_size=32).eval()
+    randomized = randomize_model(model, seed=1)
+    data = build_dataset("scenes", "test", size=32, seed=0, n=8)
+    loader = DataLoader(data, batch_size=8)
+    out = {"data": data, "models": (model, randomized), "root": root}
+    for name, other in (("self", model), ("random", randomized)):
+        res = audit(model, other, loader, n_boot=50, top=4, progress=False)
+        path = write_audit_report(res, root / f"{name}.html", model, other, data,
+                                  names=AUDIT_NAMES)
+        out[name] = (path, res, path.read_text(encoding="utf-8"))
+    return out
+
+
+def _text_of(page_html: str) -> str:
+    """The page's visible text (entities decoded)."""
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.parts = []
+
+        def handle_data(self, data):
+            self.parts.append(data)
+
+    parser = Text()
+    parser.feed(page_html)
+    return " ".join(parser.parts)
+
+
+def _section_html(page_html: str, anchor: str) -> str:
+    start = page_html.index(f'<section id="{anchor}">')
+    return page_html[start:page_html.index("</section>", start)]
+
+
+def test_audit_page_is_self_contained(audit_pages):
+    for name in ("self", "random"):
+        text = audit_pages[name][2]
+        page = _Page()
+        page.feed(text)
+        assert "http://" not in text and "https://" not in text
+        assert page.scripts == 0
+        assert len(page.images) == 2                     # histogram, gallery
+        for src in page.images:
+            assert src.startswith("data:image/png;base64,")
+            assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all(link.startswith(("#", "data:")) for link in page.links)
+        assert "&lt;int8&gt;" in text and "<int8>" not in text
+
+
+def test_audit_page_tables_and_gallery(audit_pages):
+    _, res, text = audit_pages["random"]
+    rep = res["explainers"]["gradcam"]
+    page = _Page()
+    page.feed(text)
+    agreement = next(t for t in page.tables if t and t[0][:2] == ["metric", "mean"])
+    rows = {r[0]: r for r in agreement[1:]}
+    assert rows["Spearman"][1] == f"{rep['agreement']['spearman']['mean']:.3f}"
+    assert rows["SSIM"][2] == f"{rep['agreement']['ssim']['ci_low']:.3f}"
+    loc = next(t for t in page.tables if t and t[0][:3] == ["metric", *AUDIT_NAMES])
+    assert [r[0] for r in loc[1:3]] == ["pointing game", "pointing game (15 px)"]
+    assert loc[1][3] == f"{rep['localization']['pointing_game']['delta']:+.3f}"
+    classes = audit_pages["data"].classes
+    per_class = next(t for t in page.tables if t and t[0][:2] == ["class", "pairs"])
+    assert [r[0] for r in per_class[1:]] == [classes[int(c)] for c in sorted(rep["per_class"],
+                                                                             key=int)]
+
+    gallery = _Page()
+    gallery.feed(_section_html(text, "gallery"))
+    assert len(gallery.images) == 1                      # image | A's map | B's map grid
+    table = gallery.tables[0]
+    header = table[0]
+    moved = rep["most_moved"]
+    assert [int(r[header.index("image")]) for r in table[1:]] == [m["index"] for m in moved]
+    first = min(moved[0]["pairs"], key=lambda p: p["spearman"])
+    assert table[1][header.index("explained class")] == classes[first["class"]]
+    assert table[1][header.index("pair Spearman")] == f"{first['spearman']:.3f}"
+    for col in ("teacher p", "student <int8> p"):        # both models' scores
+        assert 0.0 <= float(table[1][header.index(col)]) <= 1.0
+
+
+def test_audit_headline_perfect_and_moved(audit_pages):
+    self_text = _text_of(audit_pages["self"][2])
+    assert "Perfect agreement: student <int8>'s gradcam maps are identical to teacher's" \
+        in self_text
+    assert "No hidden disagreement" in self_text
+    assert audit_headline(audit_pages["self"][1], "gradcam", AUDIT_NAMES)["perfect"]
+
+    _, res, text = audit_pages["random"]
+    rep = res["explainers"]["gradcam"]
+    rho = rep["agreement"]["spearman"]["mean"]
+    assert rho < 0.3
+    words = _text_of(text)
+    assert "Perfect agreement" not in words
+    assert f"moved far from teacher's (mean Spearman {rho:.3f}" in words
+    hidden = rep["hidden_disagreement"]
+    share = hidden["share_low_among_same_decision"]["mean"]
+    assert (f"Among {hidden['same_decision_pairs']} pairs where both models make the same "
+            f"decision, {100 * share:.0f}%") in words
+
+
+def test_audit_page_images_as_tensors_and_without_models_or_masks(audit_pages):
+    import copy
+
+    _, res, text = audit_pages["random"]
+    root, data = audit_pages["root"], audit_pages["data"]
+    model, randomized = audit_pages["models"]
+    # every audited image in loader order as ReportImages: the same gallery as the dataset's
+    items = [data[i] for i in range(len(data))]
+    tensors = ReportImages(*(torch.stack([it[k] for it in items]) for k in range(3)))
+    again = write_audit_report(res, root / "tensors.html", model, randomized, tensors,
+                               names=AUDIT_NAMES).read_text(encoding="utf-8")
+    gallery = [_Page(), _Page()]
+    gallery[0].feed(_section_html(text, "gallery"))
+    gallery[1].feed(_section_html(again, "gallery"))
+    assert gallery[0].images == gallery[1].images
+
+    bare = copy.deepcopy(res)                            # as if the data had no masks
+    bare["localization"] = False
+    bare["explainers"]["gradcam"]["localization"] = None
+    for row in bare["explainers"]["gradcam"]["per_class"].values():
+        for k in [k for k in row if isinstance(row[k], dict) and "delta" in row[k]]:
+            del row[k]
+    plain = write_audit_report(bare, root / "bare.html").read_text(encoding="utf-8")
+    words = _text_of(plain)
+    assert "Localisation against the masks" not in words and "localisation skipped" in words
+    assert "Maps not drawn" in words and "Explanation forgotten (gradcam)" in words
+    page = _Page()
+    page.feed(plain)
+    assert len(page.images) == 1                         # the histogram only
+    broken = write_audit_report(res, root / "broken.html", model, randomized,
+                                lambda i: (_ for _ in ()).throw(IndexError(i)))
+    assert "Not drawn (gradcam): IndexError" in _text_of(broken.read_text(encoding="utf-8"))
+
+
+def test_audit_page_renders_in_chromium(audit_pages, tmp_path):
+    path = audit_pages["random"][0]
+    shot = tmp_path / "shot.png"
+    _chromium(f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+              "--window-size=1280,2000", path.resolve().as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20
