@@ -226,8 +226,10 @@ def test_pruned_then_quantization_aware_model_reloads(tmp_path):
 
     model = create_model("vgg", num_classes=5, width=4, input_size=32).eval()
     prune_channels(model, 0.5)
-    qat = prepare_qat(model).eval()  # fuses Conv-BN-ReLU: BatchNorm keys move
+    qat = prepare_qat(model)  # fuses Conv-BN-ReLU: BatchNorm keys move
     x = torch.randn(2, 3, 32, 32)
+    qat.train()(x)  # observers set the quantization ranges in train mode
+    qat.eval()
     with torch.no_grad():
         before = qat(x)
     save_checkpoint(tmp_path / "ckpt", qat)
