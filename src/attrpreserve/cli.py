@@ -10,9 +10,10 @@ import difflib
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
-from . import pipeline
+from . import distributed, pipeline, state
 from .engine import TrainConfig
 from .report import audit_headline
 
@@ -49,6 +50,19 @@ def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Resume, checkpoint and device flags of the training commands."""
+    g = p.add_argument_group("training state and devices")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run whose state is in OUT/.state (same flags)")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="snapshot the training state every N optimizer steps "
+                        "(default: after every epoch)")
+    g.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda; under torchrun, cuda means cuda:LOCAL_RANK "
+                        "and the NCCL backend (gloo on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attrpreserve",
@@ -72,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="base width of the small VGG")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout before the Linear head (default 0: it slowed the small VGG)")
+    p.add_argument("--init", metavar="PATH",
+                   help="initial weights: a state dict file (.safetensors, or .pt/.pth read "
+                        "with weights_only=True: code in a pickle is refused)")
     _train_args(p, epochs=15, lr=0.05)
+    _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
     p = sub.add_parser("compress", help="compress a teacher, optionally matching attributions",
@@ -115,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
     _data_args(p, inherit=True)
     _train_args(p, epochs=15, lr=0.05)
+    _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
     p = sub.add_parser("evaluate", help="score checkpoints: task, localisation, agreement, cost",
@@ -198,9 +217,32 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
             close = difflib.get_close_matches(str(key).replace("-", "_"), list(aliases), n=1)
             raise ValueError(f"{path}: unknown key {key!r}"
                              + (f"; did you mean {close[0]!r}?" if close else ""))
-        sub.set_defaults(**{action.dest: value})
+        sub.set_defaults(**{action.dest: _config_value(path, key, action, value)})
         action.required = False  # a required flag given by the config is satisfied
     return parser.parse_args(argv)
+
+
+def _config_value(path: str, key, action: argparse.Action, value):
+    """A YAML value checked like the flag would check its text (type, choices, booleans)."""
+    def bad(expected: str):
+        return ValueError(f"{path}: key {key!r} expects {expected}, got {value!r}")
+
+    if action.nargs == 0:  # store_true flags
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if action.type in (int, float) and value is not None:
+        if isinstance(value, bool) or (action.type is int and isinstance(value, float)):
+            raise bad("an integer" if action.type is int else "a number")
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError):
+            raise bad("an integer" if action.type is int else "a number") from None
+    if action.choices is not None and value not in action.choices:
+        raise bad("one of " + ", ".join(map(str, action.choices)))
+    if action.type is None and isinstance(value, (dict, list)) and action.nargs is None:
+        raise bad("a single value")
+    return value
 
 
 DATA_FLAGS = {"data": "spec", "size": "size", "data_seed": "seed", "n_train": "n_train",
@@ -229,6 +271,33 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+def _run_options(args) -> dict:
+    """``resume`` / ``checkpoint_every`` / ``device`` for the pipeline, checked up front.
+
+    An existing training state without ``--resume`` is a usage error: rerunning a command must
+    not silently throw away an interrupted run.
+    """
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive number of steps, "
+                         f"got {args.checkpoint_every}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here")
+    if state.exists(args.out) and not args.resume:
+        raise ValueError(f"{state.state_dir(args.out)} holds the state of an unfinished run: "
+                         f"add --resume to continue it, or delete that folder to start over")
+    distributed.init_from_env(args.device)
+    return {"resume": args.resume, "checkpoint_every": args.checkpoint_every,
+            "device": args.device}
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every rank runs the same command under torchrun)."""
+    if distributed.is_main():
+        print(text)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         results = pipeline.demo(args.out, quick=args.quick, seed=args.seed,
@@ -238,10 +307,11 @@ def run(args: argparse.Namespace) -> int:
               f"({results['wall_seconds']:.0f} s)")
     elif args.command == "train":
         cfg = pipeline.TeacherConfig(data=_data(args), model=args.model, width=args.width,
-                                     dropout=args.dropout, train=_train_cfg(args))
-        _, meta = pipeline.train_teacher(cfg, args.out)
-        print(f"teacher saved to {args.out} (val mAP {meta['history']['best_val_mAP']:.3f}, "
-              f"epoch {meta['history']['best_epoch']})")
+                                     dropout=args.dropout, train=_train_cfg(args),
+                                     init=args.init)
+        _, meta = pipeline.train_teacher(cfg, args.out, **_run_options(args))
+        _say(f"teacher saved to {args.out} (val mAP {meta['history']['best_val_mAP']:.3f}, "
+             f"epoch {meta['history']['best_epoch']})")
     elif args.command == "compress":
         cfg = pipeline.CompressConfig(
             teacher=args.teacher, method=args.method, width_divisor=args.width_divisor,
@@ -251,11 +321,11 @@ def run(args: argparse.Namespace) -> int:
             prune_layers=args.prune_layers, importance=args.importance,
             structured_rounds=args.structured_rounds, bits=args.bits,
             data=_data_overrides(args), train=_train_cfg(args))
-        _, meta = pipeline.compress(cfg, args.out)
+        _, meta = pipeline.compress(cfg, args.out, **_run_options(args))
         extra = (f", sparsity {meta['compression']['sparsity']:.3f}"
                  if "sparsity" in meta["compression"] else "")
-        print(f"compressed model saved to {args.out} "
-              f"(val mAP {meta['history']['best_val_mAP']:.3f}{extra})")
+        _say(f"compressed model saved to {args.out} "
+             f"(val mAP {meta['history']['best_val_mAP']:.3f}{extra})")
     elif args.command == "evaluate":
         models = {Path(m).name or m: m for m in args.model}
         teacher = None
@@ -294,10 +364,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _apply_config(parser, argv)
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"attrpreserve: error: {exc}", file=sys.stderr)
-        return 2
+        code = run(args)
+    except (ValueError, FileNotFoundError) as exc:  # usage: bad flags, config, paths
+        code = _error(exc, 2)
+    except FloatingPointError as exc:  # training diverged; the last good state is kept
+        code = _error(exc, 1)
+    distributed.shutdown(wait=code == 0)
+    return code
+
+
+def _error(exc: Exception, code: int) -> int:
+    """One line on stderr (prefixed with the rank when there are several); returns ``code``."""
+    rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+    print(f"attrpreserve: {rank}error: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

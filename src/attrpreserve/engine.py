@@ -2,11 +2,14 @@
 
 Every recipe (teacher training, distillation, later pruning and quantization fine-tuning) is this
 loop with a different ``step`` function ``step(model, images, labels) -> (loss, {term: value})``.
+The loop snapshots and resumes inside a ``state.session`` (see ``state``) and averages gradients
+across processes under torchrun (see ``distributed``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import distributed, state
 from .evaluate.task import mean_average_precision
 
 
@@ -47,6 +51,12 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
@@ -86,51 +96,264 @@ def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.T
 
 def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_step,
         cfg: TrainConfig | None = None, desc: str = "train") -> History:
-    """Train ``model`` with ``step``; keep the weights of the epoch with the best val mAP."""
+    """Train ``model`` with ``step``; keep the weights of the epoch with the best val mAP.
+
+    Inside a ``state.session`` the loop snapshots its full state (``--checkpoint-every`` steps,
+    else every epoch, and when it ends) and continues from the session's snapshot; a phase that
+    had finished returns its recorded history. Under torchrun, gradients are averaged across
+    ranks after each backward (``distributed.average_gradients``) and rank 0 alone validates and
+    logs. A non-finite loss stops training with a ``FloatingPointError`` naming the step and the
+    loss terms, before the optimizer step (no snapshot is written for that step).
+    """
     cfg = cfg or TrainConfig()
-    device = next(model.parameters()).device
+    run = state.enter_phase()
+    if run is not None and run.completed:
+        return _replay(run, model, step, train)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = OPTIMIZERS[cfg.optimizer](params, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.epochs * len(train)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, total, cfg, len(train)))
-    history, best_state = History(), None
-    for epoch in range(cfg.epochs):
-        model.train()
-        sums, count, t0 = {}, 0, time.perf_counter()
-        bar = tqdm(train, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress)
-        for images, labels, *_ in bar:
-            if cfg.augment:
-                images = augment_batch(images, gen)
-            images, labels = images.to(device), labels.to(device)
-            loss, terms = step(model, images, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: non-finite loss at epoch {epoch + 1}, "
-                                         f"terms { {k: float(v) for k, v in terms.items()} }")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for k, v in {"loss": loss.detach(), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(images)
-            count += len(images)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        row = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()},
-               "seconds": time.perf_counter() - t0}
-        if val is not None:
-            row["val_mAP"] = mean_average_precision(*predict(model, val))[0]
-            if best_state is None or row["val_mAP"] > history.best_val_mAP:
-                history.best_epoch, history.best_val_mAP = epoch + 1, row["val_mAP"]
-                best_state = copy.deepcopy(model.state_dict())
-        history.epochs.append(row)
-        if cfg.progress:
-            tqdm.write(f"{desc} epoch {epoch + 1}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch",)))
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    per_epoch = len(train)
+    total = cfg.epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, total, cfg, per_epoch))
+    loop = _Loop(augment=torch.Generator().manual_seed(cfg.seed),
+                 generators={"loader": getattr(train, "generator", None),
+                             **(run.generators if run is not None else {})})
+    if run is not None and run.saved:
+        _restore(run, loop, model, opt, sched, step)
+    distributed.broadcast_module(model)
+    ctx = _Context(model, train, step, cfg, opt, sched, loop, run, desc)
+    for epoch in range(loop.epoch, cfg.epochs):
+        _train_epoch(ctx, epoch)
+        _end_epoch(ctx, epoch, val)
+    if loop.best_state is not None:
+        _load(model, loop.best_state)
+    distributed.broadcast_module(model)
     model.eval()
-    return history
+    if run is not None:
+        _snapshot(ctx, done=True)
+    return loop.history
+
+
+@dataclass
+class _Loop:
+    """A phase's progress: what a snapshot records besides model, optimizer and schedule."""
+
+    augment: torch.Generator
+    generators: dict
+    history: History = field(default_factory=History)
+    best_state: dict | None = None
+    epoch: int = 0  # epoch in progress (0-based)
+    batch: int = 0  # batches of it trained
+    step: int = 0  # optimizer steps of the phase
+    sums: dict = field(default_factory=dict)
+    count: int = 0
+    seconds: float = 0.0
+    epoch_rng: tuple | None = None  # (tensors, meta): loader + torch RNG at the epoch's start
+    resume_rng: tuple | None = None  # RNG to set once the trained batches are skipped
+
+
+@dataclass
+class _Context:
+    """What the helpers of one ``fit`` call share."""
+
+    model: nn.Module
+    train: DataLoader
+    step: object
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    sched: object
+    loop: _Loop
+    run: object
+    desc: str
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def verbose(self) -> bool:
+        return self.cfg.progress and distributed.is_main()
+
+
+def _train_epoch(ctx: _Context, epoch: int) -> None:
+    """One epoch (or what is left of it after a resume), snapshotting when due."""
+    loop, model = ctx.loop, ctx.model
+    loop.epoch = epoch
+    model.train()
+    bar = tqdm(total=len(ctx.train), initial=loop.batch, leave=False, disable=not ctx.verbose,
+               desc=f"{ctx.desc} {epoch + 1}/{ctx.cfg.epochs}")
+    t0 = time.perf_counter()
+    for images, labels, *_ in _epoch_batches(ctx):
+        if ctx.cfg.augment:
+            images = augment_batch(images, loop.augment)
+        images, labels = images.to(ctx.device), labels.to(ctx.device)
+        loss, terms = ctx.step(model, images, labels)
+        _optimize(ctx, loss, terms, len(images), epoch)
+        loop.batch, loop.step = loop.batch + 1, loop.step + 1
+        for k, v in {"loss": loss.detach(), **terms}.items():
+            loop.sums[k] = loop.sums.get(k, 0.0) + float(v) * len(images)
+        loop.count += len(images)
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if ctx.run is not None and ctx.run.due(loop.step):
+            loop.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _snapshot(ctx)
+    bar.close()
+    loop.seconds += time.perf_counter() - t0
+
+
+def _epoch_batches(ctx: _Context):
+    """The epoch's batches. A resumed epoch first restores the RNG its start had, skips the
+    batches already trained (same shuffle), then restores the snapshot's RNG."""
+    loop = ctx.loop
+    loader_rng = {"loader": loop.generators.get("loader")}
+    if loop.resume_rng is not None and loop.batch == 0:  # snapshot at an epoch's start
+        state.set_rng_state(*loop.resume_rng, _all_generators(loop))
+        loop.resume_rng = None
+    if loop.resume_rng is None:
+        loop.epoch_rng = state.rng_state(loader_rng, "epoch_rng/")
+        yield from ctx.train
+        return
+    state.set_rng_state(*loop.epoch_rng, loader_rng, "epoch_rng/")
+    batches = iter(ctx.train)
+    for _ in range(loop.batch):
+        next(batches, None)
+    state.set_rng_state(*loop.resume_rng, _all_generators(loop))
+    loop.resume_rng = None
+    yield from batches
+
+
+def _all_generators(loop: _Loop) -> dict:
+    return {"augment": loop.augment, **loop.generators}
+
+
+def _optimize(ctx: _Context, loss, terms, n: int, epoch: int) -> None:
+    """Backward, (distributed) gradient averaging, optimizer and schedule step."""
+    finite = bool(torch.isfinite(loss.detach()))
+    if not finite and not distributed.active():
+        raise _non_finite(ctx, loss, terms, epoch)
+    ctx.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if distributed.active() and not distributed.average_gradients(ctx.model, n, finite):
+        raise _non_finite(ctx, loss, terms, epoch, elsewhere=finite)
+    ctx.opt.step()
+    ctx.sched.step()
+
+
+def _non_finite(ctx: _Context, loss, terms, epoch: int, elsewhere: bool = False):
+    where = (f"step {ctx.loop.step + 1} (epoch {epoch + 1}, batch {ctx.loop.batch + 1} of "
+             f"{len(ctx.train)})")
+    if elsewhere:
+        return FloatingPointError(f"{ctx.desc}: non-finite loss on another rank at {where}")
+    values = ", ".join(f"{k} {float(v):.4g}" for k, v in {"loss": loss.detach(), **terms}.items())
+    return FloatingPointError(f"{ctx.desc}: non-finite loss at {where}: {values}")
+
+
+def _end_epoch(ctx: _Context, epoch: int, val: DataLoader | None) -> None:
+    """Epoch averages (over all ranks), validation on rank 0, best-epoch selection, log."""
+    loop, history = ctx.loop, ctx.loop.history
+    keys = sorted(loop.sums)
+    *sums, count = distributed.sum_floats([loop.sums[k] for k in keys] + [loop.count],
+                                          ctx.device)
+    row = {"epoch": epoch + 1, **{k: v / count for k, v in zip(keys, sums)},
+           "seconds": loop.seconds}
+    if val is not None:
+        score = (mean_average_precision(*predict(ctx.model, val))[0] if distributed.is_main()
+                 else float("nan"))
+        row["val_mAP"] = distributed.broadcast_float(score, ctx.device)
+        if loop.best_state is None or row["val_mAP"] > history.best_val_mAP:
+            history.best_epoch, history.best_val_mAP = epoch + 1, row["val_mAP"]
+            loop.best_state = copy.deepcopy(ctx.model.state_dict())
+    history.epochs.append(row)
+    loop.epoch, loop.batch, loop.sums, loop.count, loop.seconds = epoch + 1, 0, {}, 0, 0.0
+    if ctx.verbose:
+        tqdm.write(f"{ctx.desc} epoch {epoch + 1}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch",)))
+    if ctx.run is not None and ctx.run.per_epoch and epoch + 1 < ctx.cfg.epochs:
+        _snapshot(ctx)
+
+
+def _snapshot(ctx: _Context, done: bool = False) -> None:
+    """Hand the phase's state to the session: model, RNG and extras; mid-phase also the
+    optimizer, schedule, best-epoch weights and the RNG the epoch started with."""
+    loop = ctx.loop
+    tensors = {f"model/{k}": v for k, v in ctx.model.state_dict().items()}
+    rng_tensors, rng_meta = state.rng_state(_all_generators(loop))
+    tensors.update(rng_tensors)
+    meta = {"desc": ctx.desc, "epoch": loop.epoch, "batch": loop.batch, "step": loop.step,
+            "rng": rng_meta, "spec": getattr(ctx.model, "spec", None),
+            "extras": state.capture_extras(ctx.model, ctx.step)}
+    if not done:
+        opt_tensors, opt_meta = state.optimizer_state(ctx.opt)
+        epoch_rng = loop.epoch_rng if loop.batch else state.rng_state(
+            {"loader": loop.generators.get("loader")}, "epoch_rng/")
+        tensors.update(opt_tensors)
+        tensors.update(epoch_rng[0])
+        tensors.update({f"best/{k}": v for k, v in (loop.best_state or {}).items()})
+        meta.update(optimizer=opt_meta, scheduler=_scheduler_state(ctx.sched),
+                    epoch_rng=epoch_rng[1], history=loop.history.to_dict(), sums=loop.sums,
+                    count=loop.count, seconds=loop.seconds)
+    ctx.run.save(meta, tensors, done=done, history=loop.history.to_dict() if done else None)
+
+
+@torch.no_grad()
+def _load(model: nn.Module, weights: dict) -> None:
+    """Load ``weights``; refresh pruned layers' ``weight`` (``orig * mask``).
+
+    ``torch.nn.utils.prune`` recomputes that attribute only in the next forward, and the next
+    pruning round ranks it: without the refresh a round after ``fit`` would rank the weights of
+    the last forward pass instead of the selected epoch's (and a resumed run would differ).
+    """
+    model.load_state_dict(weights)
+    for module in model.modules():
+        for name, _ in list(module.named_buffers(recurse=False)):
+            base = name[: -len("_mask")]
+            if name.endswith("_mask") and hasattr(module, base + "_orig"):
+                setattr(module, base, getattr(module, base + "_orig") * getattr(module, name))
+
+
+def _scheduler_state(sched) -> dict:
+    """The schedule's state dict without its lambdas (rebuilt by ``fit`` from the config)."""
+    sd = dict(sched.state_dict())
+    sd["lr_lambdas"] = [None] * len(sd.get("lr_lambdas", []))
+    return sd
+
+
+def _check_spec(meta: dict, model: nn.Module) -> None:
+    saved, now = meta.get("spec"), getattr(model, "spec", None)
+    if json.loads(json.dumps(now, default=str)) != saved:
+        raise ValueError("the training state was written for a different model structure "
+                         f"({meta['desc']}); delete the state folder to start over")
+
+
+def _restore(run, loop: _Loop, model: nn.Module, opt, sched, step) -> None:
+    """Continue phase ``run`` from its snapshot (the RNG is set once the epoch is re-entered)."""
+    meta, tensors = run.meta, run.tensors()
+    _check_spec(meta, model)
+    _load(model, state.prefixed(tensors, "model/"))
+    state.load_optimizer(opt, tensors, meta["optimizer"])
+    sched.load_state_dict(meta["scheduler"])
+    loop.history = History(**meta["history"])
+    loop.best_state = state.prefixed(tensors, "best/") or None
+    loop.epoch, loop.batch, loop.step = meta["epoch"], meta["batch"], meta["step"]
+    loop.sums, loop.count, loop.seconds = meta["sums"], meta["count"], meta["seconds"]
+    loop.epoch_rng = (state.prefixed(tensors, "epoch_rng/", keep=True), meta["epoch_rng"])
+    loop.resume_rng = (state.prefixed(tensors, "rng/", keep=True), meta["rng"])
+    state.restore_extras(meta["extras"], model, step)
+
+
+def _replay(run, model: nn.Module, step, train: DataLoader) -> History:
+    """A phase that finished before the interruption: its history; if it was the last to
+    finish, also its end state (model, RNG streams shared with later phases, extras)."""
+    if run.final:
+        meta, tensors = run.meta, run.tensors()
+        _check_spec(meta, model)
+        _load(model, state.prefixed(tensors, "model/"))
+        generators = {"loader": getattr(train, "generator", None), **run.generators}
+        state.set_rng_state(tensors, meta["rng"], generators)
+        state.restore_extras(meta["extras"], model, step)
+        model.eval()
+    return History(**run.history)
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import __version__
+from . import __version__, distributed, state
+from .compress import IMPORTANCES
 from .data import build_dataset
 from .engine import TrainConfig, fit
 from .evaluate import audit as run_audit
 from .evaluate import evaluate_models, model_cost, nan_to_none
-from .matching import create_matcher
+from .matching import MATCHERS, create_matcher
 from .models import create_model, load_checkpoint, save_checkpoint
+from .models.checkpoint import init_from_file
 from .recipes import RECIPES, deployed, deployed_file, export, strength
 from .report import ReportImages, write_audit_report, write_report
 
@@ -36,11 +38,37 @@ class DataConfig:
     n_test: int | None = None
     batch_size: int = 64
 
-    def loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    def __post_init__(self):
+        _check(_positive_int(self.size), f"size must be a positive integer, got {self.size!r}")
+        _check(_positive_int(self.batch_size),
+               f"batch_size must be a positive integer, got {self.batch_size!r}")
+        _check(isinstance(self.seed, int) and self.seed >= 0,
+               f"data seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("n_train", "n_val", "n_test"):
+            value = getattr(self, name)
+            _check(value is None or _positive_int(value),
+                   f"{name} must be a positive integer, got {value!r}")
+
+    def loader(self, split: str, shuffle: bool = False, seed: int = 0,
+               shard: bool = False) -> DataLoader:
+        """Batches of ``split``; with ``shard`` under torchrun, this rank's part of each global
+        batch of ``batch_size`` (the same global batches as one process sees)."""
         n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
         ds = _dataset(self.spec, split, self.size, self.seed, n)
         gen = torch.Generator().manual_seed(seed)
+        if shard and distributed.active():
+            sampler = distributed.ShardedBatchSampler(len(ds), self.batch_size, shuffle, gen)
+            return DataLoader(ds, batch_sampler=sampler, generator=gen)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
@@ -65,6 +93,11 @@ class TeacherConfig:
     width: int = 16
     dropout: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+    init: str | None = None  # initial weights: a .safetensors / .pt / .pth state dict file
+
+    def __post_init__(self):
+        _check(_positive_int(self.width), f"width must be a positive integer, got {self.width!r}")
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -102,50 +135,87 @@ class CompressConfig:
                   (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.prune_layers in ("all", "paper"),
-                   f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}")]
+                   f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}"),
+                  (self.method in RECIPES, f"unknown compression method {self.method!r}; "
+                   f"available: {', '.join(RECIPES)}"),
+                  (self.matching in MATCHERS, f"unknown matching {self.matching!r}; "
+                   f"known: {', '.join(MATCHERS)}"),
+                  (self.target in ("top1", "labels"),
+                   f"target must be 'top1' or 'labels', got {self.target!r}"),
+                  (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+                  (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}"),
+                  (self.importance in IMPORTANCES, f"unknown importance {self.importance!r}; "
+                   f"known: {', '.join(IMPORTANCES)}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
 
-def train_teacher(cfg: TeacherConfig, out: str | Path):
-    """Train a teacher, select it on the val split, save it to ``out``; returns (model, meta)."""
+def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
+                  checkpoint_every: int | None = None, device: str = "cpu"):
+    """Train a teacher, select it on the val split, save it to ``out``; returns (model, meta).
+
+    Training state is snapshotted to ``out/.state`` (``checkpoint_every`` steps, else every
+    epoch); ``resume`` continues from it. Under torchrun, rank 0 alone writes.
+    """
     torch.manual_seed(cfg.train.seed)
-    train_dl = cfg.data.loader("train", shuffle=True, seed=cfg.train.seed)
+    train_dl = cfg.data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True)
     val_dl = cfg.data.loader("val")
     classes = train_dl.dataset.classes
     kwargs = {"num_classes": len(classes), "input_size": cfg.data.size, "dropout": cfg.dropout}
     if cfg.model == "vgg":
         kwargs["width"] = cfg.width
     model = create_model(cfg.model, **kwargs)
-    history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
-    meta = {"role": "teacher", "classes": classes, "config": asdict(cfg), "data": asdict(cfg.data),
-            "compression": {"method": "none", "matching": "none"}, "history": history.to_dict()}
-    save_checkpoint(out, model, meta)
+    if cfg.init:
+        init_from_file(model, cfg.init)
+    model.to(distributed.device_for(device))
+    with state.session(out, _run_config("train", cfg), resume=resume, every=checkpoint_every):
+        history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
+        meta = {"role": "teacher", "classes": classes, "config": asdict(cfg),
+                "data": asdict(cfg.data), "compression": {"method": "none", "matching": "none"},
+                "history": history.to_dict()}
+        if distributed.is_main():
+            save_checkpoint(out, model, meta)
     return model, meta
 
 
-def compress(cfg: CompressConfig, out: str | Path):
-    """Compress the teacher at ``cfg.teacher`` with the recipe ``cfg.method``; save to ``out``."""
+def _run_config(command: str, cfg) -> dict:
+    """What identifies a run for ``--resume`` (progress bars excluded)."""
+    doc = asdict(cfg)
+    doc["train"].pop("progress", None)
+    return {"command": command, "config": doc}
+
+
+def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
+             checkpoint_every: int | None = None, device: str = "cpu"):
+    """Compress the teacher at ``cfg.teacher`` with the recipe ``cfg.method``; save to ``out``.
+
+    Resumable and distributed like :func:`train_teacher` (pruning rounds and masks, structured
+    shapes and QAT state are all part of the snapshot).
+    """
     if cfg.method not in RECIPES:
         raise ValueError(f"unknown compression method {cfg.method!r}; available: "
                          f"{', '.join(RECIPES)}")
     teacher, t_meta = load_checkpoint(cfg.teacher)
+    teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
-    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed)
+    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True)
     val_dl = data.loader("val")
-    student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
-    settings = {"method": cfg.method, "matching": cfg.matching,
-                "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop, "target": cfg.target,
-                **extra}
-    meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
-            "config": asdict(cfg), "data": asdict(data), "compression": settings,
-            "history": history}
-    save_checkpoint(out, student, meta)
-    export(student, out)
+    with state.session(out, _run_config("compress", cfg), resume=resume, every=checkpoint_every,
+                       generators={"matching": gen}):
+        student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
+        settings = {"method": cfg.method, "matching": cfg.matching,
+                    "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop,
+                    "target": cfg.target, **extra}
+        meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
+                "config": asdict(cfg), "data": asdict(data), "compression": settings,
+                "history": history}
+        if distributed.is_main():
+            save_checkpoint(out, student, meta)
+            export(student, out)
     return student, meta
 
 

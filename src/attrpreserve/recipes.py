@@ -14,9 +14,10 @@ from typing import Callable
 
 from torch import nn
 
-from .compress import (DistillStep, convert_int8, export_int8, finalize, is_qat, paper_rates,
-                       prediction_agreement, quantization_aware_train, structured_prune,
-                       unstructured_prune)
+from . import state
+from .compress import (DistillStep, convert_int8, export_int8, finalize, freeze_qat, is_qat,
+                       paper_rates, prediction_agreement, quantization_aware_train,
+                       structured_prune, unstructured_prune)
 from .engine import fit
 from .models import create_model
 
@@ -42,6 +43,7 @@ def distill(cfg, teacher, train_dl, val_dl, matcher):
     """Distil into the teacher's architecture with every width divided by ``width_divisor``."""
     spec = teacher.spec
     student = create_model(spec["name"], **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
+    student.to(next(teacher.parameters()).device)
     step = DistillStep(teacher, matcher, cfg.lam, teacher_layer=cfg.layer,
                        student_layer=cfg.layer, temperature=cfg.temperature, alpha=cfg.alpha)
     history = fit(student, train_dl, val_dl, step, cfg.train,
@@ -80,6 +82,17 @@ def structured(cfg, teacher, train_dl, val_dl, matcher):
 
 
 INT8_FILE = "model.int8.safetensors"
+
+
+def _restore_qat_freeze(model, step, frozen) -> None:
+    if frozen and is_qat(model):
+        freeze_qat(model)
+
+
+# QAT freezes observers and BatchNorm statistics part-way (flags outside the state dict):
+# training-state snapshots record it so a resumed run freezes the same way.
+state.register_extra("qat_frozen", lambda model, step: bool(getattr(model, "qat_frozen", False)),
+                     _restore_qat_freeze)
 
 
 @register_recipe("quantization")

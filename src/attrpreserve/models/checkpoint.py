@@ -117,10 +117,88 @@ def unpack_sparse(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def atomic_write(path: str | Path, write) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync
+    the folder: a reader (or a run killed at any instant) sees the old file or the new one."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_atomic = atomic_write
+
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def load_state_dict_file(path: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """A foreign state dict from ``.safetensors`` or a torch ``.pt``/``.pth``/``.bin`` file.
+
+    Torch files are read with ``torch.load(weights_only=True)``: only tensors and plain
+    containers are allowed, so a pickle that would run code is refused (``ValueError``) before
+    anything in it runs. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped and
+    a DDP ``module.`` prefix dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {path} not found")
+    if path.suffix not in STATE_DICT_SUFFIXES:
+        raise ValueError(f"{path}: expected one of {', '.join(STATE_DICT_SUFFIXES)}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device=map_location)
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for a refused global, others for garbage
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: refused: not a plain tensor state dict ({first})") from None
+    return _plain_state_dict(obj, path)
+
+
+def _plain_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    """``obj`` as ``{name: tensor}``: unwrap a ``state_dict``/``model`` level, drop ``module.``."""
+    if isinstance(obj, dict) and len(obj) and not any(torch.is_tensor(v) for v in obj.values()):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                            for k, v in obj.items()):
+        raise ValueError(f"{path}: expected a mapping of parameter names to tensors")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def init_from_file(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a foreign state dict file (:func:`load_state_dict_file`) into ``model``, strictly."""
+    state = load_state_dict_file(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
+        raise ValueError(f"{path}: weights do not fit the model: {first}") from None
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
