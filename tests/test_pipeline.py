@@ -147,8 +147,8 @@ def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pipeline, "train_teacher", lambda *a, **k: calls.append("teacher"))
     monkeypatch.setattr(pipeline, "compress", lambda *a, **k: calls.append("compress"))
-    pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
-    assert calls == []  # an interrupted demo restarts where it stopped
+    pipeline.demo(tmp_path, seed=0, progress=True, cfg=cfg)
+    assert calls == []  # an interrupted demo restarts where it stopped (progress bars or not)
     pipeline.demo(tmp_path, seed=0, progress=False,
                   cfg=pipeline.DemoConfig(**{**cfg.__dict__, "lam": 1.0}))
     assert calls == ["compress"]  # changed settings are never served from a stale checkpoint

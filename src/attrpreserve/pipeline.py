@@ -426,7 +426,13 @@ def _finished(directory: Path, cfg) -> bool:
         return False
     saved = json.loads(side.read_text()).get("config", {})
     wanted = json.loads(json.dumps(asdict(cfg), default=str))
-    return saved == wanted
+    return _settings(saved) == _settings(wanted)
+
+
+def _settings(config: dict) -> dict:
+    """A stage's config without what does not change its result (progress bars)."""
+    return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k != "progress"}
 
 
 def write_results(results: dict, path: str | Path) -> None:
