@@ -1,3 +1,13 @@
 """attrpreserve: compress PyTorch vision models without breaking their explanations, and prove it."""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "explain"]
+
+
+def __getattr__(name):
+    """Lazy top-level exports: ``attrpreserve.explain`` imports torch only when first used."""
+    if name == "explain":
+        from .attribution.api import explain
+        return explain
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

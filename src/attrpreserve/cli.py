@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_names", action="append",
                    help="class name to explain (repeatable; default: every predicted class)")
     p.add_argument("--methods", default="gradcam",
-                   help="comma-separated explainers (default gradcam), e.g. gradcam,lrp,ebp,ig")
+                   help="comma-separated explainers (default gradcam): gradcam, gradient, "
+                        "input_x_gradient, ig, lrp, lrp_a1b0, ebp, rap, occlusion, rise")
     p.add_argument("--out", required=True, help="folder for the PNG files")
     return parser
 

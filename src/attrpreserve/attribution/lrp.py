@@ -17,10 +17,20 @@ follows a conv/linear leaf in module-registration order (right for the VGG nets 
 that does not directly follow a linear leaf stays unmerged and gets the ``Pass`` rule in the LRP
 composites).
 
-Batching follows ``gradients._pair_input_grads``: one forward on ``cat([images, images[idx]])``
-(the model must be in eval mode so rows do not interact) and one backward whose output
-relevance is non-zero only on row ``B + j`` at class ``c_j``. The first B rows are returned as the
-logits (computed with BatchNorm merged, i.e. equal to the plain model's up to float rounding).
+Batching: one forward of the P pair rows ``images[idx]`` inside the composite (the model must be
+in eval mode so rows do not interact) and one backward whose output relevance is non-zero only
+on row j at class ``c_j``; the logits B x K come from a plain ``no_grad`` forward of the images.
+A single pair is forwarded as two identical rows: on CPU a one-row convolution takes another
+kernel and rounds differently (~1e-7) from a many-row one, and the rules' stabilised divisions
+and max-pool routing amplified that to 1e-5 between a pair's batched and single maps; from two
+rows on, a row's results are bitwise independent of the batch.
+
+Pruning masks (``torch.nn.utils.prune``): zennit modifies a module's *registered parameters*
+(``weight_orig`` of a pruned module, i.e. the unmasked weights) while the module computes with the
+``weight`` attribute that the pruning pre-hook recomputes, and its BatchNorm merge writes to that
+attribute, which the pre-hook then overwrites: the maps come out wrong. Inside ``baked_pruning``
+every pruned weight is temporarily a plain parameter equal to ``orig * mask``; the
+reparametrisation (the same ``_orig`` parameter object, mask buffer and hook) is put back after.
 
 Not differentiable w.r.t. the model's parameters (no ``create_graph``): evaluation only.
 Second-order LRP (LRP maps as a matching loss) is future work.
@@ -34,6 +44,50 @@ from torch import nn
 from .gradcam import frozen
 
 COMPOSITES = ("epsilon_plus_flat", "alpha1_beta0")
+
+
+class baked_pruning:
+    """Context manager: each ``torch.nn.utils.prune`` reparametrisation of ``model`` replaced by a
+    plain parameter ``orig * mask``; on exit the module's parameters, buffers and forward
+    pre-hooks are restored exactly (same objects, same order)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.saved = model, []
+
+    def __enter__(self):
+        from torch.nn.utils.prune import BasePruningMethod
+
+        for module in self.model.modules():
+            hooks = {k: h for k, h in module._forward_pre_hooks.items()
+                     if isinstance(h, BasePruningMethod)}
+            if not hooks:
+                continue
+            self.saved.append((module, dict(module._parameters), dict(module._buffers),
+                               dict(module._forward_pre_hooks),
+                               {h._tensor_name: module.__dict__.get(h._tensor_name)
+                                for h in hooks.values()}))
+            for key, hook in hooks.items():
+                name = hook._tensor_name
+                orig = module._parameters.pop(name + "_orig")
+                mask = module._buffers.pop(name + "_mask")
+                del module._forward_pre_hooks[key]
+                module.__dict__.pop(name, None)
+                module._parameters[name] = nn.Parameter((orig * mask).detach(),
+                                                        requires_grad=orig.requires_grad)
+        return self
+
+    def __exit__(self, *exc):
+        for module, params, buffers, pre_hooks, attrs in reversed(self.saved):
+            for name in attrs:
+                module._parameters.pop(name, None)
+            for store, saved in ((module._parameters, params), (module._buffers, buffers),
+                                 (module._forward_pre_hooks, pre_hooks)):
+                store.clear()
+                store.update(saved)
+            for name, value in attrs.items():
+                if value is not None:
+                    module.__dict__[name] = value
+        self.saved = []
 
 
 def default_canonizers(model: nn.Module) -> list:
@@ -91,16 +145,20 @@ def _pair_relevance(model: nn.Module, images: torch.Tensor, image_index: torch.T
     """
     if init not in ("logit", "onehot"):
         raise ValueError(f"init must be 'logit' or 'onehot', got {init!r}")
-    b = len(images)
-    x = images[image_index].detach().requires_grad_(True)
-    with torch.enable_grad(), frozen(model), composite.context(model):
-        out = model(torch.cat([images.detach(), x]))
-        rows = torch.arange(b, b + len(x), device=out.device)
+    with torch.no_grad():
+        logits = model(images).detach()
+    n = len(image_index)
+    if n == 0:
+        return images.new_zeros((0, *images.shape[1:])), logits
+    rows = image_index if n > 1 else image_index.repeat(2)  # see the module docstring
+    x = images[rows].detach().requires_grad_(True)
+    with baked_pruning(model), torch.enable_grad(), frozen(model), composite.context(model):
+        out = model(x)
+        pairs = torch.arange(n, device=out.device)
         seed = torch.zeros_like(out)
-        value = out[rows, classes].detach() if init == "logit" else 1.0
-        seed[rows, classes] = value
+        seed[pairs, classes] = out[pairs, classes].detach() if init == "logit" else 1.0
         (rel,) = torch.autograd.grad(out, x, grad_outputs=seed)
-    return rel.detach(), out[:b].detach()
+    return rel[:n].detach(), logits
 
 
 def lrp(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor, classes: torch.Tensor,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..attribution import EXPLAINERS, upsample
+from ..attribution.api import model_device
 from . import agreement as agr
 from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
@@ -169,7 +170,7 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
         for e in explainers:
             ref_maps = None
             for name, model in _reference_first(models, reference):
-                device = next(model.parameters()).device
+                device = model_device(model)
                 x = images.to(device)
                 raw, out = EXPLAINERS[e](model, x, img_idx.to(device), cls.to(device),
                                          layers.get(name))
