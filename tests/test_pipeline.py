@@ -144,6 +144,8 @@ def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
     assert [r["name"] for r in res["runs"]] == ["teacher", "kd", "kd+wcam"]
     assert (tmp_path / "results.json").is_file()
+    page = (tmp_path / "report.html").read_text()
+    assert "kd+wcam" in page and "<table" in page and "data:image/png;base64" in page
     calls = []
     monkeypatch.setattr(pipeline, "train_teacher", lambda *a, **k: calls.append("teacher"))
     monkeypatch.setattr(pipeline, "compress", lambda *a, **k: calls.append("compress"))
