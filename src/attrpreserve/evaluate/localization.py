@@ -292,6 +292,13 @@ def _pooled_relevance(maps: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ValueError(f"pooling must be 'pos' or 'abs', got {pooling!r}")
 
 
+def _relevance_and_object(maps, masks, valid, pooling):
+    """Checked inputs as (pooled relevance, valid object pixels, valid) for the Arras metrics."""
+    maps, masks, valid = _check_inputs(maps, masks, valid)
+    obj = masks if valid is None else masks & valid
+    return _pooled_relevance(maps, pooling), obj, valid
+
+
 def relevance_mass_accuracy(maps, masks, valid=None, pooling: str = "pos") -> torch.Tensor:
     """Relevance mass accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022):
     ``R_within / R_total``, the share of the (non-negative, see ``pooling``) relevance that lies
@@ -305,12 +312,10 @@ def relevance_mass_accuracy(maps, masks, valid=None, pooling: str = "pos") -> to
     -------
     float64 tensor ``P`` on the CPU.
     """
-    maps, masks, valid = _check_inputs(maps, masks, valid)
-    rel = _pooled_relevance(maps, pooling)
-    obj = masks if valid is None else masks & valid
+    rel, obj, valid = _relevance_and_object(maps, masks, valid, pooling)
     if valid is not None:
         rel = rel * valid
-    n = maps.shape[0]
+    n = rel.shape[0]
     inside = (rel * obj).reshape(n, -1).sum(dim=1)
     total = rel.reshape(n, -1).sum(dim=1)
     ok = (total > 0) & obj.reshape(n, -1).any(dim=1)
@@ -330,16 +335,14 @@ def relevance_rank_accuracy(maps, masks, valid=None, pooling: str = "pos") -> to
     -------
     float64 tensor ``P`` on the CPU.
     """
-    maps, masks, valid = _check_inputs(maps, masks, valid)
-    rel = _pooled_relevance(maps, pooling)
-    obj = masks if valid is None else masks & valid
+    rel, obj, valid = _relevance_and_object(maps, masks, valid, pooling)
     if valid is not None:
         rel = rel.masked_fill(~valid, float("-inf"))
-    n = maps.shape[0]
+    n = rel.shape[0]
     flat, flat_obj = rel.reshape(n, -1), obj.reshape(n, -1)
     k = flat_obj.sum(dim=1)
-    out = torch.full((n,), float("nan"), dtype=torch.float64, device=maps.device)
-    positions = torch.arange(flat.shape[1], device=maps.device)
+    out = torch.full((n,), float("nan"), dtype=torch.float64, device=rel.device)
+    positions = torch.arange(flat.shape[1], device=rel.device)
     for sl in _row_chunks(n, 2 * flat.shape[1]):
         order = torch.sort(flat[sl], dim=1, descending=True, stable=True).indices
         on_object = flat_obj[sl].gather(1, order) & (positions[None, :] < k[sl, None])
