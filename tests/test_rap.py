@@ -355,3 +355,56 @@ def test_registered_and_empty_pairs():
     none = torch.zeros(0, dtype=torch.long)
     maps, logits = rap(bn_vgg(), torch.rand(2, 3, 32, 32), none, none)
     assert maps.shape == (0, 32, 32) and logits.shape == (2, 5)
+
+
+class FakeQuant(nn.Module):
+    """A QAT activation fake-quant frozen into a plain module (for the mirror below)."""
+
+    def __init__(self, fq):
+        super().__init__()
+        self.scale, self.zero_point = float(fq.scale), int(fq.zero_point)
+        self.bounds = (fq.quant_min, fq.quant_max)
+
+    def forward(self, x):
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, *self.bounds)
+
+
+def float_mirror(qat, int8):
+    """A plain Sequential computing what the fake-quant VGG computes, built from torch's own
+    converted int8 model: dequantized int8 weights and biases, ReLUs, activation fake-quants."""
+    layers = [FakeQuant(qat.quant.activation_post_process)]
+    for fm, im in zip([*qat.features, *qat.classifier], [*int8.features, *int8.classifier]):
+        if isinstance(fm, (nn.Conv2d, nn.Linear)):
+            w = im.weight().dequantize()
+            lin = (nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1) if w.dim() == 4
+                   else nn.Linear(w.shape[1], w.shape[0]))
+            lin.weight.data, lin.bias.data = w, im.bias().detach()
+            layers += [lin, nn.ReLU()] if w.dim() == 4 else [lin]
+            layers.append(FakeQuant(fm.activation_post_process))
+        elif isinstance(fm, nn.MaxPool2d):
+            layers.append(nn.MaxPool2d(2))
+        elif isinstance(fm, nn.Flatten):
+            layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]  # after the global max pool
+    return nn.Sequential(*layers).eval()
+
+
+def test_fake_quant_model_equals_its_float_mirror():
+    """RAP on a QAT model reads the fused blocks' fake-quantized folded weights: it matches RAP
+    on a float chain built from torch's converted int8 weights (shares equal; the mirror's logit
+    is taken before the output fake-quant), and the map sums to the fake-quant model's logit."""
+    from attrpreserve.attribution.rap import register_layer_kind
+    from attrpreserve.compress.quantize import convert_int8, prepare_qat
+    register_layer_kind("pass", FakeQuant)
+    torch.manual_seed(0)
+    float_model = create_model("vgg", num_classes=4, width=4, input_size=32, dropout=0.0).eval()
+    x = torch.rand(3, 3, 32, 32)
+    qat = prepare_qat(float_model, calibration=x).eval()
+    mirror = float_mirror(qat, convert_int8(qat))
+    torch.testing.assert_close(mirror(x), qat(x), rtol=0, atol=0)
+    idx, cls = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
+    ours, logits = rap(qat, x, idx, cls)
+    ref, _ = rap(mirror, x, idx, cls)
+    torch.testing.assert_close(ours.flatten(1).sum(1), logits[idx, cls], rtol=1e-4, atol=1e-7)
+    shares = ours.flatten(1) / ours.flatten(1).sum(1, keepdim=True)
+    ref_shares = ref.flatten(1) / ref.flatten(1).sum(1, keepdim=True)
+    torch.testing.assert_close(shares, ref_shares, rtol=0, atol=1e-5)

@@ -70,7 +70,11 @@ ReLU, Dropout, Identity, Flatten, Unflatten, MaxPool2d, AdaptiveMaxPool2d, AvgPo
 AdaptiveAvgPool2d. The layers must form a chain (each layer's input is the previous layer's
 output, up to a reshape) ending in a Linear layer (then only Dropout / Identity / Flatten).
 Residual additions (ResNet), concatenations, squeeze-excitation products (MobileNetV3) and other
-activations raise a ValueError that names the offending layer.
+activations raise a ValueError that names the offending layer. Other layer types join through
+``register_layer_kind``: compress.quantize registers its quant stubs and global max-pool, so the
+fake-quant (QAT) model is explained as the chain it computes -- each fused Conv-BN-ReLU block is
+one affine unit with the fake-quantized, BatchNorm-folded weight it actually used, and the
+activation fake-quants pass relevance on unchanged.
 """
 
 from __future__ import annotations
@@ -81,14 +85,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PASS = (nn.ReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-        nn.Identity)
-RESHAPE = (nn.Flatten, nn.Unflatten)
-MAXPOOL = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-AVGPOOL = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-AFFINE = (nn.Conv2d, nn.Linear)
-NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
-SUPPORTED = AFFINE + NORM + PASS + RESHAPE + MAXPOOL + AVGPOOL
+LAYER_KINDS: dict[type, str] = {
+    **dict.fromkeys((nn.Conv2d, nn.Linear), "affine"),
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d), "norm"),
+    **dict.fromkeys((nn.ReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                     nn.AlphaDropout, nn.Identity), "pass"),
+    **dict.fromkeys((nn.Flatten, nn.Unflatten), "reshape"),
+    **dict.fromkeys((nn.MaxPool2d, nn.AdaptiveMaxPool2d), "max"),
+    **dict.fromkeys((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "avg"),
+}
+"""Rule family of each supported layer type (subclasses included); extend with
+:func:`register_layer_kind`."""
+
+
+def register_layer_kind(kind: str, *types: type) -> None:
+    """Let RAP treat modules of ``types`` as layers of rule family ``kind`` ("affine", "norm",
+    "pass", "reshape", "max", "avg"); e.g. compress.quantize registers its quant stubs as "pass".
+
+    A registered module is one unit even when it has children (a fused QAT Conv-BN-ReLU block is
+    one "affine" unit whose ReLU and fake-quant relevance passes through unchanged).
+    """
+    if kind not in ("affine", "norm", "pass", "reshape", "max", "avg"):
+        raise ValueError(f"unknown RAP layer kind {kind!r}")
+    LAYER_KINDS.update(dict.fromkeys(types, kind))
 
 
 @dataclass
@@ -105,16 +124,35 @@ class Step:
     folded: bool = False
 
 
-def _kind(name: str, module: nn.Module) -> str:
-    """Rule family of ``module``; ValueError for an unsupported layer type."""
-    if isinstance(module, nn.Sequential):  # an empty Sequential (a leaf) is the identity
-        return "pass"
-    for types, kind in ((AFFINE, "affine"), (NORM, "norm"), (PASS, "pass"), (RESHAPE, "reshape"),
-                        (MAXPOOL, "max"), (AVGPOOL, "avg")):
-        if isinstance(module, types):
-            return kind
-    raise ValueError(f"rap: unsupported layer {name!r} ({type(module).__name__}); RAP supports "
-                     f"{', '.join(t.__name__ for t in SUPPORTED)}")
+def _kind(name: str, module: nn.Module) -> str | None:
+    """Rule family of ``module`` (None if its type is not supported)."""
+    kind = next((kind for t, kind in LAYER_KINDS.items() if isinstance(module, t)), None)
+    if kind is None and isinstance(module, nn.Sequential) and not len(module):
+        return "pass"  # an empty Sequential (a leaf) is the identity
+    return kind
+
+
+def _unsupported(name: str, module: nn.Module) -> ValueError:
+    known = ", ".join(sorted({t.__name__ for t in LAYER_KINDS}))
+    return ValueError(f"rap: unsupported layer {name!r} ({type(module).__name__}); RAP supports "
+                      f"{known}")
+
+
+def _units(model: nn.Module) -> dict[nn.Module, str]:
+    """The modules RAP steps through, by name: supported modules (not looking inside them) and
+    unsupported leaves (rejected later); containers are looked into."""
+    units: dict[nn.Module, str] = {}
+
+    def visit(name: str, module: nn.Module) -> None:
+        children = list(module.named_children())
+        if _kind(name, module) is not None or not children:
+            units[module] = name
+            return
+        for child, sub in children:
+            visit(f"{name}.{child}" if name else child, sub)
+
+    visit("", model)
+    return units
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -123,44 +161,68 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
                       and a.dtype == b.dtype)
 
 
-def _record(model: nn.Module, images: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """Run ``model(images)`` once; ``[(name, module, input, output, versions)]`` per leaf call.
+class ChainRecorder:
+    """Context manager: records every unit call (see :func:`_units`) of ``model``'s forwards as
+    ``(name, module, input, output, versions, weight)`` in ``calls``; tensors keep their graph
+    when grad mode is on (differentiable LRP matching records the student this way).
 
     ``versions`` are the tensors' in-place version counters (input before, output after the
     call), so that an in-place operation between two layers (``out += identity``) is detected.
+    ``weight`` is the weight the unit actually used when it fake-quantizes it (a QAT module's
+    ``weight_fake_quant`` output, BatchNorm already folded in by fused blocks), else None.
     """
-    names = {m: n for n, m in model.named_modules()}
-    calls, handles, pending = [], [], []
 
-    def pre(module, inputs):
-        x = inputs[0] if inputs else None
-        pending.append(x._version if isinstance(x, torch.Tensor) else None)
+    def __init__(self, model: nn.Module):
+        self.model, self.calls, self._handles = model, [], []
 
-    def post(module, inputs, output):
-        x = inputs[0] if inputs else None
-        y_version = output._version if isinstance(output, torch.Tensor) else None
-        calls.append((names[module], module, x, output, (pending.pop(), y_version)))
+    def __enter__(self) -> "ChainRecorder":
+        units = _units(self.model)
+        pending, used = [], {}
 
-    for module in names:
-        if not any(True for _ in module.children()):
-            handles.append(module.register_forward_pre_hook(pre))
-            handles.append(module.register_forward_hook(post))
-    try:
-        with torch.no_grad():
-            out = model(images)
-    finally:
-        for h in handles:
+        def pre(module, inputs):
+            x = inputs[0] if inputs else None
+            pending.append(x._version if isinstance(x, torch.Tensor) else None)
+
+        def post(module, inputs, output):
+            x = inputs[0] if inputs else None
+            y_version = output._version if isinstance(output, torch.Tensor) else None
+            self.calls.append((units[module], module, x, output, (pending.pop(), y_version),
+                               used.pop(module, None)))
+
+        def weight_hook(unit):
+            def hook(fq, inputs, output):
+                used[unit] = output
+            return hook
+
+        for module in units:
+            self._handles.append(module.register_forward_pre_hook(pre))
+            self._handles.append(module.register_forward_hook(post))
+            fq = getattr(module, "weight_fake_quant", None)
+            if isinstance(fq, nn.Module):
+                self._handles.append(fq.register_forward_hook(weight_hook(module)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
             h.remove()
-    return calls, out
+        self._handles = []
 
 
-def _check_chain(calls: list, images: torch.Tensor, out: torch.Tensor) -> None:
-    """ValueError unless every leaf's input is the previous leaf's output (up to a reshape),
-    unmodified in between."""
+def _record(model: nn.Module, images: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """Run ``model(images)`` once without a graph; ``(recorded calls, output)``."""
+    with ChainRecorder(model) as rec, torch.no_grad():
+        out = model(images)
+    return rec.calls, out
+
+
+def _check_chain(calls: list, start: torch.Tensor, out: torch.Tensor,
+                 start_name: str = "the model input") -> None:
+    """ValueError unless every unit's input is the previous unit's output (up to a reshape),
+    unmodified in between; the first unit's input is ``start``."""
     if not calls:
         raise ValueError("rap: the model has no layers to propagate through")
-    prev_name, prev, prev_version = "the model input", images, images._version
-    for name, module, x, y, (x_version, y_version) in calls:
+    prev_name, prev, prev_version = start_name, start, start._version
+    for name, module, x, y, (x_version, y_version), _ in calls:
         if (not isinstance(x, torch.Tensor) or not _same_storage(x, prev)
                 or x_version != prev_version):
             raise ValueError(
@@ -186,7 +248,7 @@ def _fold(step: Step, norm: nn.Module, name: str, output: torch.Tensor) -> None:
                          "(call model.eval())")
     scale = (norm.running_var + norm.eps).rsqrt()
     if norm.weight is not None:
-        scale = scale * norm.weight.detach()
+        scale = scale * norm.weight
     step.weight = step.weight * scale.view((-1,) + (1,) * (step.weight.dim() - 1))
     step.folded, step.output = True, output
 
@@ -198,18 +260,29 @@ def build_chain(model: nn.Module, images: torch.Tensor) -> tuple[list[Step], tor
     """
     calls, out = _record(model, images)
     _check_chain(calls, images, out)
+    steps = chain_steps(calls)
+    for step in steps:
+        step.weight = None if step.weight is None else step.weight.detach()
+    return steps, out
+
+
+def chain_steps(calls: list) -> list[Step]:
+    """Steps from recorded unit calls (BatchNorm folded into the affine layer before it). The
+    weights keep their graph when the calls were recorded with grad mode on."""
     steps: list[Step] = []
-    for name, module, x, y, _ in calls:
+    for name, module, x, y, _, used in calls:
         kind = _kind(name, module)
+        if kind is None:
+            raise _unsupported(name, module)
         if kind == "norm":
             _fold(steps[-1] if steps else Step(name, "none", module, x, y), module, name, y)
             continue
         step = Step(name, kind, module, x, y)
         if kind == "affine":
             _check_affine(name, module, x)
-            step.weight = module.weight.detach()
+            step.weight = module.weight if used is None else used
         steps.append(step)
-    return steps, out
+    return steps
 
 
 def _check_affine(name: str, module: nn.Module, x: torch.Tensor) -> None:

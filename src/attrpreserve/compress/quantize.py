@@ -48,6 +48,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 
+from ..attribution.rap import register_layer_kind
 from ..engine import TrainConfig, fit
 from ..evaluate.cost import latency_ms
 from ..matching import MatchingLoss
@@ -81,6 +82,12 @@ class _GlobalMaxPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x, kernel_size=tuple(x.shape[-2:]))
+
+
+# RAP steps through the fake-quant model: the stubs' activation fake-quant passes relevance on
+# unchanged, and the fused blocks are affine units whose fake-quantized folded weight it reads
+register_layer_kind("pass", tq.QuantStub, tq.DeQuantStub)
+register_layer_kind("max", _GlobalMaxPool)
 
 
 class QATVGG(VGG):
