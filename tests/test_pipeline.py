@@ -21,12 +21,13 @@ def teacher_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("matching", ["none", "at", "wcam"])
+@pytest.mark.parametrize("matching", ["none", "at", "wcam", "lrp"])
 def test_compress_and_evaluate_cli(teacher_dir, tmp_path, matching, capsys):
     student = tmp_path / f"kd-{matching}"
     assert main(["compress", "--teacher", str(teacher_dir), "--method", "kd",
                  "--width-divisor", "2", "--matching", matching, "--lambda", "10",
-                 "--target", "labels", "--epochs", "1", *TINY, "--data", "scenes",
+                 "--target", "top1" if matching == "lrp" else "labels", "--epochs", "1", *TINY,
+                 "--data", "scenes",
                  "--out", str(student)]) == 0
     model, meta = load_checkpoint(student)
     assert meta["compression"]["matching"] == matching

@@ -113,7 +113,8 @@ def register_layer_kind(kind: str, *types: type) -> None:
 @dataclass
 class Step:
     """One layer of the chain: its kind, module, recorded input and output (B rows) and, for an
-    affine layer, its weight (with the following BatchNorm's scale folded in)."""
+    affine layer, its weight and bias (with the following BatchNorm folded in; RAP ignores hidden
+    biases, the LRP matching rule uses them)."""
 
     name: str
     kind: str  # "affine", "pass", "reshape", "max", "avg"
@@ -121,6 +122,7 @@ class Step:
     input: torch.Tensor
     output: torch.Tensor
     weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
     folded: bool = False
 
 
@@ -161,15 +163,20 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
                       and a.dtype == b.dtype)
 
 
+TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
 class ChainRecorder:
     """Context manager: records every unit call (see :func:`_units`) of ``model``'s forwards as
-    ``(name, module, input, output, versions, weight)`` in ``calls``; tensors keep their graph
+    ``(name, module, input, output, versions, params)`` in ``calls``; tensors keep their graph
     when grad mode is on (differentiable LRP matching records the student this way).
 
     ``versions`` are the tensors' in-place version counters (input before, output after the
     call), so that an in-place operation between two layers (``out += identity``) is detected.
-    ``weight`` is the weight the unit actually used when it fake-quantizes it (a QAT module's
-    ``weight_fake_quant`` output, BatchNorm already folded in by fused blocks), else None.
+    ``params`` are the unit's tensors as they were during the call (weight, bias, BatchNorm
+    statistics, also of a fused block's ``bn``), so that ``torch.func.functional_call`` works;
+    a unit that fake-quantizes its weight has the ``weight_fake_quant`` output as weight (the
+    weight it actually used, BatchNorm already folded in by fused blocks) and ``fake_quant`` set.
     """
 
     def __init__(self, model: nn.Module):
@@ -179,6 +186,15 @@ class ChainRecorder:
         units = _units(self.model)
         pending, used = [], {}
 
+        def snapshot(module):
+            state = {k: getattr(module, k, None) for k in TENSORS}
+            norm = getattr(module, "bn", None)
+            if isinstance(norm, nn.Module):
+                state["bn"] = snapshot(norm)
+            if module in used:
+                state["weight"], state["fake_quant"] = used.pop(module), True
+            return state
+
         def pre(module, inputs):
             x = inputs[0] if inputs else None
             pending.append(x._version if isinstance(x, torch.Tensor) else None)
@@ -187,7 +203,7 @@ class ChainRecorder:
             x = inputs[0] if inputs else None
             y_version = output._version if isinstance(output, torch.Tensor) else None
             self.calls.append((units[module], module, x, output, (pending.pop(), y_version),
-                               used.pop(module, None)))
+                               snapshot(module)))
 
         def weight_hook(unit):
             def hook(fq, inputs, output):
@@ -237,20 +253,39 @@ def _check_chain(calls: list, start: torch.Tensor, out: torch.Tensor,
                          f"{calls[-1][0]!r} (a functional operation follows it)")
 
 
-def _fold(step: Step, norm: nn.Module, name: str, output: torch.Tensor) -> None:
-    """Fold eval-mode BatchNorm ``norm`` into the affine ``step``: its weight is scaled per output
-    channel by ``gamma / sqrt(var + eps)`` (the rules ignore biases, see the module docstring)."""
+def _bn_affine(norm: nn.Module, name: str, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel of eval-mode BatchNorm ``norm`` (tensors from ``state``):
+    ``y = scale * x + shift``."""
+    if norm.training or state["running_var"] is None:
+        raise ValueError(f"rap: BatchNorm {name!r} must be in eval mode with running statistics "
+                         "(call model.eval())")
+    scale = (state["running_var"] + norm.eps).rsqrt()
+    if state["weight"] is not None:
+        scale = scale * state["weight"]
+    shift = -state["running_mean"] * scale
+    return scale, shift if state["bias"] is None else shift + state["bias"]
+
+
+def _fold(step: Step, norm: nn.Module, name: str, output: torch.Tensor, state: dict) -> None:
+    """Fold eval-mode BatchNorm ``norm`` into the affine ``step``: weight and bias scaled per
+    output channel by ``gamma / sqrt(var + eps)``, the bias shifted."""
     if step.kind != "affine" or step.folded:
         raise ValueError(f"rap: BatchNorm {name!r} must directly follow a Conv2d or Linear layer "
                          "(it is folded into it)")
-    if norm.training or norm.running_var is None:
-        raise ValueError(f"rap: BatchNorm {name!r} must be in eval mode with running statistics "
-                         "(call model.eval())")
-    scale = (norm.running_var + norm.eps).rsqrt()
-    if norm.weight is not None:
-        scale = scale * norm.weight
+    scale, shift = _bn_affine(norm, name, state)
     step.weight = step.weight * scale.view((-1,) + (1,) * (step.weight.dim() - 1))
+    step.bias = shift if step.bias is None else step.bias * scale + shift
     step.folded, step.output = True, output
+
+
+def _affine_params(name: str, module: nn.Module, state: dict):
+    """``(weight, bias)`` an affine unit computed with. A fused fake-quant Conv-BN block adds its
+    BatchNorm folded onto the conv bias to the fake-quantized weight's output (the QAT forward
+    divides the conv output by the fold scale before the BatchNorm, which cancels)."""
+    if "bn" not in state or not state.get("fake_quant"):
+        return state["weight"], state["bias"]
+    scale, shift = _bn_affine(module.bn, f"{name}.bn", state["bn"])
+    return state["weight"], shift if state["bias"] is None else state["bias"] * scale + shift
 
 
 def build_chain(model: nn.Module, images: torch.Tensor) -> tuple[list[Step], torch.Tensor]:
@@ -263,6 +298,7 @@ def build_chain(model: nn.Module, images: torch.Tensor) -> tuple[list[Step], tor
     steps = chain_steps(calls)
     for step in steps:
         step.weight = None if step.weight is None else step.weight.detach()
+        step.bias = None if step.bias is None else step.bias.detach()
     return steps, out
 
 
@@ -270,17 +306,18 @@ def chain_steps(calls: list) -> list[Step]:
     """Steps from recorded unit calls (BatchNorm folded into the affine layer before it). The
     weights keep their graph when the calls were recorded with grad mode on."""
     steps: list[Step] = []
-    for name, module, x, y, _, used in calls:
+    for name, module, x, y, _, state in calls:
         kind = _kind(name, module)
         if kind is None:
             raise _unsupported(name, module)
         if kind == "norm":
-            _fold(steps[-1] if steps else Step(name, "none", module, x, y), module, name, y)
+            _fold(steps[-1] if steps else Step(name, "none", module, x, y), module, name, y,
+                  state)
             continue
         step = Step(name, kind, module, x, y)
         if kind == "affine":
             _check_affine(name, module, x)
-            step.weight = module.weight if used is None else used
+            step.weight, step.bias = _affine_params(name, module, state)
         steps.append(step)
     return steps
 

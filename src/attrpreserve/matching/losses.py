@@ -1,4 +1,5 @@
-"""Attribution-matching losses: WCAM (the paper's method) and activation attention transfer (AT).
+"""Attribution-matching losses: WCAM (the paper's method), activation attention transfer (AT) and
+LRP matching (AlphaBeta(1, 0) relevance at the matched layer, differentiable).
 
 Each loss compares one map per sample (or per (image, class) pair) of a frozen teacher with the
 student's, after L2-normalising each flattened map: mean over batch and pixels of
@@ -11,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contextlib import nullcontext
+
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
+from ..attribution.lrp import a1b0_layer_relevance
+from ..attribution.rap import ChainRecorder
 from ..models.layers import LayerTap
 
 EPS = 1e-12
@@ -48,6 +53,7 @@ class MatchingLoss(nn.Module):
     """
 
     needs_pairs = False
+    records_chain = False  # True: forward also gets ``chains=(teacher calls, student calls)``
     target = "top1"
 
 
@@ -96,6 +102,39 @@ class WCAM(MatchingLoss):
         return normalized_distance(t_map, s_map)
 
 
+class LRPMatching(MatchingLoss):
+    """LRP matching: the teacher's and the student's LRP-AlphaBeta(1, 0) relevance at the matched
+    layer (summed over channels, one map per image for the teacher's top-1 class) are compared
+    like WCAM's maps.
+
+    The paper's LRP as a matching loss (beyond the paper, which matches Grad-CAM only). Its
+    rules are written by hand in attribution.lrp so the student's map is differentiable w.r.t. its
+    weights; relevance starts from a one-hot at the class, so a negative logit does not flip the
+    map. The layers after the matched one must be a chain RAP supports with eval-mode BatchNorm
+    (the VGG family at its default layer: pools and the classifier only). Costs one more
+    backward-like pass through those layers, differentiated twice.
+    """
+
+    records_chain = True
+
+    def __init__(self, target: str = "top1", epsilon: float = 1e-6):
+        super().__init__()
+        if target != "top1":
+            raise ValueError(f"LRP matching supports target='top1' only, got {target!r}")
+        self.epsilon = epsilon
+
+    def forward(self, t_tap, t_out, s_tap, s_out, classes, chains):
+        t_calls, s_calls = chains
+        rows = torch.arange(len(classes), device=classes.device)
+        t_map = a1b0_layer_relevance(t_calls, t_tap.module, rows, classes, self.epsilon).detach()
+        s_map = a1b0_layer_relevance(s_calls, s_tap.module, rows, classes, self.epsilon)
+        return normalized_distance(t_map, s_map)
+
+
+def _recording(model: nn.Module, on: bool):
+    return ChainRecorder(model) if on else nullcontext()
+
+
 class AttributionMatcher:
     """Runs a frozen teacher and a student on a batch and returns the matching loss.
 
@@ -127,19 +166,23 @@ class AttributionMatcher:
                 raise ValueError("target='labels' needs the batch's labels")
             index, classes = labels.nonzero(as_tuple=True)
         grad_mode = torch.enable_grad() if self.loss.needs_pairs else torch.no_grad()
+        chain = self.loss.records_chain
         with grad_mode, frozen(self.teacher), LayerTap(
-                self.teacher, self.teacher_layer, detach=self.loss.needs_pairs, index=index) as tt:
+                self.teacher, self.teacher_layer, detach=self.loss.needs_pairs,
+                index=index) as tt, _recording(self.teacher, chain) as t_rec:
             t_out = self.teacher(images)
         batch = len(images)
         if classes is None:
             classes = t_out[:batch].detach().argmax(1)
-        with LayerTap(self.student, self.student_layer, index=index) as st:
+        with LayerTap(self.student, self.student_layer, index=index) as st, \
+                _recording(self.student, chain) as s_rec:
             s_out = self.student(images)
-        match = self.loss(tt, t_out, st, s_out, classes)
+        extra = {"chains": (t_rec.calls, s_rec.calls)} if chain else {}
+        match = self.loss(tt, t_out, st, s_out, classes, **extra)
         return s_out[:batch], t_out[:batch].detach(), match
 
 
-MATCHERS = {"none": None, "at": AttentionTransfer, "wcam": WCAM}
+MATCHERS = {"none": None, "at": AttentionTransfer, "wcam": WCAM, "lrp": LRPMatching}
 
 
 def create_matcher(name: str, **kwargs) -> MatchingLoss | None:
@@ -151,4 +194,6 @@ def create_matcher(name: str, **kwargs) -> MatchingLoss | None:
         return None
     if cls is WCAM:
         return WCAM(**{k: v for k, v in kwargs.items() if k in ("drop", "target", "generator")})
+    if cls is LRPMatching:
+        return LRPMatching(**{k: v for k, v in kwargs.items() if k == "target"})
     return cls()
