@@ -9,17 +9,18 @@ fine-tunes with its task term plus ``cfg.lam`` x matching against the unmodified
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
 from . import state
-from .compress import (DistillStep, convert_int8, export_int8, finalize, freeze_qat, is_qat,
-                       paper_rates, prediction_agreement, quantization_aware_train,
-                       structured_prune, unstructured_prune)
+from .compress import (DistillStep, SoftmaxDistillStep, convert_int8, export_int8, finalize,
+                       freeze_qat, is_qat, paper_rates, prediction_agreement,
+                       quantization_aware_train, structured_prune, unstructured_prune)
 from .engine import fit
-from .models import create_model
+from .models import MODELS, create_model
 
 RECIPES: dict[str, Callable] = {}
 
@@ -38,10 +39,22 @@ def _trainable_copy(teacher: nn.Module) -> nn.Module:
     return student.requires_grad_(True)
 
 
+def _softmax_step(cfg, teacher: nn.Module, matcher):
+    """The fine-tuning step of a single-label (softmax, ``pretrained:``) teacher, else None
+    (the recipes' default multi-label BCE step)."""
+    if not getattr(teacher, "single_label", False):
+        return None
+    return SoftmaxDistillStep(teacher, matcher, cfg.lam, cfg.layer, cfg.layer, cfg.temperature,
+                              cfg.alpha)
+
+
 @register_recipe("kd")
 def distill(cfg, teacher, train_dl, val_dl, matcher):
     """Distil into the teacher's architecture with every width divided by ``width_divisor``."""
     spec = teacher.spec
+    if "width_divisor" not in inspect.signature(MODELS[spec["name"]]).parameters:
+        raise ValueError(f"kd needs a model family with a width divisor (vgg, vgg16); "
+                         f"{spec['name']!r} has none: use structured or unstructured")
     student = create_model(spec["name"], **{**spec["kwargs"], "width_divisor": cfg.width_divisor})
     student.to(next(teacher.parameters()).device)
     step = DistillStep(teacher, matcher, cfg.lam, teacher_layer=cfg.layer,
@@ -58,7 +71,8 @@ def unstructured(cfg, teacher, train_dl, val_dl, matcher):
     student = _trainable_copy(teacher)
     rounds = unstructured_prune(student, teacher, train_dl, val_dl, cfg.rounds, cfg.per_round,
                                 cfg.train, matcher, cfg.lam, teacher_layer=cfg.layer,
-                                student_layer=cfg.layer)
+                                student_layer=cfg.layer,
+                                step=_softmax_step(cfg, teacher, matcher))
     finalize(student)
     history = {"rounds": rounds, "best_epoch": None,  # selected within each round
                "best_val_mAP": rounds[-1]["best_val_mAP"]}
@@ -73,7 +87,8 @@ def structured(cfg, teacher, train_dl, val_dl, matcher):
     rates = paper_rates(student, cfg.rate) if cfg.prune_layers == "paper" else cfg.rate
     rounds = structured_prune(student, teacher, train_dl, val_dl, rates, cfg.structured_rounds,
                               cfg.train, matcher, cfg.lam, cfg.importance,
-                              teacher_layer=cfg.layer, student_layer=cfg.layer)
+                              teacher_layer=cfg.layer, student_layer=cfg.layer,
+                              step=_softmax_step(cfg, teacher, matcher))
     history = {"rounds": rounds, "best_epoch": None,  # selected within each round
                "best_val_mAP": rounds[-1]["best_val_mAP"]}
     return student, history, {"rate": cfg.rate, "prune_layers": cfg.prune_layers,
@@ -102,7 +117,7 @@ def quantization(cfg, teacher, train_dl, val_dl, matcher):
     student, history = quantization_aware_train(
         teacher, teacher, train_dl, val_dl, bits=cfg.bits, act_bits=8,
         finetune_cfg=cfg.train, matching=matcher, lam=cfg.lam, teacher_layer=cfg.layer,
-        student_layer=cfg.layer)
+        student_layer=cfg.layer, step=_softmax_step(cfg, teacher, matcher))
     agree = prediction_agreement(student, convert_int8(student), val_dl)
     return student, history, {"bits": cfg.bits, "int8_agreement": agree["agreement"],
                               "int8_max_abs_logit_diff": agree["max_abs_logit_diff"]}

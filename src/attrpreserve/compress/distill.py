@@ -64,3 +64,31 @@ class DistillStep(MatchedStep):
 
     def task(self, s_out, t_out, labels):
         return "kd", multilabel_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)
+
+
+def softmax_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    labels: torch.Tensor | None = None, temperature: float = 4.0,
+                    alpha: float = 0.9) -> torch.Tensor:
+    """Distillation for single-label (softmax) classifiers such as ImageNet models.
+
+    ``T^2 KL(softmax(t/T) || softmax(s/T))`` (batch mean) on every row; rows with a label
+    (multi-hot ``labels``, normalised into a target distribution) add ``(1 - alpha)`` x cross
+    entropy, the KD term then weighing ``alpha``. Without labeled rows (unlabeled photos) the
+    loss is the KD term alone: the teacher is the only supervision.
+    """
+    t = teacher_logits.detach() / temperature
+    kd = F.kl_div(F.log_softmax(student_logits / temperature, 1), F.log_softmax(t, 1),
+                  reduction="batchmean", log_target=True) * temperature ** 2
+    rows = labels.sum(1) > 0 if labels is not None and labels.numel() else None
+    if rows is None or not bool(rows.any()):
+        return kd
+    target = labels[rows] / labels[rows].sum(1, keepdim=True)
+    return alpha * kd + (1 - alpha) * F.cross_entropy(student_logits[rows], target)
+
+
+@dataclass
+class SoftmaxDistillStep(DistillStep):
+    """Step of a single-label (softmax) model: :func:`softmax_kd_loss` + ``lam`` x matching."""
+
+    def task(self, s_out, t_out, labels):
+        return "kd", softmax_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)

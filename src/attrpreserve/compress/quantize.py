@@ -402,12 +402,13 @@ def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader,
                              matching: MatchingLoss | None = None, lam: float = 100.0,
                              teacher_layer: str | None = None, student_layer: str | None = None,
                              task: str = "bce", calibration_batches: int = 8,
-                             freeze_after: float | None = 0.75, backend: str = "x86"
-                             ) -> tuple[QATVGG, dict]:
+                             freeze_after: float | None = 0.75, backend: str = "x86",
+                             step=None) -> tuple[QATVGG, dict]:
     """Prepare a fake-quant copy of the float ``model`` and fine-tune it with ``fit``.
 
     The loss is the task term (``"bce"``: ``PruneFinetuneStep``; ``"kd"``: ``DistillStep``
-    against the teacher's logits) plus ``lam`` x ``matching`` against the frozen float
+    against the teacher's logits; ``step``, a ``MatchedStep``, replaces both when given) plus
+    ``lam`` x ``matching`` against the frozen float
     ``teacher`` (which may be ``model`` itself: it is never modified).  Ranges are calibrated on
     ``calibration_batches`` training batches first; after ``freeze_after`` of the training steps
     the ranges and BN statistics freeze (``None``: never).  ``fit`` keeps the epoch with the
@@ -424,7 +425,8 @@ def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader,
                       calibration=train_loader if calibration_batches else None,
                       calibration_batches=calibration_batches)
     at = None if freeze_after is None else int(freeze_after * cfg.epochs * len(train_loader))
-    step = _FreezeAt(steps[task](teacher, matching, lam, teacher_layer, student_layer), at)
+    step = _FreezeAt(step or steps[task](teacher, matching, lam, teacher_layer, student_layer),
+                     at)
     hist = fit(qat, train_loader, val_loader, step, cfg, desc=f"qat {bits}-bit")
     frozen = at is not None and step.calls > at
     history = {**hist.to_dict(), "bits": bits, "act_bits": act_bits, "backend": backend,

@@ -37,6 +37,7 @@ from ..models.checkpoint import register_rebuild_step
 from ..models.layers import get_layer
 from ..models.registry import MODELS
 from ..models.vgg import M, VGG
+from .distill import MatchedStep
 from .unstructured import PruneFinetuneStep
 
 __all__ = ["IMPORTANCES", "FilterNorm", "register_importance", "create_importance",
@@ -249,14 +250,15 @@ def structured_prune(model: nn.Module, teacher: nn.Module, train_loader: DataLoa
                      importance: str | Callable = "l1", teacher_layer: str | None = None,
                      student_layer: str | None = None,
                      example_input: torch.Tensor | None = None,
-                     round_to: int | None = None) -> list[dict]:
+                     round_to: int | None = None,
+                     step: MatchedStep | None = None) -> list[dict]:
     """``rounds`` x (remove filters, fine-tune with ``fit``): one-shot when ``rounds == 1``.
 
     After round ``r`` each rated conv has lost ``n_pruned(C0, rate * r / rounds)`` of its
-    original ``C0`` filters (a linear schedule ending at ``rates``). Fine-tuning is BCE +
-    ``lam`` x ``matching`` against the frozen, unpruned ``teacher``. Returns one record per
-    round: ``{round, target, params, macs, best_val_mAP}`` (``target``: the share of the final
-    rates reached). ``model`` is pruned in place; the teacher is never modified.
+    original ``C0`` filters (a linear schedule ending at ``rates``). Fine-tuning is ``step`` when
+    given, else BCE + ``lam`` x ``matching`` against the frozen, unpruned ``teacher``. Returns
+    one record per round: ``{round, target, params, macs, best_val_mAP}`` (``target``: the
+    share of the final rates reached). ``model`` is pruned in place; the teacher is never modified.
     """
     if teacher is model:
         raise ValueError("teacher must be a separate (unpruned) copy of the model")
@@ -265,7 +267,7 @@ def structured_prune(model: nn.Module, teacher: nn.Module, train_loader: DataLoa
     rates = resolve_rates(model, rates)
     example = _example_input(model, example_input)
     base = conv_channels(model)
-    step = PruneFinetuneStep(teacher, matching, lam, teacher_layer, student_layer)
+    step = step or PruneFinetuneStep(teacher, matching, lam, teacher_layer, student_layer)
     records = []
     for r in range(1, rounds + 1):
         now = conv_channels(model)

@@ -84,16 +84,19 @@ def unstructured_prune(model: nn.Module, teacher: nn.Module, train_loader: DataL
                        finetune_cfg: TrainConfig | None = None,
                        matching: MatchingLoss | None = None, lam: float = 100.0,
                        include_linear: bool = False, teacher_layer: str | None = None,
-                       student_layer: str | None = None) -> list[dict]:
+                       student_layer: str | None = None,
+                       step: MatchedStep | None = None) -> list[dict]:
     """``rounds`` x (prune ``per_round`` of the remaining weights, fine-tune with ``fit``).
 
     ``model`` is pruned in place and keeps its masks (call ``finalize`` before saving); the
-    teacher is never modified.  Returns one record per round:
+    teacher is never modified. Fine-tuning uses ``step`` when given (e.g. a
+    ``SoftmaxDistillStep`` for ImageNet models; it then carries teacher, matching and layers),
+    else BCE + ``lam`` x ``matching``. Returns one record per round:
     ``{round, target, sparsity, best_val_mAP}``.
     """
     if teacher is model:
         raise ValueError("teacher must be a separate (unpruned) copy of the model")
-    step = PruneFinetuneStep(teacher, matching, lam, teacher_layer, student_layer)
+    step = step or PruneFinetuneStep(teacher, matching, lam, teacher_layer, student_layer)
     records = []
     for r, target in enumerate(schedule(rounds, per_round), start=1):
         global_magnitude_prune(model, per_round, include_linear)
