@@ -14,19 +14,26 @@ import torch
 import yaml
 
 from . import distributed, pipeline, state
+from .data import PREPROCESS, get_preprocess
 from .engine import TrainConfig
+from .matching import MATCHERS
 from .report import audit_headline
 
-MATCHINGS = ("none", "at", "wcam")
+MATCHINGS = tuple(MATCHERS)
 
 
 def _data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """Data flags; with ``inherit`` every unset flag keeps the teacher checkpoint's value."""
     g = p.add_argument_group("data" + (" (unset flags: the teacher's data)" if inherit else ""))
     g.add_argument("--data", default=None if inherit else "scenes",
-                   help="'scenes' (built-in synthetic scenes) or 'masks:PATH' (image+mask folder)")
-    g.add_argument("--size", type=int, default=None if inherit else 64,
-                   help="input size in px (default 64)")
+                   help="'scenes' (built-in synthetic scenes), 'masks:PATH' (image+mask folder), "
+                        "'images:FOLDER' (photos, unlabeled or in class subfolders) or "
+                        "'coco128:PATH' (COCO photos + masks); docs/pretrained.md")
+    g.add_argument("--size", type=int, default=None,
+                   help="input size in px (default: the preprocess preset's, else 64)")
+    g.add_argument("--preprocess", choices=tuple(PREPROCESS), default=None if inherit else "none",
+                   help="named preset (docs/data.md): 'none', or 'paper' = 227 px, VOC mean/std "
+                        "inside the model, random-resized crop + flip of training images")
     g.add_argument("--data-seed", type=int, default=None if inherit else 0,
                    help="seed of the generated scenes")
     g.add_argument("--n-train", type=int, help="use only the first N training images")
@@ -41,11 +48,24 @@ def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--lr", type=float, default=lr)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--schedule", choices=("cosine", "constant", "multistep"), default="cosine")
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="sgd (with momentum, the paper's) or adamw")
     g.add_argument("--augment", action="store_true",
-                   help="random 90-degree rotations and flips of each training batch")
+                   help="random 90-degree rotations and flips of each training batch (photo "
+                        "folders get random-resized crops and flips without it)")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm keeps its running statistics while fine-tuning "
+                        "(pretrained models on a few photos)")
+    g.add_argument("--milestones", default="",
+                   help="--schedule multistep: comma-separated epochs where the lr is multiplied by "
+                        "--gamma (e.g. 10,30,40)")
+    g.add_argument("--gamma", type=float, default=0.1, help="--schedule multistep: lr factor")
+    g.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop each training phase (teacher, student, pruning round) after N "
+                        "optimizer steps (smoke tests)")
+    g.add_argument("--amp", action="store_true",
+                   help="bfloat16 mixed precision for the training steps (CUDA only)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -58,9 +78,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="snapshot the training state every N optimizer steps "
                         "(default: after every epoch)")
-    g.add_argument("--device", default="cpu",
-                   help="cpu (default) or cuda; under torchrun, cuda means cuda:LOCAL_RANK "
-                        "and the NCCL backend (gloo on CPU)")
+    g.add_argument("--device", default="auto",
+                   help="auto (default: cuda when available, else cpu), cpu or cuda; under "
+                        "torchrun, cuda means cuda:LOCAL_RANK and the NCCL backend (gloo on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--model", default="vgg", help="registered model name (vgg, vgg16)")
     p.add_argument("--width", type=int, default=16, help="base width of the small VGG")
+    p.add_argument("--width-divisor", type=float, default=1.0,
+                   help="every width divided by R (vgg16: the paper's x2/x4/x8 layouts)")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout before the Linear head (default 0: it slowed the small VGG)")
     p.add_argument("--init", metavar="PATH",
@@ -98,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "student, or unstructured pruning) with optional attribution matching "
                        "(none, AT, WCAM).")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    p.add_argument("--teacher", required=True,
+                   help="teacher checkpoint folder, or 'pretrained:efficientnet-lite0' / "
+                        "'pretrained:ARCH=WEIGHTS.pth' (ImageNet; docs/pretrained.md)")
     p.add_argument("--method", default="kd", choices=tuple(pipeline.RECIPES),
                    help="kd: distil into a narrower student; structured: remove whole conv "
                         "filters (L1 norm) and fine-tune; unstructured: global magnitude "
@@ -106,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantization: quantization-aware training, exported as int8")
     p.add_argument("--width-divisor", type=float, default=4.0,
                    help="student widths = teacher widths / R (default 4)")
-    p.add_argument("--matching", default="wcam", choices=MATCHINGS)
+    p.add_argument("--matching", default="wcam", choices=MATCHINGS,
+                   help="attribution matching: none, at (attention transfer), wcam (the paper's "
+                   "Grad-CAM matching, default) or lrp (LRP-AlphaBeta(1,0) relevance at the "
+                   "matched layer)")
     p.add_argument("--drop", type=float, default=0.3,
                    help="WCAM: fraction of teacher channels dropped per step (default 0.3)")
     p.add_argument("--lambda", dest="lam", type=float, default=100.0,
@@ -142,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--model", action="append", required=True,
                    help="checkpoint folder (repeatable)")
-    p.add_argument("--teacher", help="reference checkpoint folder for agreement metrics")
+    p.add_argument("--teacher", help="reference checkpoint folder (or 'pretrained:...' spec) "
+                                      "for agreement metrics")
     _data_args(p, inherit=True)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
@@ -158,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "most, and whether agreeing predictions hide disagreeing explanations. "
                        "Writes OUT/audit.json and OUT/audit.html.")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
-    p.add_argument("--reference", required=True, help="reference checkpoint folder (A)")
+    p.add_argument("--reference", required=True,
+                   help="reference checkpoint folder (A), or a 'pretrained:...' spec")
     p.add_argument("--candidate", required=True, help="candidate checkpoint folder (B)")
     _data_args(p, inherit=True)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -175,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw each explainer's map over an image file: one PNG per "
                        "method and class, named IMAGE_CLASS_METHOD.png.")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
-    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--model", action="append", required=True,
+                   help="checkpoint folder or 'pretrained:...' spec; repeat it to draw the "
+                        "models one under the other in each PNG (the first one's classes)")
     p.add_argument("--image", required=True, help="image file (any size; resized to the model's)")
     p.add_argument("--class", dest="class_names", action="append",
                    help="class name to explain (repeatable; default: every predicted class)")
@@ -247,11 +278,15 @@ def _config_value(path: str, key, action: argparse.Action, value):
 
 
 DATA_FLAGS = {"data": "spec", "size": "size", "data_seed": "seed", "n_train": "n_train",
-              "n_val": "n_val", "n_test": "n_test", "batch_size": "batch_size"}
+              "n_val": "n_val", "n_test": "n_test", "batch_size": "batch_size",
+              "preprocess": "preprocess"}
 
 
 def _data(args) -> pipeline.DataConfig:
-    return pipeline.DataConfig(**{field: getattr(args, flag) for flag, field in DATA_FLAGS.items()})
+    values = {field: getattr(args, flag) for flag, field in DATA_FLAGS.items()}
+    if values["size"] is None:
+        values["size"] = get_preprocess(values["preprocess"]).size or 64
+    return pipeline.DataConfig(**values)
 
 
 def _data_overrides(args) -> dict:
@@ -264,7 +299,17 @@ def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                        optimizer=args.optimizer, augment=args.augment,
-                       progress=not args.no_progress)
+                       freeze_bn=args.freeze_bn, progress=not args.no_progress,
+                       milestones=_ints(args.milestones, "--milestones"), gamma=args.gamma,
+                       max_steps=args.max_steps, amp=args.amp)
+
+
+def _ints(value, flag: str) -> list[int]:
+    """``"10,30,40"`` -> ``[10, 30, 40]``; a one-line error otherwise."""
+    try:
+        return [int(v) for v in str(value or "").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {value!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -281,10 +326,15 @@ def _run_options(args) -> dict:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, "
                          f"got {args.checkpoint_every}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+        raise ValueError(f"--device must be cpu or cuda (or auto), got {args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available here")
+    if args.amp and not args.device.startswith("cuda"):
+        raise ValueError("--amp (mixed precision) needs CUDA; this run is on the CPU "
+                         "(drop --amp, or run where a GPU is available)")
     if state.exists(args.out) and not args.resume:
         raise ValueError(f"{state.state_dir(args.out)} holds the state of an unfinished run: "
                          f"add --resume to continue it, or delete that folder to start over")
@@ -309,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         cfg = pipeline.TeacherConfig(data=_data(args), model=args.model, width=args.width,
                                      dropout=args.dropout, train=_train_cfg(args),
-                                     init=args.init)
+                                     init=args.init, width_divisor=args.width_divisor)
         _, meta = pipeline.train_teacher(cfg, args.out, **_run_options(args))
         _say(f"teacher saved to {args.out} (val mAP {meta['history']['best_val_mAP']:.3f}, "
              f"epoch {meta['history']['best_epoch']})")

@@ -8,6 +8,7 @@ across processes under torchrun (see ``distributed``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -39,12 +40,17 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "constant"
+    schedule: str = "cosine"  # "cosine" | "constant" | "multistep" (x gamma at milestones)
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs where lr drops
+    gamma: float = 0.1  # multistep: the lr factor applied at each milestone
     optimizer: str = "sgd"  # "sgd" (momentum, the paper's) | "adamw"
     augment: bool = False  # random 90-degree rotations and flips of each training batch
     warmup_epochs: float = 0.0
     seed: int = 0
     progress: bool = True
+    freeze_bn: bool = False  # BatchNorm keeps its running statistics (fine-tuning pretrained nets)
+    amp: bool = False  # CUDA only: the step runs under bfloat16 autocast (mixed precision)
+    max_steps: int | None = None  # stop each fit (phase) after this many optimizer steps
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -60,8 +66,18 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.schedule not in ("cosine", "constant", "multistep"):
+            raise ValueError(f"schedule must be 'cosine', 'constant' or 'multistep', "
+                             f"got {self.schedule!r}")
+        if any(not isinstance(m, int) or m < 1 for m in self.milestones) or \
+                list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing positive epochs, "
+                             f"got {self.milestones!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
 
 
 @dataclass
@@ -104,8 +120,16 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
     ranks after each backward (``distributed.average_gradients``) and rank 0 alone validates and
     logs. A non-finite loss stops training with a ``FloatingPointError`` naming the step and the
     loss terms, before the optimizer step (no snapshot is written for that step).
+
+    ``cfg.max_steps`` ends the phase after that many optimizer steps (the epoch in progress is
+    then validated and closed; the schedule is the full run's, so the steps taken are the first
+    steps of the full run). ``cfg.amp`` runs each step under bfloat16 autocast (CUDA only;
+    backward, optimizer and validation stay in float32; no loss scaling is needed for bfloat16).
     """
     cfg = cfg or TrainConfig()
+    if cfg.amp and next(model.parameters()).device.type != "cuda":
+        raise ValueError("amp (mixed precision) needs a CUDA device; the model is on "
+                         f"{next(model.parameters()).device}")
     run = state.enter_phase()
     if run is not None and run.completed:
         return _replay(run, model, step, train)
@@ -124,6 +148,8 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
     for epoch in range(loop.epoch, cfg.epochs):
         _train_epoch(ctx, epoch)
         _end_epoch(ctx, epoch, val)
+        if _steps_spent(ctx):
+            break
     if loop.best_state is not None:
         _load(model, loop.best_state)
     distributed.broadcast_module(model)
@@ -174,19 +200,34 @@ class _Context:
         return self.cfg.progress and distributed.is_main()
 
 
+def _steps_spent(ctx: _Context) -> bool:
+    """Whether the phase has taken its ``max_steps`` optimizer steps."""
+    return ctx.cfg.max_steps is not None and ctx.loop.step >= ctx.cfg.max_steps
+
+
+def _autocast(ctx: _Context):
+    """bfloat16 autocast for the step with ``amp`` (CUDA), else nothing."""
+    if ctx.cfg.amp:
+        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _train_epoch(ctx: _Context, epoch: int) -> None:
     """One epoch (or what is left of it after a resume), snapshotting when due."""
     loop, model = ctx.loop, ctx.model
     loop.epoch = epoch
     model.train()
+    if ctx.cfg.freeze_bn:
+        freeze_batchnorm(model)
     bar = tqdm(total=len(ctx.train), initial=loop.batch, leave=False, disable=not ctx.verbose,
                desc=f"{ctx.desc} {epoch + 1}/{ctx.cfg.epochs}")
     t0 = time.perf_counter()
-    for images, labels, *_ in _epoch_batches(ctx):
+    for images, labels, *_ in (_no_batches(ctx) if _steps_spent(ctx) else _epoch_batches(ctx)):
         if ctx.cfg.augment:
             images = augment_batch(images, loop.augment)
         images, labels = images.to(ctx.device), labels.to(ctx.device)
-        loss, terms = ctx.step(model, images, labels)
+        with _autocast(ctx):
+            loss, terms = ctx.step(model, images, labels)
         _optimize(ctx, loss, terms, len(images), epoch)
         loop.batch, loop.step = loop.batch + 1, loop.step + 1
         for k, v in {"loss": loss.detach(), **terms}.items():
@@ -198,6 +239,8 @@ def _train_epoch(ctx: _Context, epoch: int) -> None:
             loop.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             _snapshot(ctx)
+        if _steps_spent(ctx):
+            break
     bar.close()
     loop.seconds += time.perf_counter() - t0
 
@@ -221,6 +264,15 @@ def _epoch_batches(ctx: _Context):
     state.set_rng_state(*loop.resume_rng, _all_generators(loop))
     loop.resume_rng = None
     yield from batches
+
+
+def _no_batches(ctx: _Context) -> list:
+    """An epoch entered with ``max_steps`` spent (a resume right after the last step): no
+    batches, only the snapshot's RNG to restore."""
+    if ctx.loop.resume_rng is not None:
+        state.set_rng_state(*ctx.loop.resume_rng, _all_generators(ctx.loop))
+        ctx.loop.resume_rng = None
+    return []
 
 
 def _all_generators(loop: _Loop) -> dict:
@@ -269,7 +321,8 @@ def _end_epoch(ctx: _Context, epoch: int, val: DataLoader | None) -> None:
     if ctx.verbose:
         tqdm.write(f"{ctx.desc} epoch {epoch + 1}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch",)))
-    if ctx.run is not None and ctx.run.per_epoch and epoch + 1 < ctx.cfg.epochs:
+    if ctx.run is not None and ctx.run.per_epoch and epoch + 1 < ctx.cfg.epochs \
+            and not _steps_spent(ctx):
         _snapshot(ctx)
 
 
@@ -356,6 +409,15 @@ def _replay(run, model: nn.Module, step, train: DataLoader) -> History:
     return History(**run.history)
 
 
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer in eval mode: it normalises with (and no longer updates) its
+    running statistics; its affine parameters still train. Undone by ``model.train()``."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One random rotation by a multiple of 90 degrees and an optional flip for the batch.
 
@@ -372,4 +434,7 @@ def _lr_factor(step: int, total: int, cfg: TrainConfig, per_epoch: int) -> float
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "multistep":
+        epoch = step // max(1, per_epoch)
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))

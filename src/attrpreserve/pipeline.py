@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -15,20 +17,23 @@ from torch.utils.data import DataLoader
 
 from . import __version__, distributed, state
 from .compress import IMPORTANCES
-from .data import build_dataset
+from .data import build_dataset, get_preprocess
+from .data.images import Relabeled
 from .engine import TrainConfig, fit
 from .evaluate import audit as run_audit
 from .evaluate import evaluate_models, model_cost, nan_to_none
 from .matching import MATCHERS, create_matcher
 from .models import create_model, load_checkpoint, save_checkpoint
 from .models.checkpoint import init_from_file
+from .models.pretrained import is_pretrained, load_pretrained, pretrained_meta
 from .recipes import RECIPES, deployed, deployed_file, export, strength
 from .report import ReportImages, write_audit_report, write_report
 
 
 @dataclass
 class DataConfig:
-    """Which data and how it is split and batched (``spec``: ``scenes`` or ``masks:PATH``)."""
+    """Which data and how it is split and batched (``spec``: ``scenes``, ``masks:PATH``,
+    ``images:FOLDER``, ``coco128:PATH``, ...)."""
 
     spec: str = "scenes"
     size: int = 64
@@ -37,8 +42,11 @@ class DataConfig:
     n_val: int | None = None
     n_test: int | None = None
     batch_size: int = 64
+    preprocess: str = "none"  # named preset (data.transforms): "none" or "paper"
 
     def __post_init__(self):
+        _check(isinstance(self.spec, str) and bool(self.spec),
+               "no data: a pretrained model has none of its own; give --data images:FOLDER")
         _check(_positive_int(self.size), f"size must be a positive integer, got {self.size!r}")
         _check(_positive_int(self.batch_size),
                f"batch_size must be a positive integer, got {self.batch_size!r}")
@@ -48,18 +56,26 @@ class DataConfig:
             value = getattr(self, name)
             _check(value is None or _positive_int(value),
                    f"{name} must be a positive integer, got {value!r}")
+        get_preprocess(self.preprocess)
 
     def loader(self, split: str, shuffle: bool = False, seed: int = 0,
-               shard: bool = False) -> DataLoader:
+               shard: bool = False, adapt=None) -> DataLoader:
         """Batches of ``split``; with ``shard`` under torchrun, this rank's part of each global
-        batch of ``batch_size`` (the same global batches as one process sees)."""
+        batch of ``batch_size`` (the same global batches as one process sees). ``adapt``
+        (dataset -> dataset, see :func:`labels_for`) relabels the split for a model. A
+        shuffled (training) loader applies the ``preprocess`` preset's augmentation, drawn from
+        the loader's generator (under torchrun each rank draws for its own images)."""
         n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
         ds = _dataset(self.spec, split, self.size, self.seed, n)
+        ds = adapt(ds) if adapt is not None else ds
         gen = torch.Generator().manual_seed(seed)
+        pre = get_preprocess(self.preprocess)
+        collate = pre.collate(gen) if shuffle and pre.augments else None
         if shard and distributed.active():
             sampler = distributed.ShardedBatchSampler(len(ds), self.batch_size, shuffle, gen)
-            return DataLoader(ds, batch_sampler=sampler, generator=gen)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
+            return DataLoader(ds, batch_sampler=sampler, generator=gen, collate_fn=collate)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=collate)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -78,6 +94,40 @@ def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
     return DataConfig(**{**meta["data"], **(data or {})})
 
 
+def load_model(ref: str | Path) -> tuple[torch.nn.Module, dict]:
+    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec
+    (ImageNet weights from a local file; its sidecar has no data: ``--data`` names it)."""
+    if not is_pretrained(ref):
+        return load_checkpoint(ref)
+    meta = pretrained_meta(ref)
+    meta["data"] = {"spec": None, "size": meta.pop("input_size"), "batch_size": 32}
+    return load_pretrained(ref, meta["data"]["size"]), meta
+
+
+def labels_for(model: torch.nn.Module, classes: list[str], pseudo: bool = True):
+    """``adapt`` for :meth:`DataConfig.loader`: photo sets (``images:``, ``coco128:``) are
+    labeled in ``classes`` (the model's); an unlabeled one gets ``model``'s top-1 class as its
+    label when ``pseudo`` (explained pairs, top-1 agreement and validation then follow the
+    teacher). Other datasets pass through unchanged."""
+    def adapt(ds):
+        if not hasattr(ds, "with_classes"):
+            return ds
+        ds = ds.with_classes(classes)
+        if not pseudo or ds.labeled:
+            return ds
+        loader = DataLoader(ds, batch_size=32)
+        top1 = torch.cat([_predict(model, batch[0]).argmax(1) for batch in loader])
+        onehot = torch.nn.functional.one_hot(top1, len(classes)).float()
+        return Relabeled(ds, onehot, classes, how="teacher top-1")
+    return adapt
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(images.to(next(model.parameters()).device)).float().cpu()
+
+
 @functools.lru_cache(maxsize=6)
 def _dataset(spec: str, split: str, size: int, seed: int, n: int | None):
     """Datasets are generated or read once per process (the demo reuses them for every stage)."""
@@ -94,9 +144,11 @@ class TeacherConfig:
     dropout: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
     init: str | None = None  # initial weights: a .safetensors / .pt / .pth state dict file
+    width_divisor: float = 1.0  # every width / R (vgg16: the paper's students; smoke tests)
 
     def __post_init__(self):
         _check(_positive_int(self.width), f"width must be a positive integer, got {self.width!r}")
+        _check(self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}")
         _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -165,6 +217,11 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
     kwargs = {"num_classes": len(classes), "input_size": cfg.data.size, "dropout": cfg.dropout}
     if cfg.model == "vgg":
         kwargs["width"] = cfg.width
+    if cfg.width_divisor != 1.0:
+        kwargs["width_divisor"] = cfg.width_divisor
+    pre = get_preprocess(cfg.data.preprocess)
+    if pre.mean is not None:  # the preset's normalisation lives in the model (data.transforms)
+        kwargs["input_norm"] = [list(pre.mean), list(pre.std)]
     model = create_model(cfg.model, **kwargs)
     if cfg.init:
         init_from_file(model, cfg.init)
@@ -173,10 +230,16 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
         history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
         meta = {"role": "teacher", "classes": classes, "config": asdict(cfg),
                 "data": asdict(cfg.data), "compression": {"method": "none", "matching": "none"},
-                "history": history.to_dict()}
+                "history": history.to_dict(), "datasets": _describe(train=train_dl, val=val_dl)}
         if distributed.is_main():
             save_checkpoint(out, model, meta)
     return model, meta
+
+
+def _describe(**loaders) -> dict:
+    """What each split holds (counts, absent classes, skipped images), by split name."""
+    return {split: dl.dataset.describe() for split, dl in loaders.items()
+            if hasattr(dl.dataset, "describe")}
 
 
 def _run_config(command: str, cfg) -> dict:
@@ -196,14 +259,16 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     if cfg.method not in RECIPES:
         raise ValueError(f"unknown compression method {cfg.method!r}; available: "
                          f"{', '.join(RECIPES)}")
-    teacher, t_meta = load_checkpoint(cfg.teacher)
+    teacher, t_meta = load_model(cfg.teacher)
     teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
-    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True)
-    val_dl = data.loader("val")
+    classes = t_meta["classes"]
+    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
+                           adapt=labels_for(teacher, classes, pseudo=False))
+    val_dl = data.loader("val", adapt=labels_for(teacher, classes))
     with state.session(out, _run_config("compress", cfg), resume=resume, every=checkpoint_every,
                        generators={"matching": gen}):
         student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
@@ -227,15 +292,16 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
 
     Returns the results.json document (see docs/design contract).
     """
-    loaded = {name: load_checkpoint(path) for name, path in models.items()}
-    first_meta = loaded[teacher or next(iter(loaded))][1]
+    loaded = {name: load_model(path) for name, path in models.items()}
+    first_model, first_meta = loaded[teacher or next(iter(loaded))]
     data = resolve_data(data, first_meta)
-    loader = data.loader(split)
+    loader = data.loader(split, adapt=labels_for(first_model, first_meta["classes"]))
     nets = {n: m for n, (m, _) in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress)
     costs = model_cost(nets, (1, 3, data.size, data.size),
-                       checkpoints={n: deployed_file(p) for n, p in models.items()},
+                       checkpoints={n: deployed_file(p) for n, p in models.items()
+                                    if not is_pretrained(p)},
                        deployed={n: deployed(m) for n, m in nets.items()})
     runs = []
     for name, (_, meta) in loaded.items():
@@ -246,6 +312,8 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
                                   "best_val_mAP": meta["history"]["best_val_mAP"]}})
     return nan_to_none({"runs": runs, "dataset": {**asdict(data), "split": split,
                                                   "images": len(loader.dataset),
+                                                  "labels": getattr(loader.dataset, "how",
+                                                                    "dataset"),
                                                   "classes": first_meta["classes"]},
                         "seed": seed, "versions": versions()})
 
@@ -259,8 +327,8 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
     Data defaults to the reference checkpoint's (``data`` overrides it); see
     :func:`attrpreserve.evaluate.audit` for what is measured.
     """
-    (model_a, meta), (model_b, _) = load_checkpoint(reference), load_checkpoint(candidate)
-    loader = resolve_data(data, meta).loader(split)
+    (model_a, meta), (model_b, _) = load_model(reference), load_model(candidate)
+    loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
     result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
                        top=top, progress=progress, faithfulness=faithfulness)
     result.update(reference=str(reference), candidate=str(candidate), split=split,
@@ -272,47 +340,101 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
     return result
 
 
-def explain(model_dir: str | Path, image_path: str | Path, out: str | Path,
-            methods=("gradcam",), class_names: list[str] | None = None) -> list[Path]:
+def explain(model_dir: str | Path | list, image_path: str | Path, out: str | Path,
+            methods=("gradcam",), class_names: list[str] | None = None,
+            label: str = "") -> list[Path]:
     """Heatmap overlays (one PNG per method and class) of a checkpoint on one image file.
 
-    Classes: the named ones, else every class the model predicts (logit > 0), else its top-1.
+    Classes: the named ones, else every class the model predicts (logit > 0; a softmax
+    classifier's top-1), else its top-1. ``model_dir`` may be a list of checkpoints /
+    ``pretrained:`` specs: each PNG then shows them one under the other, explaining the first
+    model's classes. ``label`` prefixes each figure title (a model's name).
     """
-    from PIL import Image, UnidentifiedImageError
-
     from .attribution import EXPLAINERS, upsample
     from .report import save_overlay
 
-    model, meta = load_checkpoint(model_dir)
+    if isinstance(model_dir, (list, tuple)) and len(model_dir) > 1:
+        return _explain_side_by_side(model_dir, image_path, out, methods, class_names)
+    model_dir = model_dir[0] if isinstance(model_dir, (list, tuple)) else model_dir
+    model, meta = load_model(model_dir)
     for m in methods:
         if m not in EXPLAINERS:
             raise ValueError(f"unknown explainer {m!r}; known: {', '.join(EXPLAINERS)}")
     size = meta["data"]["size"]
-    try:
-        img = Image.open(image_path).convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {image_path}: {exc}") from exc
-    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None] / 255.0
+    x = _read_image(image_path, size)
     names = meta["classes"]
     if class_names:
         unknown = [c for c in class_names if c not in names]
         if unknown:
-            raise ValueError(f"unknown class {unknown[0]!r}; classes: {', '.join(names)}")
+            known = names if len(names) <= 50 else difflib.get_close_matches(unknown[0], names)
+            raise ValueError(f"unknown class {unknown[0]!r}; "
+                             f"{'classes' if len(names) <= 50 else 'close'}: {', '.join(known)}")
         classes = [names.index(c) for c in class_names]
     else:
         with torch.no_grad():
             logits = model(x)[0]
-        classes = (logits > 0).nonzero()[:, 0].tolist() or [int(logits.argmax())]
+        classes = [] if getattr(model, "single_label", False) else \
+            (logits > 0).nonzero()[:, 0].tolist()
+        classes = classes or [int(logits.argmax())]
     cls = torch.tensor(classes)
     written = []
     for m in methods:
         maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)
         maps = upsample(maps, (size, size))
         for c, amap in zip(classes, maps):
-            title = f"{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
+            title = f"{label}{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
             written.append(save_overlay(x[0], amap, Path(out) / f"{Path(image_path).stem}_"
-                                        f"{names[c]}_{m}.png", title))
+                                        f"{_file_part(names[c])}_{m}.png", title))
     return written
+
+
+def _file_part(name: str) -> str:
+    """A class name usable in a file name (ImageNet's have spaces, commas, apostrophes)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "class"
+
+
+def _explain_side_by_side(refs, image_path, out, methods, class_names) -> list[Path]:
+    """One PNG per method and class: each model's overlay (``explain``'s figure) stacked,
+    all explaining the first model's classes."""
+    import tempfile
+
+    from PIL import Image
+
+    model, meta = load_model(refs[0])
+    if not class_names:
+        x = _read_image(image_path, meta["data"]["size"])
+        with torch.no_grad():
+            logits = model(x)[0]
+        class_names = [meta["classes"][int(logits.argmax())]]
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [explain(ref, image_path, Path(tmp) / str(i), methods, class_names,
+                         label=f"{Path(ref).name.removeprefix('pretrained:')}: ")
+                 for i, ref in enumerate(refs)]
+        for column in zip(*parts):
+            images = [Image.open(p).convert("RGB") for p in column]
+            sheet = Image.new("RGB", (max(i.width for i in images),
+                                      sum(i.height for i in images)), "white")
+            top = 0
+            for img in images:
+                sheet.paste(img, (0, top))
+                top += img.height
+            path = Path(out) / column[0].name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sheet.save(path)
+            written.append(path)
+    return written
+
+
+def _read_image(path, size: int) -> torch.Tensor:
+    """1 x 3 x size x size in [0, 1] (resized, aspect not kept); ``ValueError`` if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None] / 255.0
 
 
 def versions() -> dict:
@@ -415,7 +537,11 @@ def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
     ds = results["dataset"]
     data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
                                             "n_test", "batch_size")})
-    images = ReportImages.from_dataset(data.loader(ds["split"]).dataset)
+    dataset = data.loader(ds["split"]).dataset
+    if hasattr(dataset, "with_classes") and checkpoints:  # photos: labeled as evaluated
+        model, meta = load_model(next(iter(checkpoints.values())))
+        dataset = labels_for(model, meta["classes"])(dataset)
+    images = ReportImages.from_dataset(dataset)
     return write_report(results, path, checkpoints, images, title=title)
 
 

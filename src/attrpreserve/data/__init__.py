@@ -3,8 +3,11 @@
 A dataset is selected by a spec string, ``NAME`` or ``NAME:ARG``:
 
 - ``scenes`` : built-in synthetic shape scenes (``scenes:key=value,...`` overrides ``SceneConfig``);
-- ``masks:PATH`` : an image + mask folder (docs/design.md), or a VOC2012 folder as it is;
-- ``voc:PATH`` : a ``VOCdevkit/VOC2012`` folder (or its parent).
+- ``masks:PATH`` : an image + mask folder (docs/data.md), or a VOC2012 folder as it is;
+- ``voc:PATH`` : a ``VOCdevkit/VOC2012`` folder (or its parent); splits in ``data.voc``.
+
+Preprocessing presets (input size and normalisation, training augmentation) are in
+``data.transforms``.
 
 ``DATASETS`` maps each name to a builder ``(arg, split, size, seed, n) -> SegmentationSet``; a new
 format is one ``@register_dataset`` function. Every bad spec, path or file raises ``ValueError``.
@@ -18,7 +21,6 @@ Examples
 from __future__ import annotations
 
 from numbers import Integral
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,11 +28,14 @@ import torch
 from torch.utils.data import Dataset
 
 from . import masks as _masks
+from . import voc as _voc
 from .scenes import SCENE_CLASSES, SceneConfig, generate_scenes
+from .transforms import PREPROCESS, Preprocess, get_preprocess
 
 __all__ = [
     "SegmentationSet", "build_dataset", "register_dataset", "DATASETS", "SPLITS",
-    "SCENE_CLASSES", "SceneConfig", "generate_scenes", "IGNORE_INDEX",
+    "SCENE_CLASSES", "SceneConfig", "generate_scenes", "IGNORE_INDEX", "PREPROCESS", "Preprocess",
+    "get_preprocess",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -41,31 +46,45 @@ SCENES_DEFAULT_N = {"train": 2000, "val": 300, "test": 500}
 
 
 class SegmentationSet(Dataset):
-    """In-memory images and per-pixel class masks; multi-hot labels derived from the masks.
+    """In-memory images and per-pixel class masks; multi-hot labels (from the masks by default).
 
     Parameters
     ----------
     images : torch.Tensor
         uint8, N x 3 x H x W.
     masks : torch.Tensor
-        uint8, N x H x W; 0 background, ``k + 1`` for ``classes[k]``, 255 ignore.
+        uint8, N x H x W; 0 background, ``k + 1`` for ``classes[k]``, 255 ignore. An image
+        without localisation ground truth has an all-255 mask.
     classes : list of str
         The K class names.
     name : str
         Free-form name, e.g. ``"scenes/train"``.
+    labels : torch.Tensor, optional
+        float32 N x K image labels given by the source (VOC annotations); default: derived
+        from the masks.
+    notes : dict, optional
+        What the source left out or lacks, for :meth:`describe` (``{"skipped": {reason:
+        count}, "without_mask": count}``).
 
     Attributes
     ----------
     labels : torch.Tensor
-        float32 N x K; ``labels[i, k] = 1`` iff value ``k + 1`` occurs in ``masks[i]``.
+        float32 N x K; by default ``labels[i, k] = 1`` iff value ``k + 1`` occurs in ``masks[i]``.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, classes: list[str],
-                 name: str = ""):
+                 name: str = "", labels: torch.Tensor | None = None, notes: dict | None = None):
         _check_arrays(images, masks, classes)
         self.images, self.masks = images, masks
         self.classes, self.name = list(classes), name
-        self.labels = _labels_from_masks(masks, len(classes))
+        from_masks = _labels_from_masks(masks, len(classes))
+        if labels is None:
+            labels = from_masks
+        elif tuple(labels.shape) != tuple(from_masks.shape):
+            raise ValueError(f"labels must be N x K = {tuple(from_masks.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        self.labels = labels.float()
+        self.notes = dict(notes or {})
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -75,10 +94,13 @@ class SegmentationSet(Dataset):
         return self.images[i].float().div_(255), self.labels[i], self.masks[i].long()
 
     def describe(self) -> dict:
-        """Plain-data summary for results files: name, size, classes, label counts."""
+        """Plain-data summary for results files: name, size, classes, label counts, classes
+        absent from this split, and the source's notes (skipped images, images without mask)."""
+        counts = self.labels.sum(0).int().tolist()
         return {
             "name": self.name, "n": len(self), "image_size": list(self.images.shape[2:]),
-            "classes": self.classes, "label_counts": self.labels.sum(0).int().tolist(),
+            "classes": self.classes, "label_counts": counts,
+            "absent_classes": [c for c, k in zip(self.classes, counts) if k == 0], **self.notes,
         }
 
     def __repr__(self) -> str:
@@ -100,11 +122,16 @@ def _check_arrays(images, masks, classes):
 
 
 def _labels_from_masks(masks: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Multi-hot N x K labels from one histogram pass; rejects values above K other than 255."""
-    n = masks.shape[0]
-    offsets = torch.arange(n, dtype=torch.int64).view(n, 1) * 256
-    hist = torch.bincount((masks.reshape(n, -1).long() + offsets).ravel(), minlength=256 * n)
-    present = hist.view(n, 256) > 0
+    """Multi-hot N x K labels from histograms of blocks of masks (an int64 copy of a block at a
+    time, not of all: VOC at 227 px would need GBs); rejects values above K other than 255."""
+    n, block = masks.shape[0], 256
+    present = torch.zeros(n, 256, dtype=torch.bool)
+    for lo in range(0, n, block):
+        part = masks[lo:lo + block]
+        m = part.shape[0]
+        offsets = torch.arange(m, dtype=torch.int64).view(m, 1) * 256
+        hist = torch.bincount((part.reshape(m, -1).long() + offsets).ravel(), minlength=256 * m)
+        present[lo:lo + m] = hist.view(m, 256) > 0
     bad = present[:, n_classes + 1:IGNORE_INDEX].any(1)
     if bad.any():
         i = int(bad.nonzero()[0])
@@ -126,10 +153,11 @@ def register_dataset(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def _from_numpy(images: np.ndarray, masks: np.ndarray, classes, name) -> SegmentationSet:
+def _from_numpy(images: np.ndarray, masks: np.ndarray, classes, name, labels=None,
+                notes=None) -> SegmentationSet:
     """Wrap N x H x W x 3 / N x H x W uint8 arrays (channels-last, as loaded) into a set."""
     tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    return SegmentationSet(tensor, torch.from_numpy(masks), classes, name)
+    return SegmentationSet(tensor, torch.from_numpy(masks), classes, name, labels, notes)
 
 
 @register_dataset("scenes")
@@ -144,17 +172,25 @@ def _build_scenes(arg, split, size, seed, n):
 @register_dataset("masks")
 def _build_masks(arg, split, size, seed, n):
     """Image + mask folder (a VOC2012 folder without classes.txt is read as VOC)."""
-    root, classes, layout = _masks.resolve_folder(arg, "masks")
-    images, masks = _masks.load_folder(root, split, size, n, classes, layout)
-    return _from_numpy(images, masks, classes, f"masks:{Path(arg).name}/{split}")
+    root = _masks.folder_root(arg, "masks")
+    if _masks.is_voc(root):
+        return _build_voc(arg, split, size, seed, n)
+    classes = _masks.read_classes(root / "classes.txt")
+    images, masks = _masks.load_folder(root, split, size, n, classes)
+    return _from_numpy(images, masks, classes, f"masks:{root.name}/{split}")
 
 
 @register_dataset("voc")
 def _build_voc(arg, split, size, seed, n):
-    """PASCAL VOC 2012 segmentation lists (train, val; test falls back to val)."""
-    root, classes, layout = _masks.resolve_folder(arg, "voc")
-    images, masks = _masks.load_folder(root, split, size, n, classes, layout)
-    return _from_numpy(images, masks, classes, f"voc/{split}")
+    """PASCAL VOC 2012: Main lists + XML labels for train/val, segmentation val for test."""
+    root = _masks.folder_root(arg, "voc")
+    voc = _masks.find_voc_root(root)
+    if voc is None:
+        raise ValueError(f"no VOC2012 folder (JPEGImages/ with SegmentationClass/ or "
+                         f"Annotations/) at or under {root}")
+    images, masks, labels, notes = _voc.load_voc(voc, split, size, n)
+    return _from_numpy(images, masks, list(_masks.VOC_CLASSES), f"voc/{split}",
+                       None if labels is None else torch.from_numpy(labels), notes)
 
 
 def build_dataset(spec: str, split: str, *, size: int = 64, seed: int = 0,
@@ -190,3 +226,25 @@ def build_dataset(spec: str, split: str, *, size: int = 64, seed: int = 0,
     if not isinstance(seed, Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return DATASETS[name](arg or None, split, int(size), int(seed), None if n is None else int(n))
+
+
+# ----------------------------------------------------------------------------- photo folders
+# Photos read lazily at the model's size (``data.images``, ``data.coco``): unlabeled or
+# class-folder labeled ``images:FOLDER``, and COCO photos with panoptic masks ``coco128:PATH``.
+# Their items keep the (image, labels, mask) shape with an all-void mask (no localisation by
+# the standard evaluator); ``ImageSet.with_classes`` maps labels onto a model's classes.
+
+@register_dataset("images")
+def _build_images(arg, split, size, seed, n):
+    """A folder of photos (``images:FOLDER[,holdout=0.2]``; docs/pretrained.md)."""
+    from .images import build_images
+
+    return build_images(arg, split, size, n)
+
+
+@register_dataset("coco128")
+def _build_coco(arg, split, size, seed, n):
+    """COCO photos + panoptic masks (``coco128:PATH[,holdout=0.2]``)."""
+    from .coco import build_coco
+
+    return build_coco(arg, split, size, n)

@@ -27,7 +27,7 @@ from .runner import (
     nan_to_none,
 )
 from .stats import bootstrap_columns, group_means, percentile_ci
-from .task import mean_average_precision, sample_f1
+from .task import mean_average_precision, sample_f1, top1_agreement
 
 __all__ = ["audit", "LOW_SPEARMAN"]
 
@@ -116,10 +116,12 @@ def _task(data) -> dict:
         float("nan")
     res["pair_decision_agreement"] = float((dec_a == dec_b).double().mean()) if len(dec_a) else \
         float("nan")
+    res["top1_agreement"] = top1_agreement(data["logits"]["a"], data["logits"]["b"])
     res["definitions"] = {
         "decision_agreement": "share of all (image, class) decisions (logit > 0) that agree",
         "label_set_agreement": "share of images whose predicted label sets are identical",
         "pair_decision_agreement": "share of ground-truth pairs with the same decision",
+        "top1_agreement": "share of images on which both models' top-scored classes agree",
     }
     return res
 

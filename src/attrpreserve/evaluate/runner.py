@@ -24,7 +24,7 @@ from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
 from .faithfulness import faithfulness_aucs
 from .stats import delta_ci, group_means, mean_ci
-from .task import mean_average_precision, sample_f1
+from .task import mean_average_precision, sample_f1, top1_accuracy, top1_agreement
 
 STD_TOLERANCE = 15.0  # px, the standard pointing game's tolerance (Zhang et al. 2016)
 ARGMAX_TOLERANCE = 4.0  # px at input resolution: "the peak lands where the teacher's does"
@@ -228,8 +228,13 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     baseline = _mean(data["center_hit"])
     opts = {"n_boot": n_boot, "seed": seed, "per_image": per_image, "faithfulness": faithfulness}
     ref_pairs = data["pairs"].get(reference) if reference is not None else None
-    return {name: _summarise(data, name, baseline, ref_pairs if name != reference else None,
+    rows = {name: _summarise(data, name, baseline, ref_pairs if name != reference else None,
                              **opts) for name in models}
+    for name, row in rows.items():
+        if reference is not None and name != reference:
+            row["task"]["top1_agreement"] = top1_agreement(data["logits"][reference],
+                                                           data["logits"][name])
+    return rows
 
 
 def _reference_first(models, reference):
@@ -252,7 +257,8 @@ def _summarise(data, name, center_baseline, ref_pairs, n_boot, seed, per_image,
     logits, labels, classes = data["logits"][name], data["labels"], data["classes"]
     m_ap, per_class = mean_average_precision(logits, labels)
     row = {"task": {"mAP": m_ap, "F1": sample_f1(torch.sigmoid(logits), labels),
-                    "per_class_AP": per_class}, "attribution": {}}
+                    "top1": top1_accuracy(logits, labels), "per_class_AP": per_class},
+           "attribution": {}}
     specs = LOCALIZATION + (FAITHFULNESS if faithfulness else ())
     for e, cat in data["pairs"][name].items():
         pred = cat["predicted"]

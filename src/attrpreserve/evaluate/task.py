@@ -14,7 +14,8 @@ from sklearn.metrics import (
     label_ranking_average_precision_score,
 )
 
-__all__ = ["mean_average_precision", "per_image_average_precision", "sample_f1"]
+__all__ = ["mean_average_precision", "per_image_average_precision", "sample_f1",
+           "top1_accuracy", "top1_agreement"]
 
 
 def _to_numpy(x, name: str, dtype=None) -> np.ndarray:
@@ -76,3 +77,22 @@ def sample_f1(probs, labels, threshold: float = 0.5) -> float:
     p, y = _scores_labels(probs, labels)
     pred = (p >= threshold).astype(np.int64)
     return float(f1_score(y, pred, average="samples", zero_division=0))
+
+
+def top1_accuracy(scores, labels) -> float:
+    """Share of the images with at least one positive label whose top-scored class is a
+    positive (single-label accuracy; with a teacher's top-1 as the labels, top-1 agreement
+    with that teacher). NaN when no image has a label."""
+    s, y = _scores_labels(scores, labels)
+    has = y.any(axis=1)
+    if not has.any():
+        return float("nan")
+    return float(y[has, s[has].argmax(axis=1)].mean())
+
+
+def top1_agreement(scores_a, scores_b) -> float:
+    """Share of images on which two models' top-scored classes are the same."""
+    a, b = _to_numpy(scores_a, "scores_a", np.float64), _to_numpy(scores_b, "scores_b", np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"scores {a.shape} and {b.shape} differ in shape")
+    return float((a.argmax(1) == b.argmax(1)).mean()) if len(a) else float("nan")

@@ -191,13 +191,20 @@ def _plain_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def init_from_file(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a foreign state dict file (:func:`load_state_dict_file`) into ``model``, strictly."""
-    state = load_state_dict_file(path)
+    """Load a foreign state dict file (:func:`load_state_dict_file`) into ``model``, strictly.
+
+    torchvision's VGG-BN layout is mapped onto the ``vgg16`` model (``models.convert``: conv
+    biases folded into BatchNorm, ImageNet head dropped; the model's head keeps its init).
+    """
+    from .convert import adapt_state_dict
+
+    state, optional = adapt_state_dict(model, load_state_dict_file(path))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
         raise ValueError(f"{path}: weights do not fit the model: {first}") from None
+    missing = [k for k in missing if k not in optional]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the model "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

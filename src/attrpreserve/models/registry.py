@@ -60,9 +60,23 @@ def mobilenet_v3_small(num_classes: int, input_size: int = 224, dropout: float =
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; ``model.spec`` records how, so a checkpoint can rebuild it."""
+    """Build a registered model; ``model.spec`` records how, so a checkpoint can rebuild it.
+
+    ``input_norm=[mean, std]`` (any model; per-channel lists) makes the model normalise its
+    [0, 1] input itself (``pretrained.with_input_normalization``); it stays in the spec, so
+    checkpoints and students built from the spec (distillation) normalise the same way.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    norm = kwargs.pop("input_norm", None)
     model = MODELS[name](**kwargs)
+    if norm is not None:
+        from .pretrained import with_input_normalization
+
+        if hasattr(model, "input_mean"):
+            raise ValueError(f"model {name!r} already normalises its input; drop input_norm")
+        mean, std = norm
+        with_input_normalization(model, [float(v) for v in mean], [float(v) for v in std])
+        kwargs["input_norm"] = [list(mean), list(std)]
     model.spec = {"name": name, "kwargs": dict(kwargs)}
     return model

@@ -1,0 +1,259 @@
+"""Folders of photos (``images:FOLDER``), unlabeled or labeled, read lazily at a model's size.
+
+Layouts (docs/pretrained.md)::
+
+    FOLDER/*.jpg|png|...            unlabeled photos (the teacher supervises)
+    FOLDER/CLASS/*.jpg|png|...      labeled photos, one subfolder per class (ImageFolder style)
+    FOLDER/train/..., FOLDER/val/..., FOLDER/test/...   either layout per split
+
+Without split subfolders the photos (sorted by path) are split deterministically: a share
+``holdout`` (default 0.2, spread evenly: every fifth photo) is the val split, and test falls
+back to val; the rest is train. ``images:FOLDER,holdout=0.5`` changes the share (the path must
+not contain a comma); ``holdout=1`` puts every photo in val / test (an audit of a whole folder).
+
+Training items are random-resized crops (scale 0.25-1 of the area, aspect 3/4-4/3) with random
+horizontal flips; val / test items are resized (shorter side ``size / 0.875``) and center-cropped,
+the usual ImageNet evaluation. Items are ``(image float 3 x S x S in [0, 1], labels float K,
+mask int64 S x S)``; the mask is all 255 (void: no localisation), so the evaluator skips
+localisation. A file with an image suffix that cannot be read raises ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SPLIT_DIRS = ("train", "val", "test")
+HOLDOUT = 0.2
+CROP_SCALE = (0.25, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+EVAL_RESIZE = 1 / 0.875
+VOID = 255
+
+
+def parse_spec(arg: str | None, name: str = "images") -> tuple[Path, dict]:
+    """``"FOLDER[,key=value...]"`` -> ``(folder, {"holdout": float})``, checked."""
+    if not arg:
+        raise ValueError(f"dataset '{name}' needs a folder: '{name}:FOLDER'")
+    path, *opts = arg.split(",")
+    options = {"holdout": HOLDOUT}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key.strip() != "holdout":
+            raise ValueError(f"unknown option {key.strip()!r} in '{name}:{arg}' (known: holdout)")
+        try:
+            options["holdout"] = float(value)
+        except ValueError:
+            raise ValueError(f"holdout must be a number, got {value!r}") from None
+        if not 0 < options["holdout"] <= 1:
+            raise ValueError(f"holdout must be in (0, 1], got {options['holdout']}")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"dataset folder not found: {root}")
+    return root, options
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Photos of one folder: ``(files, class index per file or -1, class names)``.
+
+    Photos directly in ``folder`` are unlabeled; photos in its subfolders are labeled with the
+    subfolder's name. Mixing both, or a folder without photos, is an error.
+    """
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    flat = [p for p in entries if _is_image(p)]
+    dirs = [p for p in entries if p.is_dir()]
+    if flat and dirs:
+        raise ValueError(f"{folder} has both photos and subfolders ({dirs[0].name}/): put "
+                         "unlabeled photos directly in it, or every photo in a class subfolder")
+    if flat:
+        return flat, [-1] * len(flat), []
+    files, targets = [], []
+    for k, d in enumerate(dirs):
+        photos = sorted(p for p in d.iterdir() if _is_image(p))
+        files += photos
+        targets += [k] * len(photos)
+    if not files:
+        raise ValueError(f"no photos ({'|'.join(e.lstrip('.') for e in IMAGE_EXTS)}) in {folder}")
+    return files, targets, [d.name for d in dirs]
+
+
+def held_out(n: int, share: float) -> list[bool]:
+    """Which of ``n`` items are held out: ``round(share * n)`` of them, spread evenly."""
+    return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
+
+
+def split_folder(root: Path, split: str, holdout: float = HOLDOUT):
+    """``scan_folder`` of ``split``: its subfolder if there is one, else a deterministic share."""
+    if any((root / s).is_dir() for s in SPLIT_DIRS):
+        folder = root / split
+        if split == "test" and not folder.is_dir():
+            warnings.warn(f"no folder {folder}; using {root / 'val'} for split 'test'",
+                          stacklevel=3)
+            folder = root / "val"
+        if not folder.is_dir():
+            raise ValueError(f"missing split folder {folder}")
+        return scan_folder(folder)
+    files, targets, classes = scan_folder(root)
+    out = held_out(len(files), holdout)
+    keep = [i for i, o in enumerate(out) if o == (split != "train")]
+    if not keep:
+        raise ValueError(f"split {split!r} of {root} is empty ({len(files)} photos, "
+                         f"holdout {holdout})")
+    return [files[i] for i in keep], [targets[i] for i in keep], classes
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The photo as RGB; ``ValueError`` naming the file if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+def check_readable(files: list[Path]) -> None:
+    """Open every file's header (cheap); ``ValueError`` naming the first unreadable one."""
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018  (header only)
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from None
+
+
+def crop_box(width: int, height: int, size: int, train: bool) -> tuple[tuple[int, ...], bool]:
+    """``((left, top, right, bottom), flip)``: a random-resized crop (train, torch's global
+    RNG) or the center square that the eval resize keeps."""
+    if not train:
+        side = min(width, height) * size / round(size * EVAL_RESIZE)
+        left, top = (width - side) / 2, (height - side) / 2
+        return (round(left), round(top), round(left + side), round(top + side)), False
+    area = width * height
+    log_ratio = torch.log(torch.tensor(CROP_RATIO))
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(*CROP_SCALE))
+        ratio = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])))
+        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            break
+    else:  # fall back to the center square
+        w = h = min(width, height)
+        left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h), bool(torch.rand(1) < 0.5)
+
+
+def transform(img: Image.Image, box, flip: bool, size: int,
+              resample=Image.Resampling.BILINEAR) -> np.ndarray:
+    """``img`` cropped to ``box``, resized to ``size`` x ``size``, flipped if asked."""
+    out = img.resize((size, size), resample, box=box)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
+
+
+def resolve_class(name: str, classes: list[str] | tuple[str, ...]) -> int:
+    """Index of a folder name in ``classes``: exact, then ignoring case and ``_`` vs space,
+    then an integer index; ``ValueError`` when unknown or ambiguous."""
+    if name in classes and list(classes).count(name) == 1:
+        return list(classes).index(name)
+    key = name.lower().replace("_", " ").strip()
+    hits = [i for i, c in enumerate(classes) if c.lower().replace("_", " ") == key]
+    if len(hits) == 1:
+        return hits[0]
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    if hits:
+        raise ValueError(f"class folder {name!r} is ambiguous (indices {hits}): name it by index")
+    raise ValueError(f"class folder {name!r} is not one of the model's {len(classes)} classes "
+                     "(use its name or index)")
+
+
+@dataclass
+class ImageSet(Dataset):
+    """Photos read lazily: ``(image, labels, void mask)`` items (see the module docstring).
+
+    ``classes``: the label space (the folder's class names, or the model's after
+    :meth:`with_classes`); ``targets[i]``: class index of photo i, -1 if unlabeled.
+    """
+
+    files: list[Path]
+    targets: list[int]
+    classes: list[str]
+    size: int = 224
+    train: bool = False
+    name: str = ""
+    labeled: bool = field(init=False)
+
+    def __post_init__(self):
+        self.labeled = any(t >= 0 for t in self.targets)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, i: int) -> tuple[torch.Tensor, tuple, bool]:
+        """Photo ``i`` transformed: ``(image float 3 x S x S, crop box, flip)``."""
+        img = open_rgb(self.files[i])
+        box, flip = crop_box(*img.size, self.size, self.train)
+        x = torch.from_numpy(transform(img, box, flip, self.size).copy())
+        return x.permute(2, 0, 1).float().div_(255), box, flip
+
+    def label(self, i: int) -> torch.Tensor:
+        y = torch.zeros(len(self.classes))
+        if self.targets[i] >= 0:
+            y[self.targets[i]] = 1.0
+        return y
+
+    def __getitem__(self, i):
+        image, _, _ = self.load(i)
+        return image, self.label(i), torch.full((self.size, self.size), VOID, dtype=torch.int64)
+
+    def with_classes(self, classes) -> "ImageSet":
+        """The same photos labeled in the label space ``classes`` (e.g. a model's 1000
+        ImageNet classes); each class folder must name one of them (:func:`resolve_class`)."""
+        index = [resolve_class(c, classes) for c in self.classes]
+        targets = [index[t] if t >= 0 else -1 for t in self.targets]
+        return replace(self, targets=targets, classes=list(classes))
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n": len(self), "image_size": [self.size, self.size],
+                "labeled": self.labeled, "classes": len(self.classes)}
+
+
+class Relabeled(Dataset):
+    """A view of ``dataset`` whose labels are ``labels[i]`` (e.g. a teacher's top-1 one-hot)."""
+
+    def __init__(self, dataset, labels: torch.Tensor, classes, how: str = ""):
+        if len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for {len(dataset)} items")
+        self.dataset, self.labels, self.classes, self.how = dataset, labels, list(classes), how
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return (item[0], self.labels[i], *item[2:])
+
+
+def build_images(arg: str | None, split: str, size: int, n: int | None,
+                 name: str = "images") -> ImageSet:
+    """The ``images:FOLDER`` builder: the split's photos (first ``n``), headers checked."""
+    root, options = parse_spec(arg, name)
+    files, targets, classes = split_folder(root, split, options["holdout"])
+    files, targets = files[:n], targets[:n]
+    check_readable(files)
+    return ImageSet(files, targets, classes, size, split == "train", f"{name}:{root.name}/{split}")
