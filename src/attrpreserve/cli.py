@@ -89,11 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress vision models without breaking their explanations, and prove it.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="teacher + naive/AT/WCAM distillation on built-in scenes",
-                       description="Train a teacher on the built-in scenes, distil it three ways "
-                       "(naive, AT, WCAM), evaluate all four on held-out data, write "
-                       "OUT/results.json and print a table.")
-    p.add_argument("--quick", action="store_true", help="the few-minute CPU setting")
+    p = sub.add_parser("demo", help="teacher + every recipe x naive/AT/WCAM on built-in scenes",
+                       description="Train a teacher on the built-in scenes, compress it with "
+                       "every recipe (distillation, structured and unstructured pruning, "
+                       "quantization), each naive, with AT and with WCAM; evaluate all on held-out "
+                       "data, write OUT/results.json and OUT/report.html and print a table. "
+                       "Finished stages are reused when OUT already holds them.")
+    p.add_argument("--quick", action="store_true",
+                   help="the few-minute CPU setting: distillation only")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -662,7 +662,7 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
     """Compute each checkpoint's maps for the chosen class of each image; one grid per
     explainer. Maps are upsampled to the input size and scaled per map for display."""
     from .attribution import EXPLAINERS, upsample
-    from .models import load_checkpoint
+    from .models.pretrained import load_model
 
     imgs = _as_images(images)
     order = [str(r.get("name")) for r in _ordered_runs(results)]
@@ -671,7 +671,7 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
     skipped = []
     for name in names:
         try:
-            models[name], meta = load_checkpoint(checkpoints[name])
+            models[name], meta = load_model(checkpoints[name])
         except (OSError, ValueError) as exc:  # a report should not die on one bad checkpoint
             skipped.append(f"{name}: {exc}")
             continue

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import init_from_file
+from .checkpoint import init_from_file, load_checkpoint
 from .registry import create_model, register_model
 
 PREFIX = "pretrained:"
@@ -195,7 +195,15 @@ def pretrained_meta(ref: str, input_size: int = 224) -> dict:
             "history": {"best_epoch": None, "best_val_mAP": None}}
 
 
+def load_model(ref: str | Path) -> tuple[nn.Module, dict]:
+    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec."""
+    if not is_pretrained(ref):
+        return load_checkpoint(ref)
+    meta = pretrained_meta(ref)
+    return load_pretrained(ref, meta["input_size"]), meta
+
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "PREFIX",
            "efficientnet_lite0", "imagenet_classes", "is_pretrained", "lite0_weights_file",
-           "load_pretrained", "parse", "pretrained_meta", "torchvision_imagenet",
+           "load_model", "load_pretrained", "parse", "pretrained_meta", "torchvision_imagenet",
            "with_input_normalization"]
