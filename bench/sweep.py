@@ -83,22 +83,23 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Each metric against non-zero parameters (bytes for quantization), one line per matching."""
+    """Each metric against non-zero parameters (weight bits for quantization, whose int8 export
+    has the same bytes at every bit width), one line per matching."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    size = "bytes" if rows and rows[0]["recipe"] == "quantization" else "nonzero_params"
+    size = "strength" if rows and rows[0]["recipe"] == "quantization" else "nonzero_params"
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
     for ax, metric in zip(axes, METRICS):
         for matching in sorted({r["matching"] for r in rows}):
             pts = sorted((r[size], r[metric]) for r in rows
                          if r["matching"] == matching and r[metric] is not None)
             ax.plot(*zip(*pts), marker="o", label=matching)
-        ax.set_xlabel(size)
+        ax.set_xlabel("weight bits" if size == "strength" else size)
         ax.set_title(metric)
-        ax.set_xscale("log")
+        ax.set_xscale("linear" if size == "strength" else "log")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)

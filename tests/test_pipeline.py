@@ -252,3 +252,16 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
     assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "nope.png"),
                  "--out", str(tmp_path / "png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_demo_report_picks_up_saved_sweeps(tmp_path):
+    """bench/sweep.py --out OUT/sweep results become the demo report's curves."""
+    from attrpreserve.pipeline import saved_sweeps
+    assert saved_sweeps(tmp_path) == []
+    for recipe, bits in (("quantization", [8, 2]), ("structured", [0.5])):
+        (tmp_path / "sweep" / recipe).mkdir(parents=True)
+        rows = [{"recipe": recipe, "matching": "none", "strength": b} for b in bits]
+        (tmp_path / "sweep" / recipe / "sweep.json").write_text(json.dumps({"sweeps": rows}))
+    got = saved_sweeps(tmp_path)
+    assert [(r["recipe"], r["strength"]) for r in got] == [
+        ("quantization", 8), ("quantization", 2), ("structured", 0.5)]

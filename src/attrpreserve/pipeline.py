@@ -527,10 +527,22 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
             ckpts[name] = out / name
     results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
     results["demo"] = asdict(cfg)
+    sweeps = saved_sweeps(out)
+    if sweeps:
+        results["sweeps"] = sweeps
     results["wall_seconds"] = time.perf_counter() - t0
     write_results(results, out / "results.json")
     report(results, out / "report.html", ckpts, title="attrpreserve demo")
     return results
+
+
+def saved_sweeps(out: str | Path) -> list[dict]:
+    """Rows of the strength sweeps saved under ``OUT/sweep`` (``bench/sweep.py --teacher
+    OUT/teacher --out OUT/sweep``), which the demo's report draws as curves."""
+    rows = []
+    for path in sorted(Path(out).glob("sweep/*/sweep.json")):
+        rows += json.loads(path.read_text()).get("sweeps") or []
+    return rows
 
 
 def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],

@@ -526,11 +526,13 @@ def _sweeps_html(results: dict) -> str:
         points = [s for s in sweeps if str(s.get("recipe", "?")) == recipe]
         matchings = sorted({str(s.get("matching") or "none") for s in points},
                            key=lambda m: MATCHING_ORDER.get(m, 3))
+        # one size for every point (sub-8-bit QAT still exports int8): plot against strength
+        x_key = size_key if len({s.get(size_key) for s in points}) > 1 else "strength"
         for ax, (key, label) in zip(row, SWEEP_METRICS):
             for m in matchings:
-                pts = sorted((_num(s.get(size_key)), _num(s.get(key))) for s in points
+                pts = sorted((_num(s.get(x_key)), _num(s.get(key))) for s in points
                              if str(s.get("matching") or "none") == m
-                             and _num(s.get(size_key)) and _num(s.get(key)) is not None)
+                             and _num(s.get(x_key)) and _num(s.get(key)) is not None)
                 if pts:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, "o-", color=MATCHING_COLOURS.get(m, "#76b7b2"),
@@ -539,12 +541,13 @@ def _sweeps_html(results: dict) -> str:
                  else metric(teacher, key, explainer))
             if t is not None:
                 ax.axhline(t, color="k", ls="--", lw=1, label="teacher")
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            if x_key == size_key:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{recipe}: {label}", fontsize=9.5)
-            ax.set_xlabel(size_key.replace("_", " "), fontsize=8)
+            ax.set_xlabel(x_key.replace("_", " "), fontsize=8)
             ax.tick_params(labelsize=7.5)
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=8, frameon=False)
