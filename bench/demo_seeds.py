@@ -48,13 +48,37 @@ def seed_summary(res: dict) -> dict:
     return out
 
 
+def mean_table(all_results: list[dict]) -> str:
+    """Per run, the mean over seeds of mAP, Grad-CAM PG (paper mode), AUC, Spearman with the
+    teacher, non-zero parameters, bytes of what ships and CPU latency (a markdown table)."""
+    cols = ("mAP", "PG", "AUC", "Spearman", "non-zero params", "bytes", "ms")
+    lines = ["| run | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for name in [r["name"] for r in all_results[0]["runs"]]:
+        rows = [next(r for r in res["runs"] if r["name"] == name) for res in all_results]
+        g = [r["attribution"]["gradcam"] for r in rows]
+
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return statistics.mean(values) if values else None
+
+        vals = (mean(r["task"]["mAP"] for r in rows), mean(x["pointing_game"] for x in g),
+                mean(x["auc"] for x in g),
+                mean(x.get("agreement", {}).get("spearman") for x in g),
+                mean(r["cost"]["nonzero_params"] for r in rows),
+                mean(r["cost"]["bytes"] for r in rows), mean(r["cost"]["latency_ms"] for r in rows))
+        cells = ["-" if v is None else f"{v:,.0f}" if i in (4, 5) else f"{v:.3f}" if i < 4
+                 else f"{v:.2f}" for i, v in enumerate(vals)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the full demo (every recipe)")
     ap.add_argument("--out", default="runs/bench-demo")
     args = ap.parse_args()
-    summary = []
+    summary, all_results = [], []
     for seed in args.seeds:
         path = Path(args.out) / f"seed{seed}" / "results.json"
         if path.is_file():
@@ -63,6 +87,8 @@ def main() -> None:
             res = demo(path.parent, quick=not args.full, seed=seed, progress=False)
         print(f"\nseed {seed} ({res['wall_seconds']:.0f} s)\n{format_table(res)}", flush=True)
         summary.append({"seed": seed, "seconds": res["wall_seconds"], **seed_summary(res)})
+        all_results.append(res)
+    print(f"\nmean over seeds {args.seeds}\n{mean_table(all_results)}")
     print("\nmean over seeds (gap recovered = (run - naive) / (teacher - naive); - = naive lost "
           "under 2 points)")
     for key in summary[0]:
