@@ -207,6 +207,9 @@ def test_report_without_checkpoints_or_optional_sections(tmp_path):
     text = write_report(results, tmp_path / "r.html").read_text()
     assert "Attribution maps" not in text and "Training curves" not in text
     assert "Metrics against model size" not in text and "kd+wcam" in text
+    results["notes"] = ["Only 2-bit QAT <met> the condition"]
+    text = write_report(results, tmp_path / "n.html").read_text()
+    assert "Only 2-bit QAT &lt;met&gt; the condition" in _section_html(text, "headline")
     text = write_report(results, tmp_path / "r2.html", {"teacher": tmp_path / "missing"},
                         _images()).read_text()
     assert "Not drawn: teacher" in text                # a bad checkpoint is reported, not fatal

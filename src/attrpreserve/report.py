@@ -885,8 +885,10 @@ def write_report(results: dict, out_html: str | Path,
     found = _explainers(results)
     explainers = list(explainers) if explainers else (found or ["gradcam"])
     table_explainers = [e for e in explainers if e in found] or found
+    notes = "".join(f"<p class='note'>{html.escape(str(n))}</p>"
+                    for n in results.get("notes") or [])
     sections = [("headline", "Did compression move the explanations?",
-                 _headline_html(results, table_explainers),
+                 _headline_html(results, table_explainers) + notes,
                  f"Gap = teacher minus naive run; share closed = (matched - naive) / gap. "
                  f"Agreement metrics compare with the teacher's own maps (1 = identical). A "
                  f"naive run within {NO_GAP} of the teacher has no gap to close."),
