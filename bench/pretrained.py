@@ -26,6 +26,7 @@ from pathlib import Path
 
 from attrpreserve.compress import finalize, global_magnitude_prune, prune_channels
 from attrpreserve.data.coco import coco_ids
+from attrpreserve.distributed import resolve_device
 from attrpreserve.engine import TrainConfig
 from attrpreserve.evaluate import mask_localization, nan_to_none
 from attrpreserve.models import load_checkpoint, save_checkpoint
@@ -163,12 +164,18 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, help="use only the first N training photos")
     ap.add_argument("--n-val", type=int, help="evaluate on the first N held-out photos")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto",
+                    help="auto (cuda when available), cpu or cuda: fine-tuning and explainers "
+                         "(latency is measured on the CPU)")
     ap.add_argument("--out", default="runs/pretrained")
     args = ap.parse_args()
     out, t0 = Path(args.out), time.perf_counter()
+    device = resolve_device(args.device)
     data = DataConfig(spec=f"coco128:{args.coco},holdout={args.holdout}", size=args.size,
-                      batch_size=args.batch_size, n_train=args.n_train, n_val=args.n_val)
+                      batch_size=args.batch_size, n_train=args.n_train, n_val=args.n_val,
+                      workers=args.workers)
     teacher = save_teacher(out / "teacher", data)
     train = TrainConfig(epochs=max(1, args.epochs), lr=args.lr, optimizer="sgd",
                         weight_decay=0.0, freeze_bn=True, seed=args.seed, progress=False)
@@ -194,10 +201,11 @@ def main() -> None:
                 cfg = replace(cfg, **strength(recipe, value, args.rounds))
                 if not _finished(out / run, cfg):
                     print(f"compress {run}", flush=True)
-                    compress(cfg, out / run)
+                    compress(cfg, out / run, device=device)
                 ckpts[run], points[run] = out / run, (recipe, value, matching, args.epochs)
-    results = evaluate(ckpts, "teacher", data, "val", seed=args.seed, progress=False)
-    models = {n: load_checkpoint(p)[0] for n, p in ckpts.items()}
+    results = evaluate(ckpts, "teacher", data, "val", seed=args.seed, progress=False,
+                       device=device)
+    models = {n: load_checkpoint(p)[0].to(device) for n, p in ckpts.items()}
     masks = mask_localization(models, data.loader("val"), "teacher", coco_ids,
                               n_boot=args.n_boot, seed=args.seed, progress=False)
     rows = flat_rows(results, masks, points)

@@ -159,3 +159,15 @@ def test_freeze_bn_keeps_running_statistics(flat):
     assert torch.equal(model.bn.running_mean, before)
     fit(model, loader, None, step, TrainConfig(epochs=1, lr=0.01, progress=False))
     assert not torch.equal(model.bn.running_mean, before)
+
+
+def test_loader_workers_same_items_and_reproducible_crops(flat):
+    """Worker processes load the same eval items; training crops repeat for a fixed seed."""
+    spec = f"images:{flat},holdout=0.4"
+    main, two = (DataConfig(spec=spec, size=24, batch_size=2, workers=w) for w in (0, 2))
+    for a, b in zip(main.loader("val"), two.loader("val")):
+        assert torch.equal(a[0], b[0])
+    runs = [torch.cat([b[0] for b in two.loader("train", shuffle=True, seed=3)]) for _ in "ab"]
+    assert torch.equal(*runs)
+    with pytest.raises(ValueError, match="workers must be a non-negative integer"):
+        DataConfig(spec=spec, workers=-1)

@@ -59,6 +59,22 @@ def test_teacher_against_itself_agrees_perfectly(teacher_dir, tmp_path):
     assert agreement["argmax_agree"] == 1.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_evaluate_on_cuda_matches_cpu(teacher_dir, tmp_path):
+    """--device cuda scores the same maps as the CPU; cost is still measured on the CPU."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        assert main(["evaluate", "--model", str(teacher_dir), "--teacher", str(teacher_dir),
+                     "--data", "scenes", "--n-test", "16", "--no-progress", "--device", device,
+                     "--out", str(out)]) == 0
+        runs[device] = json.loads(out.read_text())["runs"][0]
+    cpu, gpu = (runs[d]["attribution"]["gradcam"] for d in ("cpu", "cuda"))
+    for key in ("pointing_game", "auc"):
+        assert gpu[key] == pytest.approx(cpu[key], abs=1e-3)
+    assert runs["cuda"]["cost"]["params"] == runs["cpu"]["cost"]["params"]
+
+
 def test_checkpoint_roundtrip(tmp_path):
     model = create_model("vgg", num_classes=3, width=4).eval()
     save_checkpoint(tmp_path / "m", model, {"note": "x"})

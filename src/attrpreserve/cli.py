@@ -10,7 +10,6 @@ import difflib
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from . import distributed, pipeline, state
@@ -40,6 +39,10 @@ def _data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     g.add_argument("--n-val", type=int, help="use only the first N validation images")
     g.add_argument("--n-test", type=int, help="use only the first N test images")
     g.add_argument("--batch-size", type=int, default=None if inherit else 64)
+    g.add_argument("--workers", type=int, default=None if inherit else 0,
+                   help="DataLoader worker processes (default 0: load in the main process); "
+                        "photos decode in parallel, worth it on a GPU machine. Random crops "
+                        "differ between values, so resume with the same one")
 
 
 def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -78,9 +81,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="snapshot the training state every N optimizer steps "
                         "(default: after every epoch)")
-    g.add_argument("--device", default="auto",
-                   help="auto (default: cuda when available, else cpu), cpu or cuda; under "
-                        "torchrun, cuda means cuda:LOCAL_RANK and the NCCL backend (gloo on CPU)")
+    _device_arg(g, "under torchrun, cuda means cuda:LOCAL_RANK and the NCCL backend (gloo on "
+                   "CPU)")
+
+
+def _device_arg(p, what: str) -> None:
+    p.add_argument("--device", default="auto",
+                   help=f"auto (default: cuda when available, else cpu), cpu or cuda; {what}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--out", required=True, help="results JSON file to write")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")
+    _device_arg(p, "where the explainers run (size and latency are always measured on the CPU)")
 
     p = sub.add_parser("audit", help="how far one model's explanations moved from another's",
                        description="Compare the explanations of --candidate with those of "
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (0: no CIs)")
     p.add_argument("--top", type=int, default=12, help="how many most-moved images to show")
+    _device_arg(p, "where the explainers run")
     p.add_argument("--faithfulness", action="store_true",
                    help="also compare deletion / insertion AUC (slower)")
     p.add_argument("--seed", type=int, default=0)
@@ -282,7 +291,7 @@ def _config_value(path: str, key, action: argparse.Action, value):
 
 DATA_FLAGS = {"data": "spec", "size": "size", "data_seed": "seed", "n_train": "n_train",
               "n_val": "n_val", "n_test": "n_test", "batch_size": "batch_size",
-              "preprocess": "preprocess"}
+              "preprocess": "preprocess", "workers": "workers"}
 
 
 def _data(args) -> pipeline.DataConfig:
@@ -329,12 +338,7 @@ def _run_options(args) -> dict:
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be a positive number of steps, "
                          f"got {args.checkpoint_every}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise ValueError(f"--device must be cpu or cuda (or auto), got {args.device!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available here")
+    args.device = distributed.resolve_device(args.device)
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError("--amp (mixed precision) needs CUDA; this run is on the CPU "
                          "(drop --amp, or run where a GPU is available)")
@@ -389,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
             models = {teacher: args.teacher, **models}
         explainers = _names(args.explainers)
         results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
-                                    explainers, seed=args.seed, progress=not args.no_progress)
+                                    explainers, seed=args.seed, progress=not args.no_progress,
+                                    device=distributed.resolve_device(args.device))
         pipeline.write_results(results, args.out)
         report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
                                  models)
@@ -401,7 +406,8 @@ def run(args: argparse.Namespace) -> int:
         result = pipeline.audit(args.reference, args.candidate, args.out, _data_overrides(args),
                                 args.split, explainers, n_boot=args.n_boot, top=args.top,
                                 seed=args.seed, faithfulness=args.faithfulness,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress,
+                                device=distributed.resolve_device(args.device))
         for e in explainers:
             print(f"[{e}] " + audit_headline(result, e)["summary"])
         print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")

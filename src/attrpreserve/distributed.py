@@ -76,6 +76,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def resolve_device(device: str) -> str:
+    """A ``--device`` value checked: ``auto`` is ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda (or auto), got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here")
+    return device
+
+
 def device_for(device: str) -> torch.device:
     """``device`` for this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
     if str(device) == "cuda" and active():

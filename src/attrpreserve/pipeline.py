@@ -44,6 +44,7 @@ class DataConfig:
     n_test: int | None = None
     batch_size: int = 64
     preprocess: str = "none"  # named preset (data.transforms): "none" or "paper"
+    workers: int = 0  # DataLoader processes (0: the main one); not part of a run's identity
 
     def __post_init__(self):
         _check(isinstance(self.spec, str) and bool(self.spec),
@@ -57,6 +58,8 @@ class DataConfig:
             value = getattr(self, name)
             _check(value is None or _positive_int(value),
                    f"{name} must be a positive integer, got {value!r}")
+        _check(isinstance(self.workers, int) and self.workers >= 0,
+               f"workers must be a non-negative integer, got {self.workers!r}")
         get_preprocess(self.preprocess)
 
     def loader(self, split: str, shuffle: bool = False, seed: int = 0,
@@ -74,9 +77,15 @@ class DataConfig:
         collate = pre.collate(gen) if shuffle and pre.augments else None
         if shard and distributed.active():
             sampler = distributed.ShardedBatchSampler(len(ds), self.batch_size, shuffle, gen)
-            return DataLoader(ds, batch_sampler=sampler, generator=gen, collate_fn=collate)
+            return DataLoader(ds, batch_sampler=sampler, generator=gen, collate_fn=collate,
+                              **self._workers())
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                          collate_fn=collate)
+                          collate_fn=collate, **self._workers())
+
+    def _workers(self) -> dict:
+        """Worker processes kept across epochs; each seeds torch from the loader's generator, so
+        random crops are reproducible for a given ``workers`` (not across values of it)."""
+        return {"num_workers": self.workers, "persistent_workers": self.workers > 0}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -243,10 +252,8 @@ def _describe(**loaders) -> dict:
 
 
 def _run_config(command: str, cfg) -> dict:
-    """What identifies a run for ``--resume`` (progress bars excluded)."""
-    doc = asdict(cfg)
-    doc["train"].pop("progress", None)
-    return {"command": command, "config": doc}
+    """What identifies a run for ``--resume`` (progress bars and loader workers excluded)."""
+    return {"command": command, "config": _settings(asdict(cfg))}
 
 
 def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
@@ -284,21 +291,28 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     return student, meta
 
 
+def _on(loaded: tuple, device: str) -> tuple:
+    """``(model, meta)`` with the model moved to ``device``."""
+    return loaded[0].to(device), loaded[1]
+
+
 def evaluate(models: dict[str, str | Path], teacher: str | None,
              data: DataConfig | dict | None = None,
              split: str = "test", explainers=("gradcam",), seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, device: str = "cpu") -> dict:
     """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
 
-    Returns the results.json document (see docs/design contract).
+    Predictions and explanations run on ``device``; size and latency are measured on the CPU
+    (the deployment target). Returns the results.json document (see docs/design contract).
     """
-    loaded = {name: load_model(path) for name, path in models.items()}
+    loaded = {name: _on(load_model(path), device) for name, path in models.items()}
     first_model, first_meta = loaded[teacher or next(iter(loaded))]
     data = resolve_data(data, first_meta)
     loader = data.loader(split, adapt=labels_for(first_model, first_meta["classes"]))
     nets = {n: m for n, (m, _) in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress)
+    nets = {n: m.cpu() for n, m in nets.items()}
     costs = model_cost(nets, (1, 3, data.size, data.size),
                        checkpoints={n: deployed_file(p) for n, p in models.items()
                                     if not is_pretrained(p)},
@@ -321,13 +335,14 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
 def audit(reference: str | Path, candidate: str | Path, out: str | Path,
           data: DataConfig | dict | None = None, split: str = "test",
           explainers=("gradcam",), n_boot: int = 1000, top: int = 12, seed: int = 0,
-          faithfulness: bool = False, progress: bool = True) -> dict:
+          faithfulness: bool = False, progress: bool = True, device: str = "cpu") -> dict:
     """How far ``candidate``'s explanations moved from ``reference``'s: OUT/audit.json + .html.
 
     Data defaults to the reference checkpoint's (``data`` overrides it); see
     :func:`attrpreserve.evaluate.audit` for what is measured.
     """
-    (model_a, meta), (model_b, _) = load_model(reference), load_model(candidate)
+    (model_a, meta), (model_b, _) = (_on(load_model(reference), device),
+                                     _on(load_model(candidate), device))
     loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
     result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
                        top=top, progress=progress, faithfulness=faithfulness)
@@ -581,9 +596,9 @@ def _finished(directory: Path, cfg) -> bool:
 
 
 def _settings(config: dict) -> dict:
-    """A stage's config without what does not change its result (progress bars)."""
+    """A stage's config without what does not change its result (progress bars, workers)."""
     return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k != "progress"}
+            if k not in ("progress", "workers")}
 
 
 def write_results(results: dict, path: str | Path) -> None:
