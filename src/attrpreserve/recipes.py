@@ -120,6 +120,7 @@ def quantization(cfg, teacher, train_dl, val_dl, matcher):
         student_layer=cfg.layer, step=_softmax_step(cfg, teacher, matcher))
     agree = prediction_agreement(student, convert_int8(student), val_dl)
     return student, history, {"bits": cfg.bits, "int8_agreement": agree["agreement"],
+                              "int8_top1_agreement": agree["top1_agreement"],
                               "int8_max_abs_logit_diff": agree["max_abs_logit_diff"]}
 
 

@@ -1,9 +1,10 @@
 """Quantization-aware training (QAT) to int8 with the same matching losses, and int8 export.
 
-Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 / fbgemm engine).  It is deprecated
-in torch 2.14 but is the one path that (a) keeps the model an ``nn.Module`` tree whose layer names
-survive, so ``LayerTap``, Grad-CAM and WCAM work on the fake-quant model unchanged, and (b)
-converts to real int8 CPU kernels (``quantized::conv2d``) without ``torch.compile``.  Its
+Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 engine; oneDNN for Lite0, see
+``_FAMILIES``).  It is deprecated in torch 2.14 but is the one path that (a) keeps the model an
+``nn.Module`` tree whose layer names survive, so ``LayerTap``, Grad-CAM and WCAM work on the
+fake-quant model unchanged, and (b) converts to real int8 CPU kernels (``quantized::conv2d``)
+without ``torch.compile``.  Its
 successor, torchao's PT2E flow (``prepare_qat_pt2e`` / ``convert_pt2e``), traces the model into a
 flat graph (the ReLU modules disappear, so the matched layer cannot be hooked by name), and without
 ``torch.compile`` its converted model runs quantize/dequantize + float convolutions: on the small
@@ -24,9 +25,16 @@ default: torch's x86 default quantizes activations to ``[0, 127]`` to avoid 16-b
 fbgemm's AVX2 (non-VNNI) kernels, but the int8 kernels then do not clamp at 127 as the fake quant
 does.  Pass ``reduce_range=True`` when deploying on CPUs without VNNI.
 
-Conv-BN-ReLU blocks are fused (BN folded into the conv weight the way the int8 kernel sees it);
-the old BN and ReLU names are kept as ``nn.Identity``, so the last ReLU's name still yields the
-block's (fake-quantized) post-ReLU output (so do the block's conv and BN names now).
+Families: the module surgery each model family needs (what to fuse, where the graph changes) is a
+small :class:`_Family` entry selected by model type; everything else is one code path.
+
+- VGG (``attrpreserve.models.VGG``): Conv-BN-ReLU blocks are fused (BN folded into the conv
+  weight the way the int8 kernel sees it); the old BN and ReLU names are kept as
+  ``nn.Identity``, so the last ReLU's name still yields the block's (fake-quantized) post-ReLU
+  output (so do the block's conv and BN names now).
+- EfficientNet-Lite0 (``pretrained:efficientnet-lite0``): see :func:`_lite_surgery`.  Conv-BN
+  pairs are fused, each ReLU6 use is its own ``nn.ReLU6`` module, residual adds go through a
+  ``FloatFunctional`` per block, and the matched layer ``_head_act`` keeps its name.
 
 Observers follow the train/eval mode: they update in train mode only (so validation and
 attribution passes never move the quantization ranges), unless :func:`freeze_qat` froze them.
@@ -35,10 +43,15 @@ attribution passes never move the quantization ranges), unless :func:`freeze_qat
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import sys
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.ao.quantization as tq
@@ -47,19 +60,21 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+from torch.ao.nn.quantized import FloatFunctional
 
 from ..attribution.rap import register_layer_kind
 from ..engine import TrainConfig, fit
 from ..evaluate.cost import latency_ms
 from ..matching import MatchingLoss
 from ..models.checkpoint import register_rebuild_step
+from ..models.pretrained import _lite_class
 from ..models.vgg import VGG
 from .distill import DistillStep
 from .unstructured import PruneFinetuneStep
 
-__all__ = ["QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat", "convert_int8",
-           "int8_state", "int8_bytes", "export_int8", "prediction_agreement", "compare_cost",
-           "quantization_aware_train"]
+__all__ = ["QATModel", "QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
+           "convert_int8", "int8_state", "int8_bytes", "export_int8", "prediction_agreement",
+           "compare_cost", "quantization_aware_train"]
 
 
 @contextmanager
@@ -90,19 +105,16 @@ register_layer_kind("pass", tq.QuantStub, tq.DeQuantStub)
 register_layer_kind("max", _GlobalMaxPool)
 
 
-class QATVGG(VGG):
-    """A VGG prepared for QAT by :func:`prepare_qat` (never constructed directly).
+class QATModel:
+    """Mixin of every fake-quant model made by :func:`prepare_qat` (never constructed directly).
 
-    Adds the input quantizer and output dequantizer around ``VGG.forward``, answers
-    ``last_relu_name`` with the float model's name (that ReLU is now an ``nn.Identity`` after the
-    fused block), and switches observers with the train/eval mode.
+    Adds the input quantizer (after the input-normalisation pre-hook, which runs before
+    ``forward``) and the output dequantizer around the float model's ``forward``, and switches
+    observers with the train/eval mode.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dequant(super().forward(self.quant(x)))
-
-    def last_relu_name(self) -> str:
-        return self.qat_relu_name
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -110,26 +122,44 @@ class QATVGG(VGG):
         return self
 
 
+class QATVGG(QATModel, VGG):
+    """A fake-quant VGG; ``last_relu_name`` answers with the float model's name (that ReLU is
+    now an ``nn.Identity`` after the fused block)."""
+
+    def last_relu_name(self) -> str:
+        return self.qat_relu_name
+
+
 def is_qat(model: nn.Module) -> bool:
     """Whether ``model`` is a fake-quant model made by :func:`prepare_qat`."""
-    return isinstance(model, QATVGG)
+    return isinstance(model, QATModel)
 
 
 def _set_observers(model: nn.Module, on: bool) -> None:
     model.apply(tq.enable_observer if on else tq.disable_observer)
 
 
-def _check_supported(model: nn.Module) -> None:
-    """Clear errors for what eager-mode QAT here cannot handle."""
-    if is_qat(model):
-        raise ValueError("model is already prepared for quantization-aware training")
-    if not isinstance(model, VGG):
-        raise ValueError(
-            f"quantization-aware training supports the VGG family (attrpreserve.models.VGG) only, "
-            f"got {type(model).__name__}: eager-mode int8 needs fusable Conv-BN-ReLU blocks and "
-            f"explicit quantize/dequantize points (residual adds, as in ResNet, are not handled)")
-    if any(n.endswith("_orig") for n, _ in model.named_parameters()):
-        raise ValueError("model still carries pruning masks; call compress.finalize(model) first")
+@dataclass(frozen=True)
+class _Family:
+    """What eager-mode QAT needs to know about one model family.
+
+    ``matches(model)``; ``check(model)`` raises ``ValueError`` for variants it cannot handle;
+    ``surgery(model)`` edits the float model in place into a fusable form and returns the
+    groups to fuse and the names of modules whose output is ReLU6's (quantized on the fixed
+    range [0, 6], see :func:`_qconfig`); ``qat_class()`` is the class the prepared model takes;
+    ``backend``: the default quantized engine; ``narrow_weights``: weights on the symmetric grid
+    without its most negative level (see :func:`_qconfig`).
+    """
+
+    matches: Callable[[nn.Module], bool]
+    check: Callable[[nn.Module], None]
+    surgery: Callable[[nn.Module], tuple[list[list[str]], list[str]]]
+    qat_class: Callable[[], type]
+    backend: str = "x86"
+    narrow_weights: bool = False
+
+
+def _vgg_check(model: VGG) -> None:
     pool = model.classifier[0]
     if isinstance(pool, nn.AdaptiveMaxPool2d) and pool.output_size not in (1, (1, 1)):
         raise ValueError(f"unsupported head pool {pool}")
@@ -141,16 +171,187 @@ def _check_supported(model: nn.Module) -> None:
             raise ValueError(f"features.{i}: expected Conv2d-BatchNorm2d-ReLU blocks")
 
 
-def _qconfig(bits: int, act_bits: int, reduce_range: bool) -> tq.QConfig:
-    """Per-channel symmetric ``bits``-bit weights, per-tensor affine ``act_bits`` activations."""
+def _vgg_surgery(model: VGG) -> tuple[list[list[str]], list[str]]:
+    """Fuse every Conv-BN-ReLU block; the head's global max-pool becomes an int8-friendly one."""
+    model.qat_relu_name = model.last_relu_name()
+    if isinstance(model.classifier[0], nn.AdaptiveMaxPool2d):
+        model.classifier[0] = _GlobalMaxPool()
+    blocks = [[f"features.{i}", f"features.{i + 1}", f"features.{i + 2}"]
+              for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    return blocks, []
+
+
+def _is_lite(model: nn.Module) -> bool:
+    # A Lite model exists only once its architecture package is imported: no import otherwise.
+    return "efficientnet_lite_pytorch" in sys.modules and isinstance(model, _lite_class())
+
+
+def _lite_check(model: nn.Module) -> None:
+    params = model._global_params
+    if params.relu_fn != "relu6" or params.local_pooling or any(b.has_se for b in model._blocks):
+        raise ValueError("quantization-aware training supports EfficientNet-Lite (ReLU6, no "
+                         "squeeze-excitation, global average pooling) only")
+
+
+@functools.cache
+def _lite_qat_classes() -> tuple[type, type]:
+    """``(model class, block class)`` of the fake-quant Lite0 (the package is imported lazily)."""
+    from efficientnet_lite_pytorch.model import MBConvBlock
+
+    class QATEfficientNetLite(QATModel, _lite_class()):
+        """A fake-quant EfficientNet-Lite; ``matched_layer`` (``_head_act``) keeps its name."""
+
+    class QATMBConvBlock(MBConvBlock):
+        """The package's block with one ReLU6 module per use, the residual add through
+        ``FloatFunctional`` (quantized with its own range), and no drop-connect.
+
+        Drop-connect (stochastic depth) is disabled: in training it scales the residual branch
+        by ``1 / keep_prob`` per sample, so the add's range observer would calibrate on values
+        the deployed model never sees; QAT here is a short fine-tune from trained weights.
+        """
+
+        def forward(self, inputs, drop_connect_rate=None):
+            x = inputs
+            if self._block_args.expand_ratio != 1:
+                x = self._act0(self._bn0(self._expand_conv(x)))
+            x = self._act1(self._bn1(self._depthwise_conv(x)))
+            x = self._bn2(self._project_conv(x))
+            return self._add.add(x, inputs) if hasattr(self, "_add") else x
+
+    return QATEfficientNetLite, QATMBConvBlock
+
+
+def _plain_conv(conv: nn.Conv2d) -> nn.Module:
+    """A ``Conv2dStaticSamePadding`` as plain ``nn.Conv2d`` (fusion matches exact types) with the
+    same parameters: TF "SAME" padding goes into the conv where symmetric (stride 1), else into
+    an ``nn.ZeroPad2d`` before it (``Sequential(pad, conv)``; zero stays exact when quantized)."""
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
+    plain.weight, plain.bias = conv.weight, conv.bias
+    pad = conv.static_padding
+    if not isinstance(pad, nn.ZeroPad2d):  # the package's Identity: no padding (1x1 convs)
+        return plain
+    left, right, top, bottom = pad.padding
+    if left == right and top == bottom:
+        plain.padding = (top, left)
+        return plain
+    return nn.Sequential(OrderedDict(pad=nn.ZeroPad2d(pad.padding), conv=plain))
+
+
+def _lite_surgery(model: nn.Module) -> tuple[list[list[str]], list[str]]:
+    """EfficientNet-Lite in a fusable form, computing the same function (float).
+
+    Convs become plain ``nn.Conv2d`` (:func:`_plain_conv`); each block's shared ``_swish``
+    becomes ``_act0`` (after the expansion) and ``_act1`` (after the depthwise conv), and its
+    residual add a ``FloatFunctional`` ``_add`` (:func:`_lite_qat_classes`); the stem keeps
+    ``_swish``, the head ``_head_act``.  Conv-BN pairs are fused, and ReLU6 stays a module of
+    its own after them: torch.ao fuses Conv-BN-ReLU, not ReLU6, and its int8 ``ReLU6`` drops
+    the range its fake quant learnt (it keeps the conv's output scale), so a learnt range on
+    both would make int8 differ from fake quant.  Instead a fused conv followed by ReLU6 and the
+    ReLU6 itself are quantized on the fixed range [0, 6] (as TFLite quantizes ReLU6): the conv's
+    output grid then clamps exactly at 0 and 6, in fake quant and int8 alike, and the ReLU6 is
+    exact on it; with fake quant disabled the float function is unchanged.
+    """
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv2dStaticSamePadding):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _plain_conv(module))
+    groups, relu6 = [], []
+
+    def fuse(conv: str, bn: str, act: str | None = None) -> None:
+        if isinstance(model.get_submodule(conv), nn.Sequential):
+            conv += ".conv"
+        groups.append([conv, bn])
+        if act is not None:
+            relu6.extend([conv, act])
+
+    fuse("_conv_stem", "_bn0", "_swish")
+    block_class = _lite_qat_classes()[1]
+    for i, block in enumerate(model._blocks):
+        p, args = f"_blocks.{i}", block._block_args
+        if args.expand_ratio != 1:
+            block._act0 = nn.ReLU6()
+            fuse(f"{p}._expand_conv", f"{p}._bn0", f"{p}._act0")
+        block._act1 = block._swish
+        del block._swish
+        fuse(f"{p}._depthwise_conv", f"{p}._bn1", f"{p}._act1")
+        fuse(f"{p}._project_conv", f"{p}._bn2")
+        if block.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+            block._add = FloatFunctional()
+        block.__class__ = block_class
+    fuse("_conv_head", "_bn1", "_head_act")
+    return groups, relu6
+
+
+# Lite0 runs on oneDNN: fbgemm's depthwise int8 kernels (behind "x86") add u8 x s8 products
+# in pairs with 16-bit saturation, so full-range activations (ReLU6 at 6 is level 255) times
+# large folded depthwise weights saturate: measured up to 113 activation steps off the fake
+# quant at single pixels, and top-1 flips.  oneDNN (VNNI) does not saturate and ran the int8
+# Lite0 2.4x faster than "x86" here.  Narrow weights: see ``_qconfig``.
+_FAMILIES = (
+    _Family(lambda m: isinstance(m, VGG), _vgg_check, _vgg_surgery, lambda: QATVGG),
+    _Family(_is_lite, _lite_check, _lite_surgery, lambda: _lite_qat_classes()[0],
+            backend="onednn", narrow_weights=True),
+)
+
+
+def _check_supported(model: nn.Module) -> _Family:
+    """The model's family; clear errors for what eager-mode QAT here cannot handle."""
+    if is_qat(model):
+        raise ValueError("model is already prepared for quantization-aware training")
+    family = next((f for f in _FAMILIES if f.matches(model)), None)
+    if family is None:
+        raise ValueError(
+            f"quantization-aware training supports the VGG family (attrpreserve.models.VGG) and "
+            f"EfficientNet-Lite0 (pretrained:efficientnet-lite0) only, got "
+            f"{type(model).__name__}: torchvision models (ResNet, MobileNet, ...) are not "
+            f"handled (eager-mode int8 needs per-family module surgery: fusable Conv-BN blocks, "
+            f"quantized residual adds, explicit quantize/dequantize points)")
+    if any(n.endswith("_orig") for n, _ in model.named_parameters()):
+        raise ValueError("model still carries pruning masks; call compress.finalize(model) first")
+    family.check(model)
+    return family
+
+
+class _FixedRangeFakeQuantize(tq.FixedQParamsFakeQuantize):
+    """torch's fixed-range fake quant with ``scale`` / ``zero_point`` buffers of its own (torch's
+    shares them with its observer, and safetensors refuses to save one tensor twice)."""
+
+    def __init__(self, observer):
+        super().__init__(observer)
+        self.scale, self.zero_point = self.scale.clone(), self.zero_point.clone()
+
+
+def _qconfig(bits: int, act_bits: int, reduce_range: bool, narrow_weights: bool = False,
+             upper: float | None = None) -> tq.QConfig:
+    """Per-channel symmetric ``bits``-bit weights, per-tensor affine ``act_bits`` activations;
+    with ``upper`` the activation range is fixed at ``[0, upper]`` (ReLU6 outputs) instead of
+    observed.
+
+    ``narrow_weights``: weight levels ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` (TFLite's int8
+    weights) instead of the full signed range.  On the full range the scale is ``max|w| / 127.5``,
+    so a channel's largest weight sits exactly on a rounding tie at -127.5 when negative, and
+    the fake quant and ``convert`` round it differently (measured on Lite0: -128 vs -127), so
+    int8 differs from the trained weights there.  On the narrow range it lands on -127 either
+    way.
+    """
     act_bits = min(act_bits, 7) if reduce_range else act_bits
+    top = 2 ** (bits - 1) - 1
     weight = tq.FakeQuantize.with_args(
         observer=tq.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8,
         qscheme=torch.per_channel_symmetric,
-        quant_min=-(2 ** (bits - 1)), quant_max=2 ** (bits - 1) - 1)
-    act = tq.FakeQuantize.with_args(
-        observer=tq.MovingAverageMinMaxObserver, dtype=torch.quint8,
-        qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2 ** act_bits - 1)
+        quant_min=-top if narrow_weights else -top - 1, quant_max=top)
+    levels = 2 ** act_bits - 1
+    if upper is None:
+        act = tq.FakeQuantize.with_args(
+            observer=tq.MovingAverageMinMaxObserver, dtype=torch.quint8,
+            qscheme=torch.per_tensor_affine, quant_min=0, quant_max=levels)
+    else:
+        act = _FixedRangeFakeQuantize.with_args(observer=tq.FixedQParamsObserver.with_args(
+            scale=upper / levels, zero_point=0, dtype=torch.quint8, quant_min=0,
+            quant_max=levels))
     return tq.QConfig(activation=act, weight=weight)
 
 
@@ -160,44 +361,47 @@ def _check_bits(name: str, value: int) -> int:
     return int(value)
 
 
-def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str = "x86",
+def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str | None = None,
                 reduce_range: bool = False, inplace: bool = False, calibration=None,
-                calibration_batches: int = 8) -> QATVGG:
-    """The fake-quant (QAT) form of a float VGG; a deep copy unless ``inplace``.
+                calibration_batches: int = 8) -> QATModel:
+    """The fake-quant (QAT) form of a float VGG or EfficientNet-Lite0; a deep copy unless
+    ``inplace``.
 
-    Fuses every Conv-BN-ReLU block (old BN/ReLU names become ``nn.Identity``), swaps the head's
-    global max-pool for an int8-friendly equivalent, and inserts fake-quant modules (see the
-    module docstring for the scheme).  ``calibration`` (images, or batches / a loader yielding
-    ``(images, ...)``) is run through :func:`calibrate` so the ranges start from data rather
-    than from the first training batch.  Records ``{"step": "qat", ...}`` in a copy of
-    ``model.spec["rebuild"]`` so ``load_checkpoint`` rebuilds this form.  The returned model
-    keeps the input's train/eval mode.
+    Applies the family's module surgery and fusion (module docstring; VGG: Conv-BN-ReLU blocks
+    fused, old BN/ReLU names become ``nn.Identity``, head max-pool made int8-friendly; Lite0:
+    :func:`_lite_surgery`) and inserts fake-quant modules (see the module docstring for the
+    scheme).  ``calibration`` (images, or batches / a loader yielding ``(images, ...)``) is
+    run through :func:`calibrate` so the ranges start from data rather than from the first
+    training batch.  Records ``{"step": "qat", ...}`` in a copy of ``model.spec["rebuild"]`` so
+    ``load_checkpoint`` rebuilds this form.  The returned model keeps the input's train/eval
+    mode.
 
     ``bits`` / ``act_bits``: weight / activation widths in [2, 8] (a bit-width sweep; below 8
     the int8 kernels still run, on values of the narrower grid).  ``backend``: the quantized
     engine ``convert_int8`` targets (``"x86"``, or ``"fbgemm"`` / ``"qnnpack"`` / ``"onednn"``
-    where available).  ``reduce_range``: 7-bit activations for non-VNNI x86 CPUs.
+    where available); default: the family's (VGG ``"x86"``, Lite0 ``"onednn"``).
+    ``reduce_range``: 7-bit activations for non-VNNI x86 CPUs.
     """
     bits, act_bits = _check_bits("bits", bits), _check_bits("act_bits", act_bits)
+    family = _check_supported(model)
+    backend = backend or family.backend
     if backend not in torch.backends.quantized.supported_engines:
         raise ValueError(f"quantized engine {backend!r} is not available here "
                          f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
-    _check_supported(model)
     was_training = model.training
     qat = model if inplace else copy.deepcopy(model)
-    relu_name = qat.last_relu_name()
-    blocks = [[f"features.{i}", f"features.{i + 1}", f"features.{i + 2}"]
-              for i, m in enumerate(qat.features) if isinstance(m, nn.Conv2d)]
-    if isinstance(qat.classifier[0], nn.AdaptiveMaxPool2d):
-        qat.classifier[0] = _GlobalMaxPool()
+    groups, relu6 = family.surgery(qat)
     qat.quant, qat.dequant = tq.QuantStub(), tq.DeQuantStub()
-    qat.qconfig = _qconfig(bits, act_bits, reduce_range)
+    qat.qconfig = _qconfig(bits, act_bits, reduce_range, family.narrow_weights)
     qat.train()
     with _quiet_ao():
-        tq.fuse_modules_qat(qat, blocks, inplace=True)
+        tq.fuse_modules_qat(qat, groups, inplace=True)
+        for name in relu6:
+            qat.get_submodule(name).qconfig = _qconfig(bits, act_bits, reduce_range,
+                                                       family.narrow_weights, upper=6.0)
         tq.prepare_qat(qat, inplace=True)
-    qat.__class__ = QATVGG
-    qat.qat_relu_name, qat.qat_frozen, qat.qat_backend = relu_name, False, backend
+    qat.__class__ = family.qat_class()
+    qat.qat_frozen, qat.qat_backend = False, backend
     options = {"step": "qat", "bits": bits, "act_bits": act_bits, "backend": backend,
                "reduce_range": bool(reduce_range)}
     if getattr(model, "spec", None) is not None:
@@ -225,7 +429,7 @@ def _image_batches(data, max_batches: int | None = None):
 
 
 @torch.no_grad()
-def calibrate(model: QATVGG, data, max_batches: int | None = 8) -> QATVGG:
+def calibrate(model: QATModel, data, max_batches: int | None = 8) -> QATModel:
     """Update the quantization ranges from data, in eval mode (BN uses its running statistics).
 
     The ranges are moving averages (weight 0.01 per batch after the first), so the first batch
@@ -243,7 +447,7 @@ def calibrate(model: QATVGG, data, max_batches: int | None = 8) -> QATVGG:
     return model
 
 
-def freeze_qat(model: QATVGG, observers: bool = True, bn_stats: bool = True) -> QATVGG:
+def freeze_qat(model: QATModel, observers: bool = True, bn_stats: bool = True) -> QATModel:
     """Stop updating quantization ranges and/or BatchNorm statistics for the rest of training.
 
     A frozen BN makes the fused blocks train with their running statistics, i.e. the numbers
@@ -258,7 +462,7 @@ def freeze_qat(model: QATVGG, observers: bool = True, bn_stats: bool = True) -> 
     return model
 
 
-def convert_int8(qat_model: QATVGG) -> nn.Module:
+def convert_int8(qat_model: QATModel) -> nn.Module:
     """The real int8 model (eval mode, CPU) of a fake-quant model, which is left unchanged.
 
     Deterministic given the QAT weights and ranges, so the QAT checkpoint is the canonical
@@ -343,23 +547,27 @@ def prediction_agreement(fake_quant_model: nn.Module, int8_model: nn.Module, dat
                          max_batches: int | None = None) -> dict:
     """How well the int8 model reproduces the fake-quant model's outputs, in eval mode.
 
-    ``agreement``: fraction of (image, class) decisions ``logit > 0`` that are equal;
-    ``max_abs_logit_diff`` / ``mean_abs_logit_diff`` over all logits; ``images`` counted.
+    ``agreement``: fraction of (image, class) decisions ``logit > 0`` that are equal (the
+    multi-label decisions); ``top1_agreement``: fraction of images with the same top-1 class
+    (single-label models); ``max_abs_logit_diff`` / ``mean_abs_logit_diff`` over all logits;
+    ``images`` counted.
     """
     fake_quant_model.eval()
     int8_model.eval()
     device = next(fake_quant_model.parameters()).device
-    same = total = n_images = 0
+    same = total = n_images = same_top1 = 0
     max_diff, sum_diff = 0.0, 0.0
     for images in _image_batches(data, max_batches):
         n_images += len(images)
         fq = fake_quant_model(images.to(device)).float().cpu()
         q = int8_model(images.cpu()).float()
         same += int(((fq > 0) == (q > 0)).sum())
+        same_top1 += int((fq.argmax(1) == q.argmax(1)).sum())
         total += fq.numel()
         diff = (fq - q).abs()
         max_diff, sum_diff = max(max_diff, float(diff.max())), sum_diff + float(diff.sum())
     return {"agreement": same / total if total else float("nan"),
+            "top1_agreement": same_top1 / n_images if n_images else float("nan"),
             "max_abs_logit_diff": max_diff, "mean_abs_logit_diff": sum_diff / max(1, total),
             "images": n_images}
 
@@ -402,8 +610,8 @@ def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader,
                              matching: MatchingLoss | None = None, lam: float = 100.0,
                              teacher_layer: str | None = None, student_layer: str | None = None,
                              task: str = "bce", calibration_batches: int = 8,
-                             freeze_after: float | None = 0.75, backend: str = "x86",
-                             step=None) -> tuple[QATVGG, dict]:
+                             freeze_after: float | None = 0.75, backend: str | None = None,
+                             step=None) -> tuple[QATModel, dict]:
     """Prepare a fake-quant copy of the float ``model`` and fine-tune it with ``fit``.
 
     The loss is the task term (``"bce"``: ``PruneFinetuneStep``; ``"kd"``: ``DistillStep``
@@ -429,6 +637,6 @@ def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader,
                      at)
     hist = fit(qat, train_loader, val_loader, step, cfg, desc=f"qat {bits}-bit")
     frozen = at is not None and step.calls > at
-    history = {**hist.to_dict(), "bits": bits, "act_bits": act_bits, "backend": backend,
+    history = {**hist.to_dict(), "bits": bits, "act_bits": act_bits, "backend": qat.qat_backend,
                "frozen_at_step": at if frozen else None}
     return qat, history
