@@ -109,6 +109,15 @@ def test_compress_audit_explain_on_photos(photos, tmp_path, capsys):
     assert 0 <= audit["task"]["top1_agreement"] <= 1
     assert -1 <= audit["explainers"]["gradcam"]["agreement"]["spearman"]["mean"] <= 1
     assert (tmp_path / "audit" / "audit.html").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--teacher", LITE0, "--model", str(tmp_path / "u"),
+                 "--data", f"images:{photos},holdout=1", "--size", "64", "--split", "val",
+                 "--no-progress", "--out", str(tmp_path / "eval.json")]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if "mAP" in line)
+    assert "top1" in header.split()  # single-label photos: top-1 agreement in the table
+    teacher, student = json.loads((tmp_path / "eval.json").read_text())["runs"]
+    assert teacher["task"]["top1"] == 1.0 and student["task"]["top1"] == pytest.approx(
+        student["task"]["top1_agreement"])
     assert main(["explain", "--model", LITE0, "--model", str(tmp_path / "u"),
                  "--image", str(photos / "chelsea.png"), "--methods", "gradcam",
                  "--out", str(tmp_path / "png")]) == 0

@@ -608,13 +608,17 @@ def write_results(results: dict, path: str | Path) -> None:
 
 
 def format_table(results: dict, explainer: str = "gradcam") -> str:
-    """Plain-text results table: one row per run."""
-    cols = ["run", "mAP", "F1", "PG", "PG15", "AUC", "rho", "topk", "cos", "params", "MMACs", "ms"]
+    """Plain-text results table: one row per run. Single-label photo sets add ``top1`` (top-1
+    accuracy, or agreement with the teacher's top-1 on unlabeled photos) after F1."""
+    top1 = any("top1" in r["task"] for r in results["runs"])
+    cols = ["run", "mAP", "F1", *(["top1"] if top1 else []), "PG", "PG15", "AUC", "rho", "topk",
+            "cos", "params", "MMACs", "ms"]
     rows = [cols]
     for r in results["runs"]:
         a = r["attribution"].get(explainer, {})
         g = a.get("agreement", {})
-        rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"], a.get("pointing_game"),
+        rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"],
+                     *([r["task"].get("top1")] if top1 else []), a.get("pointing_game"),
                      a.get("pointing_game_std"), a.get("auc"), g.get("spearman"),
                      g.get("topk_iou"), g.get("cosine"), r["cost"]["params"],
                      r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
