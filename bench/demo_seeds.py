@@ -2,6 +2,8 @@
 
     python bench/demo_seeds.py --seeds 0 1 2 --out runs/bench-demo          # quick (kd only)
     python bench/demo_seeds.py --full --seeds 0 1 2 --out runs/bench-full   # every recipe
+    python bench/demo_seeds.py --recipes kd --matchings none wcam --lam 10 \
+        --reuse runs/bench-demo --out runs/tune/kd-lam10      # tuning: only WCAM retrains
 
 For each seed it runs ``attrpreserve demo`` and prints its table and wall time; then, for every
 recipe and matching, the fraction of the teacher-minus-naive gap recovered (1.0 = back to the
@@ -15,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from attrpreserve.pipeline import demo, format_table
+from attrpreserve.pipeline import FULL, QUICK, demo, format_table
 
 METRICS = ("pointing_game", "auc", "energy_pg")
 MIN_GAP = 0.02  # the issue's "naive loses at least 2 points"; smaller gaps make ratios noise
@@ -72,19 +76,38 @@ def mean_table(all_results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reuse_unmatched(source: Path, out: Path) -> None:
+    """Copy ``source``'s teacher and naive runs (no ``+`` in the name) into ``out``."""
+    for stage in source.iterdir() if source.is_dir() else ():
+        if stage.is_dir() and "+" not in stage.name and not (out / stage.name).exists():
+            shutil.copytree(stage, out / stage.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the full demo (every recipe)")
-    ap.add_argument("--out", default="runs/bench-demo")
+    ap.add_argument("--recipes", nargs="+", help="override the preset's recipes")
+    ap.add_argument("--matchings", nargs="+", help="override the preset's matchings")
+    ap.add_argument("--lam", type=float, help="matching weight (default: the demo's 100)")
+    ap.add_argument("--drop", type=float, help="WCAM drop rate (default: the demo's 0.3)")
+    ap.add_argument("--reuse", metavar="DIR",
+                    help="copy the teacher and naive runs of DIR/seedN first (they do not "
+                         "depend on --lam / --drop; a copy whose settings differ is retrained)")
     args = ap.parse_args()
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in
+                 (("recipes", args.recipes), ("matchings", args.matchings), ("lam", args.lam),
+                  ("drop", args.drop)) if v is not None}
+    cfg = replace(FULL if args.full else QUICK, **overrides)
     summary, all_results = [], []
     for seed in args.seeds:
         path = Path(args.out) / f"seed{seed}" / "results.json"
         if path.is_file():
             res = json.loads(path.read_text())
         else:
-            res = demo(path.parent, quick=not args.full, seed=seed, progress=False)
+            if args.reuse:
+                reuse_unmatched(Path(args.reuse) / f"seed{seed}", path.parent)
+            res = demo(path.parent, seed=seed, progress=False, cfg=cfg)
         print(f"\nseed {seed} ({res['wall_seconds']:.0f} s)\n{format_table(res)}", flush=True)
         summary.append({"seed": seed, "seconds": res["wall_seconds"], **seed_summary(res)})
         all_results.append(res)
