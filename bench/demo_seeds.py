@@ -87,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the full demo (every recipe)")
+    ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--recipes", nargs="+", help="override the preset's recipes")
     ap.add_argument("--matchings", nargs="+", help="override the preset's matchings")
     ap.add_argument("--lam", type=float, help="matching weight (default: the demo's 100)")

@@ -13,33 +13,12 @@ prints the table.
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import replace
 from pathlib import Path
 
 from attrpreserve.engine import TrainConfig
-from attrpreserve.pipeline import (CompressConfig, _finished, compress, evaluate, format_table,
-                                   write_results)
-from attrpreserve.recipes import strength
+from attrpreserve.pipeline import CompressConfig, format_table, sweep
 
 METRICS = ("mAP", "pointing_game", "auc", "spearman")
-
-
-def sweep_rows(results: dict, points: dict[str, tuple]) -> list[dict]:
-    """One flat row per compressed point: recipe, matching, strength, size and metrics."""
-    rows = []
-    for run in results["runs"]:
-        if run["name"] not in points:
-            continue
-        recipe, matching, value = points[run["name"]]
-        g = run["attribution"]["gradcam"]
-        rows.append({"recipe": recipe, "matching": matching, "strength": value,
-                     "params": run["cost"]["params"],
-                     "nonzero_params": run["cost"]["nonzero_params"],
-                     "bytes": run["cost"]["bytes"], "mAP": run["task"]["mAP"],
-                     "pointing_game": g["pointing_game"], "auc": g["auc"],
-                     "spearman": g.get("agreement", {}).get("spearman")})
-    return rows
 
 
 def main() -> None:
@@ -58,25 +37,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/sweep")
     args = ap.parse_args()
-    out = Path(args.out) / args.recipe
     train = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="adamw", weight_decay=1e-4,
                         augment=True, seed=args.seed, progress=False)
-    ckpts, points = {"teacher": args.teacher}, {}
-    for value in args.strengths:
-        for matching in args.matchings:
-            name = f"{args.recipe}@{value:g}" + ("" if matching == "none" else f"+{matching}")
-            cfg = CompressConfig(teacher=args.teacher, method=args.recipe, matching=matching,
-                                 lam=args.lam if matching != "none" else 0.0,
-                                 drop=args.drop if matching == "wcam" else 0.0, train=train)
-            cfg = replace(cfg, **strength(args.recipe, value, args.rounds))
-            if not _finished(out / name, cfg):
-                print(f"compress {name}", flush=True)
-                compress(cfg, out / name)
-            ckpts[name], points[name] = out / name, (args.recipe, matching, value)
-    results = evaluate(ckpts, "teacher", {"n_test": args.n_test}, "test", seed=args.seed,
-                       progress=False)
-    results["sweeps"] = sweep_rows(results, points)
-    write_results(results, out / "sweep.json")
+    base = CompressConfig(teacher=args.teacher, method=args.recipe, matching="wcam",
+                          lam=args.lam, drop=args.drop, train=train)
+    results = sweep(base, args.strengths, args.out, args.matchings, args.rounds,
+                    {"n_test": args.n_test}, seed=args.seed, progress=False)
+    out = Path(args.out) / args.recipe
     print(format_table(results))
     plot(results["sweeps"], out / "sweep.png")
     print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")

@@ -270,6 +270,27 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
 
 
+def test_demo_sweeps_draw_curves(tmp_path, capsys):
+    """demo(sweeps=True): naive and WCAM at every sweep strength, rows in results.json and curves
+    in the report; a rerun trains nothing."""
+    from attrpreserve import pipeline
+    cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, finetune_epochs=1, n_train=32,
+                              n_val=16, n_test=16, matchings=("none",), recipes=("structured",),
+                              sweep_strengths={"structured": (0.25, 0.5)})
+    res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg, sweeps=True)
+    rows = [(r["matching"], r["strength"]) for r in res["sweeps"]]
+    assert rows == [("none", 0.25), ("wcam", 0.25), ("none", 0.5), ("wcam", 0.5)]
+    params = {r["strength"]: r["params"] for r in res["sweeps"]}
+    assert params[0.5] < params[0.25] < res["runs"][0]["cost"]["params"]
+    assert "Metrics against model size" in (tmp_path / "report.html").read_text()
+    stamp = (tmp_path / "sweep" / "structured" / "structured@0.5+wcam" / "model.safetensors")
+    before = stamp.stat().st_mtime_ns
+    pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg, sweeps=True)
+    assert stamp.stat().st_mtime_ns == before
+    assert main(["demo", "--quick", "--sweeps", "--out", str(tmp_path / "q")]) == 2
+    assert "--sweeps needs the full demo" in capsys.readouterr().err
+
+
 def test_demo_report_picks_up_saved_sweeps(tmp_path):
     """bench/sweep.py --out OUT/sweep results become the demo report's curves."""
     from attrpreserve.pipeline import saved_sweeps

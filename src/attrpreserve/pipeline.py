@@ -497,6 +497,10 @@ class DemoConfig:
     strengths: dict = field(default_factory=lambda: {
         "structured": 0.5, "unstructured": 0.9, "quantization": 2})
     unstructured_rounds: int = 2
+    # ``demo(sweeps=True)``: each recipe's strengths for naive vs WCAM curves
+    sweep_strengths: dict = field(default_factory=lambda: {
+        "structured": (0.3, 0.5, 0.7, 0.9), "unstructured": (0.8, 0.9, 0.95, 0.99),
+        "quantization": (8, 4, 3, 2)})
 
     def train_cfg(self, epochs: int, seed: int, progress: bool, lr: float) -> TrainConfig:
         return TrainConfig(epochs=epochs, lr=lr, optimizer=self.optimizer,
@@ -531,8 +535,12 @@ FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"))
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
-         progress: bool = True, cfg: DemoConfig | None = None) -> dict:
-    """Teacher, then each recipe with naive / AT / WCAM matching, evaluated on held-out data."""
+         progress: bool = True, cfg: DemoConfig | None = None, sweeps: bool = False) -> dict:
+    """Teacher, then each recipe with naive / AT / WCAM matching, evaluated on held-out data.
+
+    ``sweeps``: also run :func:`sweep` (naive vs WCAM) at ``cfg.sweep_strengths`` for every
+    recipe but distillation, under ``OUT/sweep``; the report draws the curves.
+    """
     cfg = cfg or (QUICK if quick else FULL)
     out, t0 = Path(out), time.perf_counter()
     data = DataConfig(seed=seed, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test)
@@ -548,6 +556,11 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
             if not _finished(out / name, ccfg):
                 compress(ccfg, out / name)
             ckpts[name] = out / name
+    for recipe in cfg.recipes if sweeps else ():
+        if recipe != "kd":
+            sweep(cfg.compress_cfg(out / "teacher", recipe, "wcam", seed, progress),
+                  cfg.sweep_strengths[recipe], out / "sweep", ("none", "wcam"),
+                  cfg.unstructured_rounds, data, seed=seed, progress=progress)
     results = evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
     results["demo"] = asdict(cfg)
     if set(cfg.recipes) - {"kd"}:
@@ -561,9 +574,55 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     return results
 
 
+def sweep(base: CompressConfig, strengths, out: str | Path, matchings=("none", "wcam"),
+          rounds: int = 2, data: DataConfig | dict | None = None, split: str = "test",
+          seed: int = 0, progress: bool = True) -> dict:
+    """``base.method`` at each strength, once per matching, all evaluated with the teacher.
+
+    ``base`` is the matched run's config (its ``lam`` / ``drop``; naive runs get 0); each point
+    is a :func:`compress` run in ``OUT/METHOD/METHOD@STRENGTH[+MATCHING]``, reused when
+    finished. Writes ``OUT/METHOD/sweep.json``: the evaluation plus ``sweeps``, one flat row
+    per point (what the report draws as curves against size).
+    """
+    out = Path(out) / base.method
+    ckpts, points = {"teacher": base.teacher}, {}
+    for value in strengths:
+        for matching in matchings:
+            name = f"{base.method}@{value:g}" + ("" if matching == "none" else f"+{matching}")
+            cfg = replace(base, matching=matching,
+                          lam=base.lam if matching != "none" else 0.0,
+                          drop=base.drop if matching == "wcam" else 0.0,
+                          **strength(base.method, value, rounds))
+            if not _finished(out / name, cfg):
+                compress(cfg, out / name)
+            ckpts[name], points[name] = out / name, (base.method, matching, value)
+    results = evaluate(ckpts, "teacher", data, split, seed=seed, progress=progress)
+    results["sweeps"] = sweep_rows(results, points)
+    write_results(results, out / "sweep.json")
+    return results
+
+
+def sweep_rows(results: dict, points: dict[str, tuple]) -> list[dict]:
+    """One flat row per compressed point: recipe, matching, strength, size and metrics."""
+    rows = []
+    for run in results["runs"]:
+        if run["name"] not in points:
+            continue
+        recipe, matching, value = points[run["name"]]
+        g = run["attribution"]["gradcam"]
+        rows.append({"recipe": recipe, "matching": matching, "strength": value,
+                     "params": run["cost"]["params"],
+                     "nonzero_params": run["cost"]["nonzero_params"],
+                     "bytes": run["cost"]["bytes"], "mAP": run["task"]["mAP"],
+                     "pointing_game": g["pointing_game"], "auc": g["auc"],
+                     "spearman": g.get("agreement", {}).get("spearman")})
+    return rows
+
+
 def saved_sweeps(out: str | Path) -> list[dict]:
-    """Rows of the strength sweeps saved under ``OUT/sweep`` (``bench/sweep.py --teacher
-    OUT/teacher --out OUT/sweep``), which the demo's report draws as curves."""
+    """Rows of the strength sweeps saved under ``OUT/sweep`` (``demo(sweeps=True)``, or
+    ``bench/sweep.py --teacher OUT/teacher --out OUT/sweep``), which the demo's report draws as
+    curves."""
     rows = []
     for path in sorted(Path(out).glob("sweep/*/sweep.json")):
         rows += json.loads(path.read_text()).get("sweeps") or []
