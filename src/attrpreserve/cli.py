@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the few-minute CPU setting: distillation only")
     p.add_argument("--sweeps", action="store_true",
                    help="full demo only: also sweep each pruning / quantization recipe's "
-                        "strength, naive vs WCAM (24 more runs, about 30 more minutes on 2 CPU "
-                        "cores), and draw the curves in the report (OUT/sweep)")
+                        "strength, naive vs WCAM (24 more fine-tuning runs), and draw the "
+                        "curves in the report (OUT/sweep)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -523,9 +523,10 @@ class DemoConfig:
 
 
 STRENGTH_NOTE = (
-    "Strengths (bench/sweep.py, docs/benchmarks.md): the issue asks for a strength where naive "
-    "compression loses at least 2 points of pointing game or AUC while mAP stays within 3 points "
-    "of the teacher. Only 2-bit QAT did so in the sweeps (seed 0), so quantization runs at 2 "
+    "Strengths come from strength sweeps (docs/benchmarks.md; `attrpreserve demo --sweeps` draws "
+    "them below): we looked for one where naive compression loses at least 2 points of pointing "
+    "game or AUC while mAP stays within 3 points of the teacher. Only 2-bit QAT did so in the "
+    "sweeps (seed 0), so quantization runs at 2 "
     "bits. No filter rate (0.3-0.9) and no sparsity (80-99%) did at this scale: naive pruning "
     "kept its localisation until mAP collapsed; those recipes run at 50% of the filters and 90% "
     "sparsity, where the maps already moved away from the teacher's (lower Spearman).")
