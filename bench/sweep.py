@@ -50,8 +50,8 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Each metric against non-zero parameters (weight bits for quantization, whose int8 export
-    has the same bytes at every bit width), one line per matching."""
+    """Each metric against non-zero parameters (weight bits for quantization, whose parameter
+    count does not change), one line per matching."""
     import matplotlib
 
     matplotlib.use("Agg")

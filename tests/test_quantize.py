@@ -14,7 +14,8 @@ from attrpreserve.attribution import gradcam
 from attrpreserve.compress import (PruneFinetuneStep, calibrate, compare_cost, convert_int8,
                                    export_int8, freeze_qat, global_magnitude_prune, int8_bytes,
                                    is_qat, prediction_agreement, prepare_qat,
-                                   quantization_aware_train)
+                                   quantization_aware_train, read_int8_state)
+from attrpreserve.compress.quantize import int8_state, pack_bits, unpack_bits
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
 from attrpreserve.models import (LayerTap, create_model, default_layer, get_layer,
@@ -224,6 +225,34 @@ def test_low_bit_weights_are_coarser(bits, trained):
     values = int8.features[4].weight().int_repr()  # the second fused conv
     assert values.min() >= -(2 ** (bits - 1)) and values.max() <= 2 ** (bits - 1) - 1
     assert max(len(torch.unique(c)) for c in values) <= 2 ** bits
+
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_export_stores_weights_at_their_width(bits, trained, tmp_path):
+    """Sub-8-bit weights are bit-packed on disk and read back exactly."""
+    int8 = convert_int8(prepare_qat(trained(), bits=bits, calibration=_images()))
+    saved, meta = read_int8_state(export_int8(int8, tmp_path / "q.safetensors"))
+    assert meta["bits"] == str(bits)
+    for key, value in int8.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.dtype == torch.qint8:
+            assert torch.equal(saved[key], value.int_repr()), key
+    tensors, _ = int8_state(int8)
+    weights = {k: v for k, v in int8.state_dict().items()
+               if isinstance(v, torch.Tensor) and v.dtype == torch.qint8}
+    for key, value in weights.items():  # each weight takes exactly `bits` bits on disk
+        assert tensors[key].numel() * tensors[key].element_size() == -(-value.numel() * bits // 8)
+    full = convert_int8(prepare_qat(trained(), bits=8, calibration=_images()))
+    n = sum(v.numel() for v in weights.values())
+    assert int8_bytes(full) - int8_bytes(int8) >= 0.8 * n * (8 - bits) / 8  # less the shapes
+
+
+def test_pack_bits_round_trips_every_level():
+    for bits in range(2, 8):
+        values = torch.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=torch.int8).repeat(3)
+        packed = pack_bits(values.reshape(3, -1), bits)
+        assert packed.numel() == -(-values.numel() * bits // 8)
+        assert torch.equal(unpack_bits(packed, bits, (3, 2 ** bits)), values.reshape(3, -1))
 
 
 def test_calibrate_accepts_a_loader(trained):

@@ -53,9 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.ao.quantization as tq
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 from torch import nn
@@ -73,8 +75,9 @@ from .distill import DistillStep
 from .unstructured import PruneFinetuneStep
 
 __all__ = ["QATModel", "QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
-           "convert_int8", "int8_state", "int8_bytes", "export_int8", "prediction_agreement",
-           "compare_cost", "quantization_aware_train"]
+           "convert_int8", "int8_state", "read_int8_state", "int8_bytes", "export_int8",
+           "pack_bits", "unpack_bits", "prediction_agreement", "compare_cost",
+           "quantization_aware_train"]
 
 
 @contextmanager
@@ -482,20 +485,52 @@ def convert_int8(qat_model: QATModel) -> nn.Module:
     return model
 
 
+def _weight_bits(int8_model: nn.Module) -> int:
+    """The weight width the model was trained at (its spec's ``qat`` step; 8 if unknown)."""
+    steps = (getattr(int8_model, "source_spec", None) or {}).get("rebuild", [])
+    return next((s["bits"] for s in reversed(steps) if s.get("step") == "qat"), 8)
+
+
+# Written by hand: safetensors has no sub-byte dtypes, and torch's packed 4-bit types
+# (quint4x2) exist for embeddings only.
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed integers in ``[-2^(bits-1), 2^(bits-1))`` as ``bits`` bits each, packed into a
+    flat uint8 tensor (offset binary, little-endian bit order)."""
+    u = (values.flatten().to(torch.int16) + 2 ** (bits - 1)).to(torch.uint8).numpy()
+    planes = (u[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return torch.from_numpy(np.packbits(planes.reshape(-1), bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, shape) -> torch.Tensor:
+    """The int8 tensor of ``shape`` that :func:`pack_bits` packed."""
+    n = int(np.prod(shape))
+    planes = np.unpackbits(packed.numpy(), bitorder="little")[: n * bits].reshape(n, bits)
+    u = (planes.astype(np.int16) << np.arange(bits, dtype=np.int16)).sum(1)
+    return torch.from_numpy((u - 2 ** (bits - 1)).astype(np.int8)).reshape(tuple(shape))
+
+
 def int8_state(int8_model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Plain tensors (for safetensors) and string metadata describing a converted int8 model.
 
     A quantized tensor ``name`` becomes its integer values ``name`` (int8 / uint8) plus
     ``name::scale`` and ``name::zero_point`` (per channel, with ``name::axis``); packed
     ``(weight, bias)`` tuples are stored as ``name.0`` / ``name.1``; dtypes go to the metadata.
+    Weights trained below 8 bits are stored at that width (:func:`pack_bits`, with
+    ``name::shape``; the metadata's ``bits`` names it), so the file's size follows the width;
+    :func:`read_int8_state` unpacks them.
     """
     tensors, meta = {}, {}
+    bits = _weight_bits(int8_model)
 
     def put(name, value):
         if isinstance(value, torch.Tensor):
             value = value.detach()
             if value.is_quantized:
-                tensors[name] = value.int_repr().contiguous()
+                ints = value.int_repr().contiguous()
+                if value.dtype == torch.qint8 and bits < 8:
+                    tensors[name + "::shape"] = torch.tensor(ints.shape)
+                    ints = pack_bits(ints, bits)
+                tensors[name] = ints
                 if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
                     tensors[name + "::scale"] = torch.tensor([value.q_scale()], dtype=torch.float64)
                     tensors[name + "::zero_point"] = torch.tensor([value.q_zero_point()])
@@ -514,11 +549,25 @@ def int8_state(int8_model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str
 
     for key, value in int8_model.state_dict().items():
         put(key, value)
-    meta["format"] = "attrpreserve-int8-v1"
+    meta["format"] = "attrpreserve-int8-v2"
+    meta["bits"] = str(bits)
     meta["engine"] = torch.backends.quantized.engine
     spec = getattr(int8_model, "source_spec", None)
     if spec is not None:
         meta["model"] = json.dumps(spec)
+    return tensors, meta
+
+
+def read_int8_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An :func:`export_int8` file's tensors, sub-8-bit weights unpacked to int8, and its
+    metadata (for deployment tooling and checks)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    bits = int(meta.get("bits", 8))
+    for name in [k for k in tensors if k.endswith("::shape")]:
+        base = name[: -len("::shape")]
+        tensors[base] = unpack_bits(tensors.pop(base), bits, tensors.pop(name).tolist())
     return tensors, meta
 
 
