@@ -668,8 +668,9 @@ def write_results(results: dict, path: str | Path) -> None:
 
 
 def format_table(results: dict, explainer: str = "gradcam") -> str:
-    """Plain-text results table: one row per run. Single-label photo sets add ``top1`` (top-1
-    accuracy, or agreement with the teacher's top-1 on unlabeled photos) after F1."""
+    """Plain-text results table: one row per run. ``top1``: share of images whose top-scored
+    class is one of their labels (top-1 accuracy; on unlabeled photos, agreement with the
+    teacher's top-1), when the results have it."""
     top1 = any("top1" in r["task"] for r in results["runs"])
     cols = ["run", "mAP", "F1", *(["top1"] if top1 else []), "PG", "PG15", "AUC", "rho", "topk",
             "cos", "params", "MMACs", "ms"]
