@@ -69,7 +69,7 @@ from ..engine import TrainConfig, fit
 from ..evaluate.cost import latency_ms
 from ..matching import MatchingLoss
 from ..models.checkpoint import register_rebuild_step
-from ..models.pretrained import _lite_class
+from ..models.pretrained import lite_class
 from ..models.vgg import VGG
 from .distill import DistillStep
 from .unstructured import PruneFinetuneStep
@@ -186,7 +186,7 @@ def _vgg_surgery(model: VGG) -> tuple[list[list[str]], list[str]]:
 
 def _is_lite(model: nn.Module) -> bool:
     # A Lite model exists only once its architecture package is imported: no import otherwise.
-    return "efficientnet_lite_pytorch" in sys.modules and isinstance(model, _lite_class())
+    return "efficientnet_lite_pytorch" in sys.modules and isinstance(model, lite_class())
 
 
 def _lite_check(model: nn.Module) -> None:
@@ -201,7 +201,7 @@ def _lite_qat_classes() -> tuple[type, type]:
     """``(model class, block class)`` of the fake-quant Lite0 (the package is imported lazily)."""
     from efficientnet_lite_pytorch.model import MBConvBlock
 
-    class QATEfficientNetLite(QATModel, _lite_class()):
+    class QATEfficientNetLite(QATModel, lite_class()):
         """A fake-quant EfficientNet-Lite; ``matched_layer`` (``_head_act``) keeps its name."""
 
     class QATMBConvBlock(MBConvBlock):

@@ -73,7 +73,7 @@ def with_input_normalization(model: nn.Module, mean, std) -> nn.Module:
 
 
 @functools.cache
-def _lite_class():
+def lite_class():
     """``EfficientNet`` of efficientnet-lite-pytorch with a head activation of its own.
 
     The package applies one shared ``_swish`` module (ReLU6) to the stem and the head, so the
@@ -110,7 +110,7 @@ def _lite_class():
 def efficientnet_lite0(num_classes: int = 1000, input_size: int = 224, dropout: float = 0.2,
                        drop_connect: float = 0.2) -> nn.Module:
     """EfficientNet-Lite0 (ReLU6, no SE), random init, taking [0, 1] images."""
-    cls = _lite_class()
+    cls = lite_class()
     from efficientnet_lite_pytorch import get_model_params
 
     blocks, params = get_model_params(LITE0, {
