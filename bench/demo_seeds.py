@@ -76,10 +76,10 @@ def mean_table(all_results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def reuse_unmatched(source: Path, out: Path) -> None:
-    """Copy ``source``'s teacher and naive runs (no ``+`` in the name) into ``out``."""
+def reuse_stages(source: Path, out: Path) -> None:
+    """Copy ``source``'s stage folders into ``out`` (``demo`` reuses those whose config matches)."""
     for stage in source.iterdir() if source.is_dir() else ():
-        if stage.is_dir() and "+" not in stage.name and not (out / stage.name).exists():
+        if stage.is_dir() and not (out / stage.name).exists():
             shutil.copytree(stage, out / stage.name)
 
 
@@ -90,11 +90,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--recipes", nargs="+", help="override the preset's recipes")
     ap.add_argument("--matchings", nargs="+", help="override the preset's matchings")
-    ap.add_argument("--lam", type=float, help="matching weight (default: the demo's 100)")
+    ap.add_argument("--lam", type=float, help="WCAM's weight (default: the demo's 10)")
     ap.add_argument("--drop", type=float, help="WCAM drop rate (default: the demo's 0.3)")
     ap.add_argument("--reuse", metavar="DIR",
-                    help="copy the teacher and naive runs of DIR/seedN first (they do not "
-                         "depend on --lam / --drop; a copy whose settings differ is retrained)")
+                    help="copy the stages of DIR/seedN first; a copied stage whose settings "
+                         "differ from this run's is retrained, the others are reused")
     args = ap.parse_args()
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in
                  (("recipes", args.recipes), ("matchings", args.matchings), ("lam", args.lam),
@@ -107,7 +107,7 @@ def main() -> None:
             res = json.loads(path.read_text())
         else:
             if args.reuse:
-                reuse_unmatched(Path(args.reuse) / f"seed{seed}", path.parent)
+                reuse_stages(Path(args.reuse) / f"seed{seed}", path.parent)
             res = demo(path.parent, seed=seed, progress=False, cfg=cfg)
         print(f"\nseed {seed} ({res['wall_seconds']:.0f} s)\n{format_table(res)}", flush=True)
         summary.append({"seed": seed, "seconds": res["wall_seconds"], **seed_summary(res)})
