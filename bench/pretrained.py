@@ -206,10 +206,8 @@ def main() -> None:
                 continue
             for matching in args.matchings.split(","):
                 run = f"{name}+{matching}"
-                cfg = CompressConfig(teacher=str(teacher), method=recipe, matching=matching,
-                                     lam=args.lam if matching != "none" else 0.0,
-                                     drop=args.drop if matching == "wcam" else 0.0,
-                                     data=data, train=train)
+                cfg = CompressConfig(teacher=str(teacher), method=recipe, data=data,
+                                     train=train).with_matching(matching, args.lam, args.drop)
                 cfg = replace(cfg, **strength(recipe, value, args.rounds))
                 if not _finished(out / run, cfg):
                     print(f"compress {run}", flush=True)

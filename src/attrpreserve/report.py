@@ -526,7 +526,7 @@ def _sweeps_html(results: dict) -> str:
         points = [s for s in sweeps if str(s.get("recipe", "?")) == recipe]
         matchings = sorted({str(s.get("matching") or "none") for s in points},
                            key=lambda m: MATCHING_ORDER.get(m, 3))
-        # one size for every point (sub-8-bit QAT still exports int8): plot against strength
+        # one size for every point (nothing to plot against size): plot against strength
         x_key = size_key if len({s.get(size_key) for s in points}) > 1 else "strength"
         for ax, (key, label) in zip(row, SWEEP_METRICS):
             for m in matchings:
