@@ -69,7 +69,7 @@ def test_prepare_is_close_to_float_and_keeps_the_matched_layer(name, trained):
     assert is_qat(qat) and not is_qat(float_model) and not qat.training
     assert float_model.spec == spec  # the float model and its spec are untouched
     assert qat.spec["rebuild"] == [{"step": "qat", "bits": 8, "act_bits": 8, "backend": "x86",
-                                    "reduce_range": False}]
+                                    "reduce_range": False, "int16_safe": True}]
     with torch.no_grad():
         ref, out = float_model(x), qat(x)
     # 8-bit fake quant of every layer of a tiny (4-channel) net: within 10% of the logit range.

@@ -16,14 +16,28 @@ The quantization scheme: weights per-channel symmetric (``bits``, default 8; low
 fake-quantized in the int8 range ``[-2^(bits-1), 2^(bits-1) - 1]`` and converted to int8 kernels
 holding those values), activations per-tensor affine unsigned (``act_bits``, full range
 ``[0, 2^act_bits - 1]``).  Ranges are min/max moving averages (torch's ``FakeQuantize`` with
-``MovingAverage*MinMaxObserver``).  Two choices keep the converted model equal to the fake-quant
-one up to rounding: (1) the plain ``FakeQuantize``, not torch's default fused
-``FusedMovingAvgObsFakeQuantize``, whose kernel computes symmetric scales as max/127 while
-``convert`` recomputes them as max/127.5 from the observer (pytorch/pytorch#180990, #194816), so
-its int8 weights differ from the trained ones by up to a step; (2) no ``reduce_range`` by
-default: torch's x86 default quantizes activations to ``[0, 127]`` to avoid 16-bit saturation in
-fbgemm's AVX2 (non-VNNI) kernels, but the int8 kernels then do not clamp at 127 as the fake quant
-does.  Pass ``reduce_range=True`` when deploying on CPUs without VNNI.
+``MovingAverage*MinMaxObserver``).  Three choices keep the converted model equal to the
+fake-quant one up to requantization rounding, on every x86 CPU:
+
+1. The plain ``FakeQuantize``, not torch's default fused ``FusedMovingAvgObsFakeQuantize``,
+   whose kernel computes symmetric scales as max/127 while ``convert`` recomputes them as
+   max/127.5 from the observer (pytorch/pytorch#180990, #194816), so its int8 weights differ
+   from the trained ones by up to a step.
+2. Weights no larger than ``int16_safe_weight(act_bits)`` levels (64 for 8-bit activations;
+   ``int16_safe=True``, the default).  The int8 kernels of x86 CPUs without VNNI (AVX2, and
+   AVX-512 before Cascade Lake), fbgemm's and oneDNN's alike, multiply u8 activations by s8
+   weights with ``vpmaddubsw``, which adds the products in pairs and saturates the pair at
+   int16: 2 x 255 x 127 overflows it, so large activations times large weights were clipped and
+   int8 left the fake quant (measured on AVX2: VGG16 top-1 agreement 0.69, logits up to 104
+   output steps off; Lite0 9 of 12 photos).  With |w| <= 64, 2 x 255 x 64 = 32,640 fits, and
+   every kernel path computes the exact integer sums.  The cost is one bit of 8-bit weight
+   resolution; widths of 7 bits and below are unaffected.  torch's own answer,
+   ``reduce_range`` (7-bit activations), also fits, but its int8 kernels still clamp at 255
+   where the fake quant clamps at 127, so outliers above the observed range differ; it stays
+   available (``reduce_range=True``) and then no weight cap is needed.
+3. ``int16_safe=False`` restores the full weight range for CPUs with VNNI (AVX512-VNNI or
+   AVX-VNNI: ``vpdpbusd`` accumulates in int32); :func:`int8_kernel_risk` names the CPU
+   feature when the machine at hand lacks it.
 
 Families: the module surgery each model family needs (what to fuse, where the graph changes) is a
 small :class:`_Family` entry selected by model type; everything else is one code path.
@@ -327,8 +341,14 @@ class _FixedRangeFakeQuantize(tq.FixedQParamsFakeQuantize):
         self.scale, self.zero_point = self.scale.clone(), self.zero_point.clone()
 
 
+def int16_safe_weight(act_bits: int) -> int:
+    """The largest weight level whose u8 x s8 pair sums fit in int16 for ``act_bits``-bit
+    activations (``vpmaddubsw``, module docstring): 64 for 8 bits, 129 (no cap) for 7."""
+    return 32767 // (2 * (2 ** act_bits - 1))
+
+
 def _qconfig(bits: int, act_bits: int, reduce_range: bool, narrow_weights: bool = False,
-             upper: float | None = None) -> tq.QConfig:
+             upper: float | None = None, int16_safe: bool = False) -> tq.QConfig:
     """Per-channel symmetric ``bits``-bit weights, per-tensor affine ``act_bits`` activations;
     with ``upper`` the activation range is fixed at ``[0, upper]`` (ReLU6 outputs) instead of
     observed.
@@ -338,14 +358,18 @@ def _qconfig(bits: int, act_bits: int, reduce_range: bool, narrow_weights: bool 
     so a channel's largest weight sits exactly on a rounding tie at -127.5 when negative, and
     the fake quant and ``convert`` round it differently (measured on Lite0: -128 vs -127), so
     int8 differs from the trained weights there.  On the narrow range it lands on -127 either
-    way.
+    way.  ``int16_safe``: weight levels within ``[-cap, cap]``, ``cap =
+    int16_safe_weight(act_bits)`` (symmetric, so the largest weight lands on a level too).
     """
     act_bits = min(act_bits, 7) if reduce_range else act_bits
     top = 2 ** (bits - 1) - 1
+    low = -top if narrow_weights else -top - 1
+    cap = int16_safe_weight(act_bits)
+    if int16_safe and top >= cap:
+        top, low = cap, -cap
     weight = tq.FakeQuantize.with_args(
         observer=tq.MovingAveragePerChannelMinMaxObserver, dtype=torch.qint8,
-        qscheme=torch.per_channel_symmetric,
-        quant_min=-top if narrow_weights else -top - 1, quant_max=top)
+        qscheme=torch.per_channel_symmetric, quant_min=low, quant_max=top)
     levels = 2 ** act_bits - 1
     if upper is None:
         act = tq.FakeQuantize.with_args(
@@ -366,7 +390,7 @@ def _check_bits(name: str, value: int) -> int:
 
 def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str | None = None,
                 reduce_range: bool = False, inplace: bool = False, calibration=None,
-                calibration_batches: int = 8) -> QATModel:
+                calibration_batches: int = 8, int16_safe: bool = True) -> QATModel:
     """The fake-quant (QAT) form of a float VGG or EfficientNet-Lite0; a deep copy unless
     ``inplace``.
 
@@ -383,7 +407,9 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
     the int8 kernels still run, on values of the narrower grid).  ``backend``: the quantized
     engine ``convert_int8`` targets (``"x86"``, or ``"fbgemm"`` / ``"qnnpack"`` / ``"onednn"``
     where available); default: the family's (VGG ``"x86"``, Lite0 ``"onednn"``).
-    ``reduce_range``: 7-bit activations for non-VNNI x86 CPUs.
+    ``reduce_range``: 7-bit activations (torch's answer to non-VNNI x86 CPUs).
+    ``int16_safe``: cap weight levels so the int8 kernels of CPUs without VNNI compute exact
+    sums (module docstring); ``False`` keeps the full range for VNNI-only deployments.
     """
     bits, act_bits = _check_bits("bits", bits), _check_bits("act_bits", act_bits)
     family = _check_supported(model)
@@ -395,18 +421,19 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
     qat = model if inplace else copy.deepcopy(model)
     groups, relu6 = family.surgery(qat)
     qat.quant, qat.dequant = tq.QuantStub(), tq.DeQuantStub()
-    qat.qconfig = _qconfig(bits, act_bits, reduce_range, family.narrow_weights)
+    qconfig = functools.partial(_qconfig, bits, act_bits, reduce_range, family.narrow_weights,
+                                int16_safe=int16_safe)
+    qat.qconfig = qconfig()
     qat.train()
     with _quiet_ao():
         tq.fuse_modules_qat(qat, groups, inplace=True)
         for name in relu6:
-            qat.get_submodule(name).qconfig = _qconfig(bits, act_bits, reduce_range,
-                                                       family.narrow_weights, upper=6.0)
+            qat.get_submodule(name).qconfig = qconfig(upper=6.0)
         tq.prepare_qat(qat, inplace=True)
     qat.__class__ = family.qat_class()
     qat.qat_frozen, qat.qat_backend = False, backend
     options = {"step": "qat", "bits": bits, "act_bits": act_bits, "backend": backend,
-               "reduce_range": bool(reduce_range)}
+               "reduce_range": bool(reduce_range), "int16_safe": bool(int16_safe)}
     if getattr(model, "spec", None) is not None:
         spec = dict(model.spec)
         spec["rebuild"] = list(spec.get("rebuild", [])) + [options]
@@ -418,8 +445,10 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
 
 @register_rebuild_step("qat")
 def _rebuild_qat(model: nn.Module, state: dict, **options) -> nn.Module:
-    """Checkpoint replay: the fake-quant form, ready for the saved weights and observer state."""
-    return prepare_qat(model, inplace=True, **options)
+    """Checkpoint replay: the fake-quant form, ready for the saved weights and observer state.
+
+    Checkpoints written before ``int16_safe`` existed used the full weight range."""
+    return prepare_qat(model, inplace=True, **{"int16_safe": False, **options})
 
 
 def _image_batches(data, max_batches: int | None = None):
