@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +18,8 @@ from torch import nn
 
 from . import state
 from .compress import (DistillStep, SoftmaxDistillStep, convert_int8, export_int8, finalize,
-                       freeze_qat, is_qat, paper_rates, prediction_agreement,
+                       freeze_qat, int8_cpu, int8_kernel_note, is_qat, paper_rates,
+                       prediction_agreement,
                        quantization_aware_train, structured_prune, unstructured_prune)
 from .engine import fit
 from .models import MODELS, create_model
@@ -113,15 +115,24 @@ state.register_extra("qat_frozen", lambda model, step: bool(getattr(model, "qat_
 @register_recipe("quantization")
 def quantization(cfg, teacher, train_dl, val_dl, matcher):
     """Quantization-aware training at ``bits``; the checkpoint is the fake-quant model (the
-    form attributions are computed on), exported beside it as int8 by :func:`export`."""
+    form attributions are computed on), exported beside it as int8 by :func:`export`.
+
+    The int8 model's agreement with the fake-quant one is measured on the validation data on
+    this CPU and recorded with the CPU's int8 features; where they may part (``int8_note``),
+    the note is printed too."""
     student, history = quantization_aware_train(
         teacher, teacher, train_dl, val_dl, bits=cfg.bits, act_bits=8,
         finetune_cfg=cfg.train, matching=matcher, lam=cfg.lam, teacher_layer=cfg.layer,
         student_layer=cfg.layer, step=_softmax_step(cfg, teacher, matcher))
     agree = prediction_agreement(student, convert_int8(student), val_dl)
+    cpu = int8_cpu()
+    note = int8_kernel_note(student, agree["top1_agreement"], cpu)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return student, history, {"bits": cfg.bits, "int8_agreement": agree["agreement"],
                               "int8_top1_agreement": agree["top1_agreement"],
-                              "int8_max_abs_logit_diff": agree["max_abs_logit_diff"]}
+                              "int8_max_abs_logit_diff": agree["max_abs_logit_diff"],
+                              "int8_cpu": cpu, "int8_note": note}
 
 
 def export(student: nn.Module, out: str | Path) -> None:

@@ -665,6 +665,7 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
     """Compute each checkpoint's maps for the chosen class of each image; one grid per
     explainer. Maps are upsampled to the input size and scaled per map for display."""
     from .attribution import EXPLAINERS, upsample
+    from .models import class_probabilities
     from .models.pretrained import load_model
 
     imgs = _as_images(images)
@@ -692,7 +693,8 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
              if target == "truth" else f"the first model's ({names[0]}) top-1 class")
     parts = [notes + f"<p class='note'>Each row explains {html.escape(which)} (row label), "
              f"the same class in every column. The object of that class is outlined in white; "
-             f"p = the model's sigmoid score for the class. Maps are upsampled to "
+             f"p = the model's probability for the class (softmax for single-label models, "
+             f"sigmoid for multi-label ones). Maps are upsampled to "
              f"{size[0]}x{size[1]} and scaled to their own maximum (signed maps: blue negative, "
              f"red positive).</p>"]
     for e in explainers:
@@ -703,7 +705,7 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
         for name in names:
             m, logits = EXPLAINERS[e](models[name], imgs.images, index, classes)
             maps[name] = upsample(m.float(), size).cpu()
-            probs[name] = torch.sigmoid(logits[index, classes]).cpu()
+            probs[name] = class_probabilities(models[name], logits)[index, classes].cpu()
         parts.append(f"<h3>{html.escape(e)}</h3>"
                      + _heatmap_figure(imgs, names, maps, probs, classes, class_names, e))
     return "\n".join(parts)
@@ -1354,9 +1356,11 @@ def _explained_pair(entry: dict) -> dict:
 
 def _maps_of(model, explainer: str, x: torch.Tensor, classes: torch.Tensor, layer,
              size) -> tuple[torch.Tensor, torch.Tensor]:
-    """One map per image (the given class) upsampled to ``size``, and the class's sigmoid
-    score; the model's train / eval mode is restored afterwards."""
+    """One map per image (the given class) upsampled to ``size``, and the model's probability
+    of the class (:func:`models.class_probabilities`); the model's train / eval mode is restored
+    afterwards."""
     from .attribution import EXPLAINERS, upsample
+    from .models import class_probabilities
 
     was_training = model.training
     model.eval()
@@ -1367,7 +1371,7 @@ def _maps_of(model, explainer: str, x: torch.Tensor, classes: torch.Tensor, laye
                                              layer)
     finally:
         model.train(was_training)
-    probs = torch.sigmoid(logits[index, classes.to(device)].float())
+    probs = class_probabilities(model, logits)[index, classes.to(device)]
     return upsample(maps.float(), size).cpu(), probs.cpu()
 
 
@@ -1385,7 +1389,8 @@ def _audit_gallery_html(result: dict, explainers: list[str], class_names: list[s
              "over their ground-truth classes), in that order. Each row explains the image's "
              "class whose maps moved most (row label: image index in loader order, class, "
              "that pair's Spearman). The object of that class is outlined in white where "
-             "masks exist; p = each model's sigmoid score for the class. Maps are upsampled "
+             "masks exist; p = each model's probability for the class (softmax for single-label "
+             "models, sigmoid for multi-label ones). Maps are upsampled "
              "to the image size and scaled to their own maximum.</p>"]
     if not draw:
         parts.append("<p class='note'>Maps not drawn: pass both models and the audited images "

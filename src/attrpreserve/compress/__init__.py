@@ -4,7 +4,8 @@ quantization-aware training; each fine-tunes with the same attribution-matching 
 from .distill import (DistillStep, MatchedStep, SoftmaxDistillStep, multilabel_kd_loss,
                       softmax_kd_loss)
 from .quantize import (calibrate, compare_cost, convert_int8, export_int8, freeze_qat, int8_bytes,
-                       is_qat, prediction_agreement, prepare_qat, quantization_aware_train,
+                       int8_cpu, int8_kernel_note, int16_safe_weight, is_qat,
+                       prediction_agreement, prepare_qat, quantization_aware_train,
                        read_int8_state)
 from .structured import (IMPORTANCES, paper_layers, paper_rates, prune_channels,
                          register_importance, structured_prune)
@@ -14,7 +15,8 @@ from .unstructured import (PruneFinetuneStep, finalize, global_magnitude_prune, 
 __all__ = ["DistillStep", "MatchedStep", "SoftmaxDistillStep", "multilabel_kd_loss",
            "softmax_kd_loss",
            "calibrate", "compare_cost", "convert_int8", "export_int8", "freeze_qat",
-           "int8_bytes", "is_qat", "prediction_agreement", "prepare_qat",
+           "int8_bytes", "int8_cpu", "int8_kernel_note", "int16_safe_weight", "is_qat",
+           "prediction_agreement", "prepare_qat",
            "quantization_aware_train", "read_int8_state",
            "IMPORTANCES", "paper_layers", "paper_rates", "prune_channels", "register_importance",
            "structured_prune",

@@ -59,6 +59,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import sys
 import warnings
 from collections import OrderedDict
@@ -91,6 +92,7 @@ from .unstructured import PruneFinetuneStep
 __all__ = ["QATModel", "QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
            "convert_int8", "int8_state", "read_int8_state", "int8_bytes", "export_int8",
            "pack_bits", "unpack_bits", "prediction_agreement", "compare_cost",
+           "int16_safe_weight", "int8_cpu", "int8_kernel_note",
            "quantization_aware_train"]
 
 
@@ -667,6 +669,56 @@ def compare_cost(teacher: nn.Module, int8_model: nn.Module, input_shape=(1, 3, 6
     return {"float_bytes": f_b, "int8_bytes": q_b, "bytes_ratio": q_b / f_b,
             "float_latency_ms": f_ms, "int8_latency_ms": q_ms, "speedup": f_ms / q_ms,
             "threads": torch.get_num_threads()}
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def int8_cpu() -> dict:
+    """What decides the int8 kernels' arithmetic here: ATen's CPU capability, whether the CPU
+    has VNNI (int32 u8 x s8 accumulation; None if unknown) and a forced oneDNN ISA, if any."""
+    flags = _cpu_flags()
+    return {"capability": torch.backends.cpu.get_cpu_capability(),
+            "vnni": None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"}),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+
+
+def int8_kernel_note(qat_model: QATModel, top1_agreement: float | None = None,
+                     cpu: dict | None = None) -> str | None:
+    """A warning naming the CPU feature when this machine's int8 kernels may not compute what
+    the fake-quant model does, else None.
+
+    Two causes: weights beyond the int16-safe levels (``int16_safe=False`` at 8-bit weights
+    and activations) on a CPU without VNNI, where pair sums saturate; and a measured top-1
+    agreement under 0.98 (whatever the cause).
+    """
+    cpu = cpu or int8_cpu()
+    options = next((s for s in reversed(getattr(qat_model, "spec", {}).get("rebuild", []))
+                    if s.get("step") == "qat"), {})
+    act_bits = min(options.get("act_bits", 8), 7) if options.get("reduce_range") else \
+        options.get("act_bits", 8)
+    wide = (not options.get("int16_safe", False)
+            and 2 ** (options.get("bits", 8) - 1) - 1 >= int16_safe_weight(act_bits))
+    no_vnni = cpu["vnni"] is False or (cpu["onednn_max_cpu_isa"] or "").upper() in (
+        "SSE41", "AVX", "AVX2", "AVX512_CORE")
+    notes = []
+    if wide and no_vnni:
+        notes.append("weights use the full int8 range but this CPU's int8 kernels lack VNNI "
+                     f"(ATen capability {cpu['capability']}, no AVX512-VNNI / AVX-VNNI): u8 x s8 "
+                     "pair sums saturate at int16, so the int8 model can differ from its "
+                     "fake-quant form; prepare with int16_safe=True")
+    if top1_agreement is not None and top1_agreement < 0.98:
+        notes.append(f"the int8 model agreed with its fake-quant form on only "
+                     f"{top1_agreement:.1%} of validation top-1 decisions on this CPU "
+                     f"(ATen capability {cpu['capability']}, VNNI {cpu['vnni']})")
+    return "; ".join(notes) or None
 
 
 class _FreezeAt:

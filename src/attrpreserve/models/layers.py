@@ -77,3 +77,12 @@ class LayerTap:
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
+
+
+def class_probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The model's own class probabilities for ``logits`` (images x classes): a softmax over
+    the classes for single-label classifiers (``model.single_label``, e.g. ImageNet
+    ``pretrained:`` models), one sigmoid per class for multi-label ones (the scenes, VOC)."""
+    if getattr(model, "single_label", False):
+        return torch.softmax(logits.float(), dim=1)
+    return torch.sigmoid(logits.float())

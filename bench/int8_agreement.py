@@ -1,0 +1,162 @@
+"""Does the exported int8 model compute what its fake-quant model does, on every kernel path?
+
+    python bench/int8_agreement.py --coco ../shared/data/coco128-train --out runs/int8
+
+For each kernel path (this CPU as it is, ATen forced to AVX2 and to its portable default, oneDNN
+capped at AVX2, and ATen + oneDNN at AVX2 together: an AVX2 machine without VNNI) this script
+re-runs itself in a fresh process with that environment (the variables are read when torch
+loads) and, for each model and weight range (``int16_safe`` on and off), prepares the fake-quant
+model, calibrates it on the first 16 photos, converts it to int8 and compares the two on all
+the COCO photos: top-1 agreement, the largest logit difference in output quantization steps,
+and the fake-quant margin (top-1 minus the int8 choice, in steps) of each disagreement; also
+the fake-quant model's top-1 agreement with the float model (what the weight range costs).
+
+Models: a VGG teacher trained on the built-in scenes (``--vgg CHECKPOINT``, else one is trained
+at 64 px and kept in OUT/vgg-teacher), at 64 px, and the pretrained EfficientNet-Lite0 at its
+native 224 px.  Prints a markdown table and writes OUT/int8_agreement.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PATHS = {
+    "native": {},
+    "aten=avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "aten=default": {"ATEN_CPU_CAPABILITY": "default"},
+    "onednn=avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "aten+onednn=avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def photos(folder: Path, size: int):
+    """Every photo of ``folder`` as a float tensor in [0, 1]: shorter side to ``size``, centre
+    crop (the evaluation crop of ``images:`` folders)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = []
+    for path in sorted(folder.iterdir()):
+        img = Image.open(path).convert("RGB")
+        scale = size / min(img.size)
+        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                         Image.BILINEAR)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
+def vgg_teacher(out: Path) -> Path:
+    """A scenes VGG teacher (width 16, 64 px, 3 epochs on 2,000 scenes), trained once."""
+    from attrpreserve.engine import TrainConfig
+    from attrpreserve.pipeline import DataConfig, TeacherConfig, train_teacher
+
+    folder = out / "vgg-teacher"
+    if not (folder / "model.json").is_file():
+        cfg = TeacherConfig(data=DataConfig(n_train=2000, n_val=300, n_test=100),
+                            train=TrainConfig(epochs=3, lr=0.05, progress=False))
+        train_teacher(cfg, folder)
+    return folder
+
+
+def measure(model, images, calib, int16_safe: bool) -> dict:
+    """int8 vs fake quant (and fake quant vs float) on ``images``, in output steps."""
+    import torch
+    from torch import nn
+
+    from attrpreserve.compress import convert_int8, prepare_qat
+
+    qat = prepare_qat(model, calibration=calib, int16_safe=int16_safe).eval()
+    int8 = convert_int8(qat)
+    head = [m for m in qat.modules() if isinstance(m, nn.Linear)][-1]
+    step = float(head.activation_post_process.scale)
+    with torch.no_grad():
+        fl = torch.cat([model(b) for b in images.split(32)])
+        fq = torch.cat([qat(b) for b in images.split(32)])
+        q = torch.cat([int8(b) for b in images.split(32)]).float()
+    top_fq, top_q = fq.argmax(1), q.argmax(1)
+    differ = (top_fq != top_q).nonzero().flatten()
+    margins = (fq[differ, top_fq[differ]] - fq[differ, top_q[differ]]) / step
+    return {"images": len(images), "top1_agreement": float((top_fq == top_q).float().mean()),
+            "max_diff_steps": float((fq - q).abs().max() / step),
+            "mean_diff_steps": float((fq - q).abs().mean() / step),
+            "disagreement_margins_steps": [round(float(m), 2) for m in margins],
+            "fq_float_top1": float((top_fq == fl.argmax(1)).float().mean()),
+            "engine": qat.qat_backend}
+
+
+def worker(args) -> None:
+    """One kernel path: every model and weight range, one JSON line on stdout."""
+    import torch
+
+    from attrpreserve.compress import int8_cpu
+    from attrpreserve.models import load_checkpoint
+    from attrpreserve.models.pretrained import load_pretrained
+
+    torch.manual_seed(0)
+    models = {"vgg (scenes, 64 px)": (load_checkpoint(args.vgg)[0].eval(), 64)}
+    if not args.no_lite0:
+        models["efficientnet-lite0 (224 px)"] = (
+            load_pretrained("pretrained:efficientnet-lite0", 224).eval(), 224)
+    rows = []
+    for name, (model, size) in models.items():
+        images = photos(Path(args.coco) / "images", size)[: args.n]
+        for safe in (True, False):
+            rows.append({"model": name, "int16_safe": safe, **measure(model, images, images[:16],
+                                                                        safe)})
+    print(json.dumps({"cpu": int8_cpu(), "rows": rows}))
+
+
+def table(results: dict) -> str:
+    lines = ["| kernel path | ATen | model | weights | int8 = fake quant top-1 | max logit diff "
+             "(steps) | disagreements' margin (steps) | fake quant = float top-1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path, res in results.items():
+        for r in res["rows"]:
+            weights = "int16-safe (±64)" if r["int16_safe"] else "full (±127)"
+            margins = ", ".join(f"{m:g}" for m in r["disagreement_margins_steps"][:8]) or "-"
+            if len(r["disagreement_margins_steps"]) > 8:
+                margins += ", ..."
+            lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | {weights} | "
+                         f"{r['top1_agreement']:.3f} ({r['images']}) | {r['max_diff_steps']:.0f} | "
+                         f"{margins} | {r['fq_float_top1']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--coco", default="../shared/data/coco128-train",
+                   help="folder with images/ (the 128 shared COCO photos)")
+    p.add_argument("--out", default="runs/int8", help="where the table, JSON and VGG go")
+    p.add_argument("--vgg", help="a VGG teacher checkpoint folder (default: train one)")
+    p.add_argument("--paths", default=",".join(PATHS), help="kernel paths to run")
+    p.add_argument("--n", type=int, default=128, help="photos compared")
+    p.add_argument("--no-lite0", action="store_true", help="VGG only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vgg = args.vgg or str(vgg_teacher(out))
+    results = {}
+    for path in args.paths.split(","):
+        env = {**os.environ, **PATHS[path]}
+        cmd = [sys.executable, __file__, "--worker", "--coco", args.coco, "--vgg", vgg,
+               "--n", str(args.n)] + (["--no-lite0"] if args.no_lite0 else [])
+        print(f"[{path}] {' '.join(f'{k}={v}' for k, v in PATHS[path].items())}", flush=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        results[path] = json.loads(done.stdout.strip().splitlines()[-1])
+        (out / "int8_agreement.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
