@@ -197,16 +197,13 @@ class CompressConfig:
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.prune_layers in ("all", "paper"),
                    f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}"),
-                  (self.method in RECIPES, f"unknown compression method {self.method!r}; "
-                   f"available: {', '.join(RECIPES)}"),
-                  (self.matching in MATCHERS, f"unknown matching {self.matching!r}; "
-                   f"known: {', '.join(MATCHERS)}"),
                   (self.target in ("top1", "labels"),
                    f"target must be 'top1' or 'labels', got {self.target!r}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-                  (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}"),
-                  (self.importance in IMPORTANCES, f"unknown importance {self.importance!r}; "
-                   f"known: {', '.join(IMPORTANCES)}")]
+                  (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
+        RECIPES.check(self.method)
+        MATCHERS.check(self.matching)
+        IMPORTANCES.check(self.importance)
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -268,9 +265,7 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     Resumable and distributed like :func:`train_teacher` (pruning rounds and masks, structured
     shapes and QAT state are all part of the snapshot).
     """
-    if cfg.method not in RECIPES:
-        raise ValueError(f"unknown compression method {cfg.method!r}; available: "
-                         f"{', '.join(RECIPES)}")
+    RECIPES.check(cfg.method)
     teacher, t_meta = load_model(cfg.teacher)
     teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)

@@ -23,16 +23,14 @@ from .compress import (DistillStep, SoftmaxDistillStep, convert_int8, export_int
                        quantization_aware_train, structured_prune, unstructured_prune)
 from .engine import fit
 from .models import MODELS, create_model
+from .registry import Registry
 
-RECIPES: dict[str, Callable] = {}
+RECIPES: Registry[Callable] = Registry("compression method")
 
 
 def register_recipe(name: str):
     """Decorator adding a compression recipe to ``RECIPES``."""
-    def wrap(fn):
-        RECIPES[name] = fn
-        return fn
-    return wrap
+    return RECIPES.register(name)
 
 
 def _trainable_copy(teacher: nn.Module) -> nn.Module:
@@ -166,4 +164,4 @@ def strength(method: str, value: float, rounds: int = 1) -> dict:
         return {"rounds": rounds, "per_round": 1.0 - (1.0 - float(value)) ** (1.0 / rounds)}
     if method == "quantization":
         return {"bits": int(value)}
-    raise ValueError(f"unknown compression method {method!r}; available: {', '.join(RECIPES)}")
+    raise RECIPES.unknown(method)

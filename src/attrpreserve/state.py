@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed
+from .registry import Registry
 from .models.checkpoint import atomic_write
 
 STATE_DIR, STATE_FILE, FORMAT = ".state", "state.json", "attrpreserve-state-v1"
@@ -66,11 +67,13 @@ def enter_phase() -> "Phase | None":
 
 # Training state held outside state dicts: ``name -> (capture(model, step), restore(model, step,
 # value))``, JSON values. Recipes register theirs (QAT's frozen observers, in recipes.py).
-EXTRAS: dict[str, tuple[Callable, Callable]] = {}
+EXTRAS: Registry[tuple[Callable, Callable]] = Registry("training-state extra")
 
 
 def register_extra(name: str, capture: Callable, restore: Callable) -> None:
-    EXTRAS[name] = (capture, restore)
+    """Snapshot ``capture(model, step)`` with the training state; ``restore(model, step,
+    value)`` puts it back on resume."""
+    EXTRAS.register(name, (capture, restore))
 
 
 def capture_extras(model, step) -> dict:

@@ -14,7 +14,7 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from . import EXPLAINERS, LAYER_RESOLUTION
+from . import EXPLAINERS
 from .gradcam import upsample
 
 RESOLUTIONS = ("input", "layer")
@@ -131,13 +131,14 @@ def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "lrp"
     maps : P x H x W (or P x h x w at layer resolution), one map per pair in the order of
         ``pairs_from_targets``, detached, on the model's device.
     """
-    if method not in EXPLAINERS:
-        raise ValueError(f"unknown method {method!r}; registered: {', '.join(sorted(EXPLAINERS))}")
+    EXPLAINERS.check(method)
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-    if resolution == "layer" and method not in LAYER_RESOLUTION:
+    at_layer = EXPLAINERS.meta(method)["resolution"] == "layer"
+    if resolution == "layer" and not at_layer:
         raise ValueError(f"resolution='layer' needs a CAM-type method "
-                         f"({', '.join(sorted(LAYER_RESOLUTION))}); {method!r} explains the input")
+                         f"({', '.join(EXPLAINERS.names(resolution='layer'))}); {method!r} "
+                         f"explains the input")
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4:
@@ -147,7 +148,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "lrp"
     image_index, classes = pairs_from_targets(targets, len(images), device)
     with eval_mode(model):
         maps, _ = EXPLAINERS[method](model, images, image_index, classes,
-                                     layer if method in LAYER_RESOLUTION else None, **options)
+                                     layer if at_layer else None, **options)
     if resolution == "input":
         maps = upsample(maps, tuple(images.shape[-2:]))
     return maps.detach()

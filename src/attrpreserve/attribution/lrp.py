@@ -203,7 +203,7 @@ def ebp(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor, class
 # ----------------------------------------------------------------------------- differentiable LRP
 # Written by hand (on RAP's layer-chain recorder): zennit's rules rebuild their modified weights
 # as fresh leaves from ``param.data``, so its maps cannot be differentiated w.r.t. the weights
-# (see attribution.DIFFERENTIABLE). This is zennit's AlphaBeta(1, 0) -- the paper's LRP --
+# (see the ``differentiable`` metadata in attribution.EXPLAINERS). This is zennit's AlphaBeta(1, 0) -- the paper's LRP --
 # in plain autograd-visible operations, from the output down to one layer.
 
 

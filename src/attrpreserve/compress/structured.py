@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from ..engine import TrainConfig, fit
 from ..evaluate.cost import count_macs, count_params
 from ..matching import MatchingLoss
+from ..registry import Registry
 from ..models.checkpoint import register_rebuild_step
 from ..models.layers import get_layer
 from ..models.registry import MODELS
@@ -68,15 +69,12 @@ class FilterNorm(tp.importance.Importance):
         return imp
 
 
-IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {}
+IMPORTANCES: Registry[Callable[[], tp.importance.Importance]] = Registry("importance")
 
 
 def register_importance(name: str):
     """Decorator adding a filter-importance factory (no arguments) under ``name``."""
-    def wrap(fn):
-        IMPORTANCES[name] = fn
-        return fn
-    return wrap
+    return IMPORTANCES.register(name)
 
 
 register_importance("l1")(lambda: FilterNorm(1))
@@ -92,8 +90,6 @@ def create_importance(importance: str | Callable) -> Callable:
     """An importance by registry name; a callable ``group -> scores`` is passed through."""
     if callable(importance):
         return importance
-    if importance not in IMPORTANCES:
-        raise ValueError(f"unknown importance {importance!r}; known: {', '.join(IMPORTANCES)}")
     return IMPORTANCES[importance]()
 
 

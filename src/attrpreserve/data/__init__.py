@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..registry import Registry
 from . import masks as _masks
 from . import voc as _voc
 from .scenes import SCENE_CLASSES, SceneConfig, generate_scenes
@@ -142,15 +143,12 @@ def _labels_from_masks(masks: torch.Tensor, n_classes: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- registry
 
 Builder = Callable[[str | None, str, int, int, int | None], SegmentationSet]
-DATASETS: dict[str, Builder] = {}
+DATASETS: Registry[Builder] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register a builder ``(arg, split, size, seed, n) -> SegmentationSet``."""
-    def deco(fn: Builder) -> Builder:
-        DATASETS[name] = fn
-        return fn
-    return deco
+    return DATASETS.register(name)
 
 
 def _from_numpy(images: np.ndarray, masks: np.ndarray, classes, name, labels=None,
@@ -215,8 +213,7 @@ def build_dataset(spec: str, split: str, *, size: int = 64, seed: int = 0,
         Unknown name or split, bad size or n, missing or malformed files.
     """
     name, _, arg = spec.partition(":")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} in spec {spec!r}; known: {', '.join(DATASETS)}")
+    DATASETS.check(name, f" in spec {spec!r}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if not isinstance(size, Integral) or size < 1:

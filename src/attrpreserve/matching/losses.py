@@ -18,6 +18,7 @@ from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
 from ..attribution.rap import ChainRecorder
 from ..models.layers import LayerTap
+from ..registry import Registry
 
 EPS = 1e-12
 
@@ -182,18 +183,19 @@ class AttributionMatcher:
         return s_out[:batch], t_out[:batch].detach(), match
 
 
-MATCHERS = {"none": None, "at": AttentionTransfer, "wcam": WCAM, "lrp": LRPMatching}
+# Matchers by name, each with the options its constructor takes from the CLI / configs
+# (``create_matcher`` passes only those); "none" is plain compression.
+MATCHERS: Registry = Registry("matching")
+MATCHERS.register("none", None, options=())
+MATCHERS.register("at", AttentionTransfer, options=())
+MATCHERS.register("wcam", WCAM, options=("drop", "target", "generator"))
+MATCHERS.register("lrp", LRPMatching, options=("target",))
 
 
 def create_matcher(name: str, **kwargs) -> MatchingLoss | None:
-    """Build a registered matching loss (``None`` for ``"none"``), passing only fitting options."""
-    if name not in MATCHERS:
-        raise ValueError(f"unknown matching {name!r}; known: {', '.join(MATCHERS)}")
+    """Build a registered matching loss (``None`` for ``"none"``), passing only its options."""
     cls = MATCHERS[name]
     if cls is None:
         return None
-    if cls is WCAM:
-        return WCAM(**{k: v for k, v in kwargs.items() if k in ("drop", "target", "generator")})
-    if cls is LRPMatching:
-        return LRPMatching(**{k: v for k, v in kwargs.items() if k == "target"})
-    return cls()
+    options = MATCHERS.meta(name)["options"]
+    return cls(**{k: v for k, v in kwargs.items() if k in options})

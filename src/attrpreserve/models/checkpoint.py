@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..registry import Registry
 from .registry import create_model
 
 WEIGHTS, SIDECAR = "model.safetensors", "model.json"
@@ -19,15 +20,12 @@ WEIGHTS, SIDECAR = "model.safetensors", "model.json"
 # (channel-pruned shapes, quantization-aware wrappers, ...). A recipe that changes a model's
 # structure appends ``{"step": NAME, **options}`` to ``model.spec["rebuild"]`` and registers
 # ``NAME`` here; loading replays the steps in order, then loads the weights.
-REBUILD_STEPS: dict = {}
+REBUILD_STEPS: Registry = Registry("rebuild step")
 
 
 def register_rebuild_step(name: str):
     """Decorator: ``fn(model, state_dict, **options) -> model`` replayed by ``load_checkpoint``."""
-    def wrap(fn):
-        REBUILD_STEPS[name] = fn
-        return fn
-    return wrap
+    return REBUILD_STEPS.register(name)
 
 
 def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -37,9 +35,6 @@ def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
         import attrpreserve.compress  # noqa: F401  (the recipes register their rebuild steps)
     for step in spec.get("rebuild", []):
         options = {k: v for k, v in step.items() if k != "step"}
-        if step["step"] not in REBUILD_STEPS:
-            raise ValueError(f"checkpoint needs rebuild step {step['step']!r}, which is not "
-                             f"registered (known: {', '.join(sorted(REBUILD_STEPS)) or 'none'})")
         model = REBUILD_STEPS[step["step"]](model, state, **options)
     model.spec = spec
     return model

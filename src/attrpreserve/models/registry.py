@@ -6,17 +6,15 @@ from typing import Callable
 
 from torch import nn
 
+from ..registry import Registry
 from .vgg import SMALL, VGG, VGG16, scaled
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str):
     """Decorator adding a model builder to the registry under ``name``."""
-    def wrap(fn):
-        MODELS[name] = fn
-        return fn
-    return wrap
+    return MODELS.register(name)
 
 
 @register_model("vgg")
@@ -66,8 +64,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     [0, 1] input itself (``pretrained.with_input_normalization``); it stays in the spec, so
     checkpoints and students built from the spec (distillation) normalise the same way.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     norm = kwargs.pop("input_norm", None)
     model = MODELS[name](**kwargs)
     if norm is not None:
