@@ -5,7 +5,8 @@
 For each kernel path (this CPU as it is, ATen forced to AVX2 and to its portable default, oneDNN
 capped at AVX2, and ATen + oneDNN at AVX2 together: an AVX2 machine without VNNI) this script
 re-runs itself in a fresh process with that environment (the variables are read when torch
-loads) and, for each model and weight range (``int16_safe`` on and off), prepares the fake-quant
+loads) and, for each model and quantization scheme (``int16_safe`` weights, the full weight range, and the full
+range with torch's ``reduce_range`` 7-bit activations), prepares the fake-quant
 model, calibrates it on the first 16 photos, converts it to int8 and compares the two on all
 the COCO photos: top-1 agreement, the largest logit difference in output quantization steps,
 and the fake-quant margin (top-1 minus the int8 choice, in steps) of each disagreement; also
@@ -66,14 +67,19 @@ def vgg_teacher(out: Path) -> Path:
     return folder
 
 
-def measure(model, images, calib, int16_safe: bool) -> dict:
+SCHEMES = {"int16-safe (±64)": {"int16_safe": True},
+           "full (±127)": {"int16_safe": False},
+           "full, 7-bit activations (reduce_range)": {"int16_safe": False, "reduce_range": True}}
+
+
+def measure(model, images, calib, scheme: dict) -> dict:
     """int8 vs fake quant (and fake quant vs float) on ``images``, in output steps."""
     import torch
     from torch import nn
 
     from attrpreserve.compress import convert_int8, prepare_qat
 
-    qat = prepare_qat(model, calibration=calib, int16_safe=int16_safe).eval()
+    qat = prepare_qat(model, calibration=calib, **scheme).eval()
     int8 = convert_int8(qat)
     head = [m for m in qat.modules() if isinstance(m, nn.Linear)][-1]
     step = float(head.activation_post_process.scale)
@@ -97,8 +103,7 @@ def worker(args) -> None:
     import torch
 
     from attrpreserve.compress import int8_cpu
-    from attrpreserve.models import load_checkpoint
-    from attrpreserve.models.pretrained import load_pretrained
+    from attrpreserve.loading import load_checkpoint, load_pretrained
 
     torch.manual_seed(0)
     models = {"vgg (scenes, 64 px)": (load_checkpoint(args.vgg)[0].eval(), 64)}
@@ -108,23 +113,22 @@ def worker(args) -> None:
     rows = []
     for name, (model, size) in models.items():
         images = photos(Path(args.coco) / "images", size)[: args.n]
-        for safe in (True, False):
-            rows.append({"model": name, "int16_safe": safe, **measure(model, images, images[:16],
-                                                                        safe)})
+        for scheme, options in SCHEMES.items():
+            rows.append({"model": name, "weights": scheme,
+                         **measure(model, images, images[:16], options)})
     print(json.dumps({"cpu": int8_cpu(), "rows": rows}))
 
 
 def table(results: dict) -> str:
-    lines = ["| kernel path | ATen | model | weights | int8 = fake quant top-1 | max logit diff "
+    lines = ["| kernel path | ATen | model | scheme | int8 = fake quant top-1 | max logit diff "
              "(steps) | disagreements' margin (steps) | fake quant = float top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for path, res in results.items():
         for r in res["rows"]:
-            weights = "int16-safe (±64)" if r["int16_safe"] else "full (±127)"
             margins = ", ".join(f"{m:g}" for m in r["disagreement_margins_steps"][:8]) or "-"
             if len(r["disagreement_margins_steps"]) > 8:
                 margins += ", ..."
-            lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | {weights} | "
+            lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | {r['weights']} | "
                          f"{r['top1_agreement']:.3f} ({r['images']}) | {r['max_diff_steps']:.0f} | "
                          f"{margins} | {r['fq_float_top1']:.3f} |")
     return "\n".join(lines)

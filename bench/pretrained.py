@@ -30,8 +30,9 @@ from attrpreserve.data.coco import coco_ids
 from attrpreserve.distributed import resolve_device
 from attrpreserve.engine import TrainConfig
 from attrpreserve.evaluate import mask_localization, nan_to_none
-from attrpreserve.models import load_checkpoint, save_checkpoint
-from attrpreserve.models.pretrained import load_pretrained, pretrained_meta
+from attrpreserve.loading import load_checkpoint, load_pretrained
+from attrpreserve.models import save_checkpoint
+from attrpreserve.models.pretrained import pretrained_meta
 from attrpreserve.pipeline import (CompressConfig, DataConfig, _finished, compress, evaluate,
                                    write_results)
 from attrpreserve.recipes import export, strength

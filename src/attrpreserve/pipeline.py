@@ -22,11 +22,11 @@ from .data.images import Relabeled
 from .engine import TrainConfig, fit
 from .evaluate import audit as run_audit
 from .evaluate import evaluate_models, model_cost, nan_to_none
+from .loading import load_model
 from .matching import MATCHERS, create_matcher
 from .models import create_model, save_checkpoint
 from .models.checkpoint import init_from_file
 from .models.pretrained import is_pretrained
-from .models.pretrained import load_model as load_any_model
 from .recipes import RECIPES, deployed, deployed_file, export, strength
 from .report import ReportImages, write_audit_report, write_report
 
@@ -102,15 +102,6 @@ def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
     if isinstance(data, DataConfig):
         return data
     return DataConfig(**{**meta["data"], **(data or {})})
-
-
-def load_model(ref: str | Path) -> tuple[torch.nn.Module, dict]:
-    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec
-    (ImageNet weights from a local file; its sidecar has no data: ``--data`` names it)."""
-    model, meta = load_any_model(ref)
-    if is_pretrained(ref):
-        meta["data"] = {"spec": None, "size": meta.pop("input_size"), "batch_size": 32}
-    return model, meta
 
 
 def labels_for(model: torch.nn.Module, classes: list[str], pseudo: bool = True):

@@ -16,9 +16,8 @@ from typing import Callable
 
 from torch import nn
 
-from . import state
 from .compress import (DistillStep, SoftmaxDistillStep, convert_int8, export_int8, finalize,
-                       freeze_qat, int8_cpu, int8_kernel_note, is_qat, paper_rates,
+                       int8_cpu, int8_kernel_note, is_qat, paper_rates,
                        prediction_agreement,
                        quantization_aware_train, structured_prune, unstructured_prune)
 from .engine import fit
@@ -97,17 +96,6 @@ def structured(cfg, teacher, train_dl, val_dl, matcher):
 
 
 INT8_FILE = "model.int8.safetensors"
-
-
-def _restore_qat_freeze(model, step, frozen) -> None:
-    if frozen and is_qat(model):
-        freeze_qat(model)
-
-
-# QAT freezes observers and BatchNorm statistics part-way (flags outside the state dict):
-# training-state snapshots record it so a resumed run freezes the same way.
-state.register_extra("qat_frozen", lambda model, step: bool(getattr(model, "qat_frozen", False)),
-                     _restore_qat_freeze)
 
 
 @register_recipe("quantization")

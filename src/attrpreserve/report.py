@@ -666,7 +666,7 @@ def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[st
     explainer. Maps are upsampled to the input size and scaled per map for display."""
     from .attribution import EXPLAINERS, upsample
     from .models import class_probabilities
-    from .models.pretrained import load_model
+    from .loading import load_model
 
     imgs = _as_images(images)
     order = [str(r.get("name")) for r in _ordered_runs(results)]

@@ -36,8 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed
+from .fileio import atomic_write
 from .registry import Registry
-from .models.checkpoint import atomic_write
 
 STATE_DIR, STATE_FILE, FORMAT = ".state", "state.json", "attrpreserve-state-v1"
 

@@ -14,7 +14,7 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from . import EXPLAINERS
+from .explainers import EXPLAINERS
 from .gradcam import upsample
 
 RESOLUTIONS = ("input", "layer")

@@ -79,11 +79,11 @@ from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 from torch.ao.nn.quantized import FloatFunctional
 
+from .. import state
 from ..attribution.rap import register_layer_kind
 from ..engine import TrainConfig, fit
 from ..evaluate.cost import latency_ms
 from ..matching import MatchingLoss
-from ..models.checkpoint import register_rebuild_step
 from ..models.pretrained import lite_class
 from ..models.vgg import VGG
 from .distill import DistillStep
@@ -445,8 +445,7 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
     return qat.train(was_training)
 
 
-@register_rebuild_step("qat")
-def _rebuild_qat(model: nn.Module, state: dict, **options) -> nn.Module:
+def rebuild_qat(model: nn.Module, state: dict, **options) -> nn.Module:
     """Checkpoint replay: the fake-quant form, ready for the saved weights and observer state.
 
     Checkpoints written before ``int16_safe`` existed used the full weight range."""
@@ -732,6 +731,18 @@ class _FreezeAt:
             freeze_qat(model)
         self.calls += 1
         return self.step(model, images, labels)
+
+
+def _restore_frozen(model, step, frozen) -> None:
+    if frozen and is_qat(model):
+        freeze_qat(model)
+
+
+# Freezing is a flag outside the state dict: training-state snapshots record it, so a resumed
+# run freezes the same way (registered beside the driver that freezes, so it is there whenever
+# the driver runs).
+state.register_extra("qat_frozen", lambda model, step: bool(getattr(model, "qat_frozen", False)),
+                     _restore_frozen)
 
 
 def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader, val_loader,

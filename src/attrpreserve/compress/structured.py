@@ -34,7 +34,6 @@ from ..engine import TrainConfig, fit
 from ..evaluate.cost import count_macs, count_params
 from ..matching import MatchingLoss
 from ..registry import Registry
-from ..models.checkpoint import register_rebuild_step
 from ..models.layers import get_layer
 from ..models.registry import MODELS
 from ..models.vgg import M, VGG
@@ -304,7 +303,6 @@ def _resize_state(m: nn.Module, prefix: str, state: dict) -> None:
             _resize(m, name, state[key].shape)
 
 
-@register_rebuild_step("channel_shapes")
 def channel_shapes(model: nn.Module, state: dict, channels: dict | None = None,
                    **_options) -> nn.Module:
     """Rebuild step: give a freshly built model its pruned widths, so the saved weights fit.

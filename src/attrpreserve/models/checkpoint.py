@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,34 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..registry import Registry
-from .registry import create_model
+from ..fileio import atomic_write
 
 WEIGHTS, SIDECAR = "model.safetensors", "model.json"
-
-# Steps that turn a freshly built registry model into the form its weights were saved from
-# (channel-pruned shapes, quantization-aware wrappers, ...). A recipe that changes a model's
-# structure appends ``{"step": NAME, **options}`` to ``model.spec["rebuild"]`` and registers
-# ``NAME`` here; loading replays the steps in order, then loads the weights.
-REBUILD_STEPS: Registry = Registry("rebuild step")
-
-
-def register_rebuild_step(name: str):
-    """Decorator: ``fn(model, state_dict, **options) -> model`` replayed by ``load_checkpoint``."""
-    return REBUILD_STEPS.register(name)
-
-
-def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Build ``spec``'s model and replay its recorded rebuild steps; the spec is kept on it."""
-    model = create_model(spec["name"], **spec["kwargs"])
-    if spec.get("rebuild"):
-        import attrpreserve.compress  # noqa: F401  (the recipes register their rebuild steps)
-    for step in spec.get("rebuild", []):
-        options = {k: v for k, v in step.items() if k != "step"}
-        model = REBUILD_STEPS[step["step"]](model, state, **options)
-    model.spec = spec
-    return model
-
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``model.json`` (model spec + ``meta``) atomically."""
@@ -48,30 +22,23 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict | None =
     if spec is None:
         raise ValueError("model has no .spec; build it with attrpreserve.models.create_model")
     state = pack_sparse({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
-    _atomic(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
     sidecar = {"model": spec, **(meta or {})}
-    _atomic(directory / SIDECAR, lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
+    atomic_write(directory / SIDECAR,
+                 lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
     return directory
 
 
-def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model from its sidecar and load its weights; returns ``(model, sidecar)``."""
+def read_checkpoint(directory: str | Path, map_location: str = "cpu"
+                    ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(sidecar, state_dict)`` of a checkpoint folder, sparse tensors unpacked; building the
+    model is ``attrpreserve.loading.load_checkpoint``'s job."""
     directory = Path(directory)
     side, weights = directory / SIDECAR, directory / WEIGHTS
     if not side.is_file() or not weights.is_file():
         raise ValueError(f"{directory} is not a checkpoint (needs {SIDECAR} and {WEIGHTS})")
-    meta = json.loads(side.read_text())
-    state = unpack_sparse(load_file(str(weights), device=map_location))
-    model = rebuild(meta["model"], state)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch: torch's message names the layer
-        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
-        raise ValueError(f"{weights}: weights do not fit the architecture: {first}") from exc
-    if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not fit the architecture "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval(), meta
+    return json.loads(side.read_text()), unpack_sparse(load_file(str(weights),
+                                                                  device=map_location))
 
 
 SPARSE_MASK, SPARSE_VALUES = "::nonzero_bits", "::values"
@@ -112,33 +79,6 @@ def unpack_sparse(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync
-    the folder: a reader (or a run killed at any instant) sees the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_atomic = atomic_write
 
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")

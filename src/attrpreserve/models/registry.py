@@ -7,6 +7,8 @@ from typing import Callable
 from torch import nn
 
 from ..registry import Registry
+from . import pretrained
+from .normalize import with_input_normalization
 from .vgg import SMALL, VGG, VGG16, scaled
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -57,6 +59,11 @@ def mobilenet_v3_small(num_classes: int, input_size: int = 224, dropout: float =
     return _torchvision("mobilenet_v3_small", num_classes, layer="features.12", dropout=dropout)
 
 
+# ImageNet families (random weights here; ``loading.load_pretrained`` loads their weights).
+MODELS.register("efficientnet_lite0", pretrained.efficientnet_lite0)
+MODELS.register("torchvision_imagenet", pretrained.torchvision_imagenet)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; ``model.spec`` records how, so a checkpoint can rebuild it.
 
@@ -67,8 +74,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     norm = kwargs.pop("input_norm", None)
     model = MODELS[name](**kwargs)
     if norm is not None:
-        from .pretrained import with_input_normalization
-
         if hasattr(model, "input_mean"):
             raise ValueError(f"model {name!r} already normalises its input; drop input_norm")
         mean, std = norm

@@ -1,0 +1,104 @@
+"""Loading a model: a checkpoint folder or a ``pretrained:`` spec, through one function.
+
+This module sits above ``models/`` and ``compress/``: a checkpoint's spec may list rebuild steps
+(channel-pruned widths, the fake-quant form) that ``compress/`` implements.  They are
+registered here, explicitly, so loading never depends on which modules happen to have been
+imported (``tests/test_architecture.py`` loads pruned, QAT and resumable runs after importing
+only this module, in a fresh interpreter).
+
+- :func:`load_model` -- ``(model, sidecar)`` of a checkpoint folder or ``pretrained:NAME[=PATH]``;
+- :func:`load_checkpoint` -- a checkpoint folder (``models.checkpoint`` reads and writes files);
+- :func:`load_pretrained` -- a ``pretrained:`` spec with its ImageNet weights;
+- :data:`REBUILD_STEPS` / :func:`register_rebuild_step` -- the replayable structural steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .compress import quantize, structured
+from .models import pretrained
+from .models.checkpoint import WEIGHTS, init_from_file, read_checkpoint
+from .models.registry import create_model
+from .registry import Registry
+
+__all__ = ["REBUILD_STEPS", "load_checkpoint", "load_model", "load_pretrained", "rebuild",
+           "register_rebuild_step"]
+
+# Steps that turn a freshly built registry model into the form its weights were saved from
+# (channel-pruned shapes, quantization-aware wrappers, ...). A recipe that changes a model's
+# structure appends ``{"step": NAME, **options}`` to ``model.spec["rebuild"]``, and ``NAME`` is
+# registered here (a new step: one line below); loading replays the steps in order, then loads
+# the weights.
+REBUILD_STEPS: Registry = Registry("rebuild step")
+REBUILD_STEPS.register("channel_shapes", structured.channel_shapes)
+REBUILD_STEPS.register("qat", quantize.rebuild_qat)
+
+
+def register_rebuild_step(name: str):
+    """Decorator: ``fn(model, state_dict, **options) -> model`` replayed by ``load_checkpoint``."""
+    return REBUILD_STEPS.register(name)
+
+
+def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Build ``spec``'s model and replay its recorded rebuild steps; the spec is kept on it."""
+    model = create_model(spec["name"], **spec["kwargs"])
+    for step in spec.get("rebuild", []):
+        options = {k: v for k, v in step.items() if k != "step"}
+        model = REBUILD_STEPS[step["step"]](model, state, **options)
+    model.spec = spec
+    return model
+
+
+def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from its sidecar and load its weights; returns ``(model, sidecar)``."""
+    meta, state = read_checkpoint(directory, map_location)
+    weights = Path(directory) / WEIGHTS
+    model = rebuild(meta["model"], state)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: torch's message names the layer
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
+        raise ValueError(f"{weights}: weights do not fit the architecture: {first}") from exc
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not fit the architecture "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval(), meta
+
+
+
+def load_pretrained(ref: str, input_size: int = 224) -> nn.Module:
+    """The model of a ``pretrained:NAME[=PATH]`` spec with its ImageNet weights, in eval mode.
+
+    ``model.spec`` is a registry spec (no weights path: checkpoints of a compressed form carry
+    their own weights); ``model.source`` is ``ref``. Bad names or files raise ``ValueError``.
+    """
+    name, path = pretrained.parse(ref)
+    kwargs = {"num_classes": len(pretrained.imagenet_classes()), "input_size": int(input_size)}
+    if name == pretrained.LITE0:
+        model = create_model("efficientnet_lite0", **kwargs)
+        path = path or pretrained.lite0_weights_file()
+    elif path is None:
+        raise ValueError(f"{ref!r}: torchvision weights cannot be downloaded here; give a local "
+                         f"state dict file: 'pretrained:{name}=/path/to/{name}.pth'")
+    else:
+        model = create_model("torchvision_imagenet", arch=name, **kwargs)
+    init_from_file(model, path)
+    model.source = ref
+    return model.eval()
+
+
+
+
+def load_model(ref: str | Path) -> tuple[nn.Module, dict]:
+    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec
+    (ImageNet weights from a local file; its sidecar's data names no dataset: ``--data`` does)."""
+    if not pretrained.is_pretrained(ref):
+        return load_checkpoint(ref)
+    meta = pretrained.pretrained_meta(ref)
+    model = load_pretrained(ref, meta["input_size"])
+    meta["data"] = {"spec": None, "size": meta.pop("input_size"), "batch_size": 32}
+    return model, meta
