@@ -5,9 +5,9 @@
 For each kernel path (this CPU as it is, ATen forced to AVX2 and to its portable default, oneDNN
 capped at AVX2, and ATen + oneDNN at AVX2 together: an AVX2 machine without VNNI) this script
 re-runs itself in a fresh process with that environment (the variables are read when torch
-loads) and, for each model and quantization scheme (``int16_safe`` weights, the full weight range, and the full
-range with torch's ``reduce_range`` 7-bit activations), prepares the fake-quant
-model, calibrates it on the first 16 photos, converts it to int8 and compares the two on all
+loads) and, for each model and quantization scheme (``int16_safe`` weights, the full weight
+range, and the full range with torch's ``reduce_range`` 7-bit activations), prepares the
+fake-quant model, calibrates it on the first 16 photos, converts it to int8 and compares the two on all
 the COCO photos: top-1 agreement, the largest logit difference in output quantization steps,
 and the fake-quant margin (top-1 minus the int8 choice, in steps) of each disagreement; also
 the fake-quant model's top-1 agreement with the float model (what the weight range costs).
@@ -46,8 +46,8 @@ def photos(folder: Path, size: int):
     for path in sorted(folder.iterdir()):
         img = Image.open(path).convert("RGB")
         scale = size / min(img.size)
-        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                         Image.BILINEAR)
+        width, height = (max(size, round(side * scale)) for side in img.size)
+        img = img.resize((width, height), Image.BILINEAR)
         left, top = (img.width - size) // 2, (img.height - size) // 2
         img = img.crop((left, top, left + size, top + size))
         out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
@@ -128,9 +128,9 @@ def table(results: dict) -> str:
             margins = ", ".join(f"{m:g}" for m in r["disagreement_margins_steps"][:8]) or "-"
             if len(r["disagreement_margins_steps"]) > 8:
                 margins += ", ..."
-            lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | {r['weights']} | "
-                         f"{r['top1_agreement']:.3f} ({r['images']}) | {r['max_diff_steps']:.0f} | "
-                         f"{margins} | {r['fq_float_top1']:.3f} |")
+            lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | "
+                         f"{r['weights']} | {r['top1_agreement']:.3f} ({r['images']}) | "
+                         f"{r['max_diff_steps']:.0f} | {margins} | {r['fq_float_top1']:.3f} |")
     return "\n".join(lines)
 
 
