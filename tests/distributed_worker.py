@@ -19,7 +19,8 @@ from attrpreserve import distributed
 from attrpreserve.compress import DistillStep
 from attrpreserve.engine import TrainConfig, fit
 from attrpreserve.matching import create_matcher
-from attrpreserve.models import create_model, load_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model
 from attrpreserve.pipeline import DataConfig
 
 DATA = DataConfig(n_train=64, n_val=16, batch_size=16)
@@ -53,14 +54,23 @@ def main(argv: list[str]) -> int:
     teacher_dir, out = argv[:2]
     torch.set_num_threads(1)
     distributed.init_from_env()
-    run_fit(teacher_dir, out)
-    if "--cli" in argv:  # the CLI, unchanged (it leaves the process group when done)
-        from attrpreserve.cli import main as cli
-        return cli(["compress", "--teacher", teacher_dir, "--matching", "wcam",
-                    "--width-divisor", "2", "--lambda", "10", "--epochs", "1",
-                    "--checkpoint-every", "2", "--no-progress", "--out", str(Path(out) / "cli")])
-    distributed.shutdown()
-    return 0
+    code = 1
+    try:
+        run_fit(teacher_dir, out)
+        code = 0
+        if "--cli" in argv:  # the CLI, unchanged (it leaves the process group when done)
+            from attrpreserve.cli import main as cli
+            code = cli(["compress", "--teacher", teacher_dir, "--matching", "wcam",
+                        "--width-divisor", "2", "--lambda", "10", "--epochs", "1",
+                        "--checkpoint-every", "2", "--no-progress",
+                        "--out", str(Path(out) / "cli")])
+    finally:
+        # Leave the process group before the interpreter exits, also after an error (then
+        # without the barrier: the other rank may have stopped).  A gloo group still alive at
+        # exit is torn down by C++ destructors during interpreter teardown, which can abort the
+        # process.  A no-op where the CLI already left it.
+        distributed.shutdown(wait=code == 0)
+    return code
 
 
 if __name__ == "__main__":

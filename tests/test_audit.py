@@ -73,6 +73,7 @@ def test_audit_against_a_randomized_copy_reports_disagreement(setup):
     assert sum(len(r["classes"]) for r in rows) == res["pairs"]
 
 
+@pytest.mark.numerics
 def test_audit_agrees_with_the_evaluator(setup):
     """Two paths to the same numbers: the audit's shared-replicate table and the evaluator's
     per-metric bootstrap (same seed, same images)."""

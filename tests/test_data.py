@@ -203,7 +203,7 @@ def test_registry_accepts_a_new_format():
     try:
         assert build_dataset("tiny:thing", "val", size=8).classes == ["thing"]
     finally:
-        del DATASETS["tiny"]
+        DATASETS.unregister("tiny")
 
 
 # ----------------------------------------------------------------------------- masks folders

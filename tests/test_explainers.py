@@ -6,7 +6,9 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from attrpreserve.attribution import (DIFFERENTIABLE, EXPLAINERS, gradient, input_x_gradient,
+from conftest import assert_close_reordered
+
+from attrpreserve.attribution import (EXPLAINERS, gradient, input_x_gradient,
                                       integrated_gradients)
 from attrpreserve.evaluate.runner import evaluate_models
 
@@ -36,11 +38,13 @@ def autograd_reference(model, images, i, c):
 
 def test_registered():
     for name in ("gradcam", "gradient", "input_x_gradient", "ig"):
-        assert name in EXPLAINERS and name in DIFFERENTIABLE
-    assert DIFFERENTIABLE["gradcam"] is True
-    assert not any(DIFFERENTIABLE[n] for n in ("gradient", "input_x_gradient", "ig"))
+        assert name in EXPLAINERS and "differentiable" in EXPLAINERS.meta(name)
+    assert EXPLAINERS.meta("gradcam")["differentiable"] is True
+    assert not any(EXPLAINERS.meta(n)["differentiable"]
+               for n in ("gradient", "input_x_gradient", "ig"))
 
 
+@pytest.mark.numerics
 def test_gradient_and_ixg_match_autograd(setup):
     model, images, idx, cls = setup
     g_maps, logits = gradient(model, images, idx, cls)
@@ -48,15 +52,18 @@ def test_gradient_and_ixg_match_autograd(setup):
     assert g_maps.shape == ixg_maps.shape == (3, 8, 8)
     with torch.no_grad():
         ref_logits = model(images)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=0)
-    torch.testing.assert_close(logits2, ref_logits, atol=1e-6, rtol=0)
+    # (with and without autograd, the conv may run other kernels: float32 rounding)
+    assert_close_reordered(logits, ref_logits)
+    assert_close_reordered(logits2, ref_logits)
     assert not g_maps.requires_grad and not logits.requires_grad
     for j, (i, c) in enumerate(PAIRS):
+        # one image, not the batch of pairs: float32 rounding at the scale of the batch's maps
         x, g = autograd_reference(model, images, i, c)
-        torch.testing.assert_close(g_maps[j], g.abs().amax(0), atol=1e-6, rtol=0)
-        torch.testing.assert_close(ixg_maps[j], (x * g).sum(0), atol=1e-6, rtol=0)
+        assert_close_reordered(g_maps[j], g.abs().amax(0), scale=g_maps.abs().max())
+        assert_close_reordered(ixg_maps[j], (x * g).sum(0), scale=ixg_maps.abs().max())
 
 
+@pytest.mark.numerics
 def test_gradient_and_ixg_match_captum(setup):
     model, images, idx, cls = setup
     g_maps, _ = gradient(model, images, idx, cls)
@@ -64,10 +71,11 @@ def test_gradient_and_ixg_match_captum(setup):
     x = images[idx]
     sal = Saliency(model).attribute(x.clone().requires_grad_(), target=cls, abs=True).amax(1)
     ixg = InputXGradient(model).attribute(x.clone().requires_grad_(), target=cls).sum(1)
-    torch.testing.assert_close(g_maps, sal, atol=1e-6, rtol=0)
-    torch.testing.assert_close(ixg_maps, ixg, atol=1e-6, rtol=0)
+    assert_close_reordered(g_maps, sal)
+    assert_close_reordered(ixg_maps, ixg)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
 def test_ig_matches_captum_per_pair(setup, method):
     model, images, idx, cls = setup
@@ -75,13 +83,15 @@ def test_ig_matches_captum_per_pair(setup, method):
                                         method=method, internal_batch_size=8)
     assert maps.shape == (3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(logits, model(images), atol=1e-6, rtol=0)
+        assert_close_reordered(logits, model(images))
     for j, (i, c) in enumerate(PAIRS):
         ref = IntegratedGradients(model).attribute(
             images[i:i + 1], baselines=0.0, target=c, n_steps=16, method=method).sum(1)[0]
-        torch.testing.assert_close(maps[j], ref, atol=1e-5, rtol=0)
+        # the same path points and weights, batched otherwise: float32 rounding
+        assert_close_reordered(maps[j], ref, scale=maps.abs().max())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
 def test_ig_completeness(setup, method):
     model, images, idx, cls = setup
@@ -94,6 +104,7 @@ def test_ig_completeness(setup, method):
     torch.testing.assert_close(maps.sum(dim=(1, 2)), z - z0, atol=1e-2, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["gradient", "input_x_gradient", "ig"])
 def test_batched_equals_single_pair(setup, name):
     model, images, idx, cls = setup
@@ -101,7 +112,8 @@ def test_batched_equals_single_pair(setup, name):
     maps, _ = fn(model, images, idx, cls, None)
     for j in range(len(idx)):
         single, _ = fn(model, images, idx[j:j + 1], cls[j:j + 1], None)
-        torch.testing.assert_close(maps[j], single[0], atol=1e-6, rtol=0)
+        # another batch: other float32 kernels; the batch's largest map sets the scale
+        assert_close_reordered(maps[j], single[0], scale=maps.abs().max())
 
 
 @pytest.mark.parametrize("name", ["gradient", "input_x_gradient", "ig"])

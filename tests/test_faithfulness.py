@@ -7,6 +7,8 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from attrpreserve.attribution import EXPLAINERS
+from conftest import assert_close_reordered
+
 from attrpreserve.evaluate import (
     blur_images,
     causal_curves,
@@ -43,6 +45,7 @@ def _first_row_model(h=4, w=4):
 
 
 # --------------------------------------------------------------------------- deletion / insertion
+@pytest.mark.numerics
 def test_deletion_curve_hand_case():
     model = _first_row_model()
     images = torch.ones(1, 3, 4, 4)
@@ -60,6 +63,7 @@ def test_deletion_curve_hand_case():
     np.testing.assert_allclose(curves.numpy(), [[1, 0, 0, 0]])
 
 
+@pytest.mark.numerics
 def test_insertion_curve_hand_case_and_substrates():
     model = _first_row_model()
     images = torch.full((1, 3, 4, 4), 2.0)
@@ -70,19 +74,22 @@ def test_insertion_curve_hand_case_and_substrates():
     np.testing.assert_allclose(ins.numpy(), [[0, 2, 2, 2, 2]])
     assert insertion_auc(model, images, *one, maps, steps=4, substrate="zero",
                          score="logit").item() == pytest.approx(3.5 * 2 / 4)
-    # blur and mean of a constant image are the image: a flat insertion curve
+    # blur and mean of a constant image are the image: a flat insertion curve (up to the float32
+    # rounding of the 11 x 11 blur kernel's weighted sums, which the CPU's conv kernel orders)
     for sub in ("blur", "mean"):
         flat = causal_curves(model, images, *one, maps, "insertion", steps=4, substrate=sub,
                              score="logit")
-        np.testing.assert_allclose(flat.numpy(), 2.0, atol=1e-6)
-    # the default score is the sigmoid probability
+        assert_close_reordered(flat, torch.full_like(flat, 2.0), rel=1e-5)
+    # the default score is the sigmoid probability (the logits 2 and 0 are exact; the curve's
+    # sigmoid is taken in float64, so is the reference)
     prob = causal_curves(model, images, *one, maps, "deletion", steps=4)
-    np.testing.assert_allclose(prob.numpy(), torch.sigmoid(torch.tensor([[2.0, 0, 0, 0, 0]])),
-                               atol=1e-7)
+    ref = torch.sigmoid(torch.tensor([[2.0, 0, 0, 0, 0]], dtype=torch.float64))
+    assert_close_reordered(prob, ref)
     with pytest.raises(ValueError):
         causal_curves(model, images, *one, maps[:, :3], steps=4)
 
 
+@pytest.mark.numerics
 def test_curve_auc_matches_numpy_trapezoid():
     gen = torch.Generator().manual_seed(0)
     curves = torch.rand(5, 9, generator=gen, dtype=torch.float64)
@@ -90,6 +97,7 @@ def test_curve_auc_matches_numpy_trapezoid():
     np.testing.assert_allclose(curve_auc(curves).numpy(), ref, atol=1e-12)
 
 
+@pytest.mark.numerics
 def test_blur_matches_scipy_gaussian_filter():
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(2, 3, 20, 17, generator=gen, dtype=torch.float64)
@@ -101,6 +109,7 @@ def test_blur_matches_scipy_gaussian_filter():
             np.testing.assert_allclose(got[i, c].numpy(), ref, atol=1e-12)
 
 
+@pytest.mark.numerics
 def test_salient_region_first_beats_random_order():
     """A map that ranks the pixels the model reads first must give a lower deletion AUC and a
     higher insertion AUC than random orders (sigmoid probability, RISE substrates)."""
@@ -122,9 +131,11 @@ def test_salient_region_first_beats_random_order():
         rand = torch.rand(4, h, w, generator=torch.Generator().manual_seed(10 + seed))
         assert (d_good < deletion_auc(model, images, idx, cls, rand, **kw) - 0.05).all()
         assert (i_good > insertion_auc(model, images, idx, cls, rand, **kw) + 0.05).all()
-    # chunking (bounded memory) does not change the numbers
-    torch.testing.assert_close(deletion_auc(model, images, idx, cls, good, steps=12,
-                                            batch_size=1000), d_good, rtol=0, atol=1e-12)
+    # chunking (bounded memory) does not change the numbers, up to float32 rounding: another
+    # batch size runs the model's reductions in another order (the AUCs are float64 sums of
+    # float32 model outputs; measured 5.8e-10 on AVX-512)
+    assert_close_reordered(deletion_auc(model, images, idx, cls, good, steps=12,
+                                        batch_size=1000), d_good, rel=1e-5)
 
 
 def test_causal_curves_restores_train_mode():
@@ -180,6 +191,7 @@ def test_randomize_model_layers_and_seed():
         randomize_model(model, ["nope"])
 
 
+@pytest.mark.numerics
 def test_randomized_maps_differ_and_identity_agrees():
     model = _square_detector()
     x, squares = _square_images()

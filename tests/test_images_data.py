@@ -99,6 +99,7 @@ def test_split_subfolders_and_bad_files_are_named(tmp_path):
         build_dataset(f"images:{tmp_path / 'missing'}", "train")
 
 
+@pytest.mark.numerics
 def test_label_free_loss_has_no_task_term():
     s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
     t = torch.tensor([[1.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
@@ -132,6 +133,7 @@ def test_pseudo_labels_follow_the_model(flat):
     ds = build_dataset(f"images:{flat}", "train", size=16)
     out = labels_for(model, ["a", "b", "c", "d"])(ds)
     with torch.no_grad():
+        # (the same batch of the same images as labels_for runs: the same computation)
         top1 = model(torch.stack([ds[i][0] for i in range(len(ds))])).argmax(1)
     assert torch.equal(torch.stack([out[i][1] for i in range(len(out))]).argmax(1), top1)
     assert out.classes == ["a", "b", "c", "d"] and out.how == "teacher top-1"

@@ -10,8 +10,8 @@ from torch import nn
 
 from attrpreserve.compress import (convert_int8, int8_kernel_note, int16_safe_weight, prepare_qat,
                                    prediction_agreement)
-from attrpreserve.models import (class_probabilities, create_model, load_checkpoint,
-                                 save_checkpoint)
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import class_probabilities, create_model, save_checkpoint
 
 pytestmark = pytest.mark.numerics
 

@@ -9,7 +9,9 @@ from zennit.composites import EpsilonPlusFlat, ExcitationBackprop, LayerMapCompo
 from zennit.rules import AlphaBeta
 from zennit.types import Linear
 
-from attrpreserve.attribution import DIFFERENTIABLE, EXPLAINERS, ebp, lrp, lrp_a1b0
+from conftest import assert_close_reordered
+
+from attrpreserve.attribution import EXPLAINERS, ebp, lrp, lrp_a1b0
 from attrpreserve.models import create_model
 
 PAIRS = [(0, 0), (0, 2), (1, 1), (2, 0)]
@@ -73,11 +75,12 @@ def zennit_reference(model, images, i, c, name, use_logit):
 
 def test_registered():
     for name in ("lrp", "lrp_a1b0", "ebp"):
-        assert name in EXPLAINERS and DIFFERENTIABLE[name] is False
+        assert name in EXPLAINERS and EXPLAINERS.meta(name)["differentiable"] is False
     assert EXPLAINERS["lrp"] is lrp and EXPLAINERS["lrp_a1b0"] is lrp_a1b0
     assert EXPLAINERS["ebp"] is ebp
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method,name,use_logit", [
     (lambda *a: lrp(*a), "epsilon_plus_flat", True),
     (lambda *a: lrp(*a, composite="alpha1_beta0"), "alpha1_beta0", True),
@@ -89,10 +92,13 @@ def test_matches_zennit_gradient(pairs, method, name, use_logit):
     idx, cls = pairs
     maps, logits = method(model, images, idx, cls)
     assert maps.shape == (len(PAIRS), 16, 16) and logits.shape == (3, 3)
-    torch.testing.assert_close(logits, model(images).detach(), rtol=1e-5, atol=1e-5)
+    # BatchNorm merged into the convs vs applied after them, a batch vs one image: float32
+    # rounding in another order, at the scale of the batch's largest map (a pair's own map can be
+    # much smaller: alpha1-beta0 drops the negative part)
+    assert_close_reordered(logits, model(images).detach())
     for j, (i, c) in enumerate(PAIRS):
         ref = zennit_reference(model, images, i, c, name, use_logit)
-        torch.testing.assert_close(maps[j], ref, rtol=1e-5, atol=1e-5)
+        assert_close_reordered(maps[j], ref, scale=maps.abs().max())
 
 
 def test_lrp_a1b0_registered_equals_composite(pairs):
@@ -104,6 +110,7 @@ def test_lrp_a1b0_registered_equals_composite(pairs):
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "alpha1_beta0"])
 def test_lrp_conservation(pairs, composite):
     model = bias_free_model()
@@ -114,6 +121,7 @@ def test_lrp_conservation(pairs, composite):
     torch.testing.assert_close(maps.sum(dim=(1, 2)), injected, rtol=1e-2, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_ebp_nonnegative_and_conservative(pairs):
     model = bias_free_model()
     images = torch.rand(3, 3, 16, 16)
@@ -126,6 +134,7 @@ def test_ebp_nonnegative_and_conservative(pairs):
     assert (maps >= 0).all()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["lrp", "lrp_a1b0", "ebp"])
 def test_batched_equals_single_and_model_restored(pairs, name):
     model = bn_model()
@@ -139,7 +148,8 @@ def test_batched_equals_single_and_model_restored(pairs, name):
     for j, (i, c) in enumerate(PAIRS):
         single, _ = EXPLAINERS[name](model, images[i:i + 1], torch.tensor([0]),
                                      torch.tensor([c]))
-        torch.testing.assert_close(maps[j], single[0], rtol=0, atol=1e-6)
+        # another batch: other float32 kernels; the batch's largest map sets the scale
+        assert_close_reordered(maps[j], single[0], scale=maps.abs().max())
     # no gradients on parameters, hooks and canonizers undone
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     assert len(list(model.parameters())) == n_params
@@ -159,6 +169,7 @@ def test_empty_pairs():
     assert maps.shape == (0, 16, 16) and logits.shape == (2, 3)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["lrp", "lrp_a1b0", "ebp"])
 def test_runs_on_vgg(name):
     model = create_model("vgg", num_classes=3, width=4).eval()
@@ -166,10 +177,11 @@ def test_runs_on_vgg(name):
     before = model(images).detach()
     maps, logits = EXPLAINERS[name](model, images, torch.tensor([0, 1]), torch.tensor([2, 0]))
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
-    torch.testing.assert_close(logits, before, rtol=1e-4, atol=1e-5)
+    assert_close_reordered(logits, before)  # BatchNorm merged into the convs: float32 rounding
     assert torch.equal(model(images).detach(), before)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["lrp", "lrp_a1b0", "ebp"])
 def test_runs_on_resnet18(name):
     from torchvision.models import resnet18
@@ -178,6 +190,6 @@ def test_runs_on_resnet18(name):
     before = model(images).detach()
     maps, logits = EXPLAINERS[name](model, images, torch.tensor([0]), torch.tensor([2]))
     assert maps.shape == (1, 32, 32) and torch.isfinite(maps).all()
-    torch.testing.assert_close(logits, before, rtol=1e-4, atol=1e-4)
+    assert_close_reordered(logits, before)  # BatchNorm merged into the convs: float32 rounding
     assert torch.equal(model(images).detach(), before)
     assert all(p.grad is None for p in model.parameters())

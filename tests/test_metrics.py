@@ -62,6 +62,7 @@ def _sklearn_auc(maps, masks, valid=None):
     return np.array(out)
 
 
+@pytest.mark.numerics
 def test_roc_auc_matches_sklearn_random():
     gen = torch.Generator().manual_seed(0)
     maps = torch.randn(6, 12, 10, generator=gen)
@@ -71,6 +72,7 @@ def test_roc_auc_matches_sklearn_random():
     np.testing.assert_allclose(got.numpy(), _sklearn_auc(maps, masks), atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_roc_auc_matches_sklearn_with_ties():
     gen = torch.Generator().manual_seed(1)
     maps = torch.round(torch.rand(5, 16, 16, generator=gen) * 3)  # 4 levels: many ties
@@ -86,6 +88,7 @@ def test_roc_auc_matches_sklearn_with_ties():
     np.testing.assert_allclose(roc_auc(norm, masks).numpy(), got.numpy(), atol=1e-12)
 
 
+@pytest.mark.numerics
 def test_roc_auc_with_void_pixels():
     gen = torch.Generator().manual_seed(2)
     maps = torch.round(torch.randn(5, 10, 9, generator=gen) * 2)
@@ -204,6 +207,7 @@ def test_per_class_mean_and_center_baseline():
         assert (maps == maps.amax()).sum() == 3  # unique peak per map
 
 
+@pytest.mark.numerics
 def test_energy_pointing_game_hand_case():
     maps = torch.tensor(
         [
@@ -222,6 +226,7 @@ def test_energy_pointing_game_hand_case():
     assert energy_pointing_game(maps, masks)[2].item() == pytest.approx(0.5)
 
 
+@pytest.mark.numerics
 def test_relevance_mass_and_rank_hand_case():
     maps = torch.tensor([[[3.0, 1.0, 0.0], [-2.0, 2.0, 0.0]]])
     masks = torch.tensor([[[True, False, False], [True, True, False]]])
@@ -258,6 +263,7 @@ def test_relevance_rank_ties_void_and_degenerate():
     assert math.isnan(relevance_mass_accuracy(maps, empty).item())
 
 
+@pytest.mark.numerics
 def test_relevance_metrics_match_numpy_reference():
     gen = torch.Generator().manual_seed(11)
     maps = torch.round(torch.randn(6, 9, 8, generator=gen) * 2)  # signed, many ties
@@ -275,6 +281,7 @@ def test_relevance_metrics_match_numpy_reference():
 
 
 # --------------------------------------------------------------------------- agreement
+@pytest.mark.numerics
 def test_spearman_matches_scipy():
     gen = torch.Generator().manual_seed(5)
     a = torch.randn(5, 8, 7, generator=gen)
@@ -289,6 +296,7 @@ def test_spearman_matches_scipy():
     assert math.isnan(got[4].item())
 
 
+@pytest.mark.numerics
 def test_cosine_matches_numpy():
     gen = torch.Generator().manual_seed(6)
     a = torch.randn(3, 6, 5, generator=gen)
@@ -359,6 +367,7 @@ def test_argmax_agreement_and_center_of_mass_hand_cases():
 
 
 # --------------------------------------------------------------------------- task
+@pytest.mark.numerics
 def test_map_hand_case_and_sklearn():
     scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.7, 0.2, 0.1], [0.6, 0.4, 0.0]])
     labels = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
@@ -465,6 +474,7 @@ def _ssim_single_window(x, y, sigma=1.5, c1=0.01**2, c2=0.03**2):
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
 
 
+@pytest.mark.numerics
 def test_ssim_single_window_hand_computation():
     gen = torch.Generator().manual_seed(12)
     a = torch.rand(3, 11, 11, generator=gen, dtype=torch.float64)
@@ -481,6 +491,7 @@ def test_ssim_single_window_hand_computation():
         ssim(a[:, :10], b[:, :10])
 
 
+@pytest.mark.numerics
 def test_ssim_matches_skimage():
     metrics = pytest.importorskip("skimage.metrics")
     gen = torch.Generator().manual_seed(13)
@@ -495,6 +506,7 @@ def test_ssim_matches_skimage():
         assert got[i].item() == pytest.approx(ref, abs=1e-10)
 
 
+@pytest.mark.numerics
 def test_ssim_identity_scale_and_constant_maps():
     gen = torch.Generator().manual_seed(14)
     a = torch.randn(2, 16, 16, generator=gen)

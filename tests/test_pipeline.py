@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from attrpreserve.cli import main
-from attrpreserve.models import create_model, load_checkpoint, save_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model, save_checkpoint
 
 TINY = ["--n-train", "64", "--n-val", "32", "--batch-size", "32", "--no-progress"]
 

@@ -8,11 +8,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import assert_close_reordered
+
 from attrpreserve import cli, engine
 from attrpreserve.cli import main
 from attrpreserve.data import get_preprocess
 from attrpreserve.engine import TrainConfig, fit
-from attrpreserve.models import create_model, load_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model
 from attrpreserve.models.checkpoint import init_from_file
 from test_voc import write_voc
 
@@ -23,6 +26,7 @@ SMOKE = ["--max-steps", "2", "--no-progress"]
 SMALL_TEACHER = ["--size", "32", "--batch-size", "2", "--n-val", "2", "--width-divisor", "16"]
 
 
+@pytest.mark.numerics
 def test_torchvision_vgg16_bn_weights_initialise_the_paper_vgg16(tmp_path):
     """A torchvision vgg16_bn state dict (random weights, torchvision's keys) loads into our
     bias-free VGG16: same features output in eval mode, the 20-class head left as built."""
@@ -50,8 +54,10 @@ def test_torchvision_vgg16_bn_weights_initialise_the_paper_vgg16(tmp_path):
     assert torch.equal(ours.classifier[3].weight, head)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(ours.eval().features(x), tv.eval().features(x), atol=1e-4,
-                              rtol=1e-4)
+        # two module stacks (ours vs torchvision's) through 13 conv + BatchNorm layers: float32
+        # rounding in other orders compounds layer by layer (measured up to 4e-6 of the largest
+        # feature across kernel paths), hence 1e-4 of it
+        assert_close_reordered(ours.eval().features(x), tv.eval().features(x), rel=1e-4)
 
     small = create_model("vgg16", num_classes=20, width_divisor=8)
     with pytest.raises(ValueError, match="features.0.weight"):

@@ -18,8 +18,10 @@ from attrpreserve.compress import (PruneFinetuneStep, calibrate, compare_cost, c
 from attrpreserve.compress.quantize import int8_state, pack_bits, unpack_bits
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
-from attrpreserve.models import (LayerTap, create_model, default_layer, get_layer,
-                                 load_checkpoint, save_checkpoint)
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import LayerTap, create_model, default_layer, get_layer, save_checkpoint
+
+pytestmark = pytest.mark.numerics  # fake quant vs float, int8 kernels vs fake quant
 
 SIZE = 32
 

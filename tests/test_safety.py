@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from attrpreserve.cli import main
 from attrpreserve.data import SCENE_CLASSES
-from attrpreserve.models import create_model, load_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model
 from attrpreserve.models.checkpoint import init_from_file, load_state_dict_file
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "attrpreserve"

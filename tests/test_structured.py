@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from conftest import assert_close_reordered
+
 from attrpreserve.compress import (IMPORTANCES, PruneFinetuneStep, paper_layers, paper_rates,
                                    prune_channels, structured_prune)
 from attrpreserve.compress.structured import channel_shapes, conv_channels, n_pruned
@@ -16,7 +18,8 @@ from attrpreserve.data import build_dataset
 from attrpreserve.engine import TrainConfig
 from attrpreserve.evaluate.cost import count_macs, count_params
 from attrpreserve.matching import create_matcher
-from attrpreserve.models import create_model, load_checkpoint, save_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model, save_checkpoint
 from attrpreserve.models.layers import default_layer, get_layer
 
 
@@ -117,6 +120,7 @@ def test_every_registered_importance_prunes(importance):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("head", ["flatten", "max"])
 def test_removing_dead_channels_leaves_logits_identical(head):
     """Channels whose output is exactly zero can be removed without changing the logits only
@@ -141,7 +145,8 @@ def test_removing_dead_channels_leaves_logits_identical(head):
     with torch.no_grad():
         after = model(x)
         feats = model.classifier[:2](model.features(x))
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    # a 59-filter conv vs 64 filters (5 zero): other kernels, float32 rounding in another order
+    assert_close_reordered(after, before)
     if head == "flatten":
         hw = 2 * 2
         assert torch.equal(linear.weight.detach(), w_head[:, keep.repeat_interleave(hw)])

@@ -13,7 +13,8 @@ from attrpreserve.compress import (PruneFinetuneStep, finalize, global_magnitude
 from attrpreserve.engine import TrainConfig
 from attrpreserve.evaluate.cost import count_nonzero_params
 from attrpreserve.matching import WCAM
-from attrpreserve.models import create_model, load_checkpoint, save_checkpoint
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.models import create_model, save_checkpoint
 
 
 class TinyConv(nn.Module):

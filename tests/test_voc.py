@@ -10,7 +10,7 @@ from PIL import Image
 from attrpreserve.cli import main
 from attrpreserve.data import build_dataset
 from attrpreserve.data.masks import VOC_CLASSES
-from attrpreserve.models import load_checkpoint
+from attrpreserve.loading import load_checkpoint
 
 CAT, DOG, PERSON = (VOC_CLASSES.index(c) for c in ("cat", "dog", "person"))
 
