@@ -28,7 +28,6 @@ from .models.checkpoint import init_from_file
 from .models.pretrained import is_pretrained
 from .models.pretrained import load_model as load_any_model
 from .recipes import RECIPES, deployed, deployed_file, export, strength
-from .report import ReportImages, write_audit_report, write_report
 
 
 @dataclass
@@ -346,6 +345,8 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
     Data defaults to the reference checkpoint's (``data`` overrides it); see
     :func:`attrpreserve.evaluate.audit` for what is measured.
     """
+    from .report import write_audit_report  # here: matplotlib loads only when a page is drawn
+
     (model_a, meta), (model_b, _) = (_on(load_model(reference), device),
                                      _on(load_model(candidate), device))
     loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
@@ -646,6 +647,8 @@ def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
            title: str = "attrpreserve report") -> Path:
     """``report.html`` for an evaluation: tables, plots, curves, and heatmap grids of a few
     images of the evaluated split."""
+    from .report import ReportImages, write_report  # here: matplotlib loads only when drawn
+
     ds = results["dataset"]
     data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
                                             "n_test", "batch_size")})

@@ -152,9 +152,8 @@ AUDIT_EXPLAINER = Record({
     "agreement": Record({k: CI for k in AGREEMENT_KEYS}),
     "localization": OrNull(MapOf(DELTA)),  # null without masks
     "faithfulness": OrNull(MapOf(DELTA)),  # null unless asked for
-    # class index (str) -> pairs, agreement CIs, localisation deltas (with masks)
-    "per_class": MapOf(Record({"pairs": INT, "spearman": CI, "ssim": CI,
-                               "argmax_agree": CI, "com_shift": CI}, rest=MapOf(METRIC))),
+    # class index (str) -> pairs, agreement CIs and (other keys) localisation deltas
+    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, rest=DELTA)),
     # one row per image in loader order; delta_<metric> keys with masks
     "per_image": ListOf(Record({"index": INT, "classes": ListOf(INT), "spearman": METRIC,
                                 "ssim": METRIC, "argmax_agree": METRIC,
