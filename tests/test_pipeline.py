@@ -265,6 +265,14 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
                      "photo_star_gradcam.png", "photo_star_gradient.png"]
     pixels = np.asarray(Image.open(tmp_path / "png" / "photo_star_gradient.png").convert("L"))
     assert pixels.std() > 5  # not a blank figure
+    # two models: one PNG per method and class, each model's overlay one under the other
+    assert main(["explain", "--model", str(teacher_dir), "--model", str(teacher_dir),
+                 "--image", str(tmp_path / "photo.png"), "--class", "circle",
+                 "--out", str(tmp_path / "two")]) == 0
+    assert [p.name for p in (tmp_path / "two").glob("*.png")] == ["photo_circle_gradcam.png"]
+    sheet = np.asarray(Image.open(tmp_path / "two" / "photo_circle_gradcam.png").convert("RGB"))
+    assert sheet.shape == (640, 600, 3) and sheet.std() > 5
+    np.testing.assert_array_equal(sheet[:320], sheet[320:])  # the same model twice
     assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "nope.png"),
                  "--out", str(tmp_path / "png")]) == 2
     assert "cannot read image" in capsys.readouterr().err

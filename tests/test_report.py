@@ -13,7 +13,7 @@ from PIL import Image
 
 from attrpreserve.models import create_model, save_checkpoint
 from attrpreserve.report import (ReportImages, audit_headline, gap_closed, headline, recipe_groups,
-                                 save_overlay, write_audit_report, write_report)
+                                 save_overlay, save_overlays, write_audit_report, write_report)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = ["circle", "square", "triangle"]
@@ -222,8 +222,17 @@ def test_report_images_from_dataset_and_overlay(tmp_path):
     items = [(imgs.images[i], imgs.labels[i], imgs.masks[i]) for i in range(3)]
     picked = ReportImages.from_dataset([(items[0][0], torch.zeros(3), items[0][2])] + items, n=2)
     assert len(picked.images) == 2 and bool((picked.labels.sum(1) > 0).all())
-    out = save_overlay(imgs.images[0], torch.rand(32, 32), tmp_path / "o.png", "t")
+    amap = torch.rand(32, 32)
+    out = save_overlay(imgs.images[0], amap, tmp_path / "o.png", "t")
     assert out.is_file()
+    # stacked overlays: each row as save_overlay draws it, one under the other
+    two = save_overlays([(imgs.images[0], amap, "t"), (imgs.images[1], -amap, "u")],
+                        tmp_path / "two.png")
+    one = np.asarray(Image.open(out).convert("RGB"))
+    sheet = np.asarray(Image.open(two).convert("RGB"))
+    assert sheet.shape == (2 * one.shape[0], one.shape[1], 3)
+    np.testing.assert_array_equal(sheet[:one.shape[0]], one)
+    assert (sheet[one.shape[0]:] != one).any()
 
 
 def _chromium(*args, timeout=90):
