@@ -1,16 +1,33 @@
 """End to end on tiny settings: CLI stages, masks folder, results.json schema, config errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from attrpreserve import pipeline
 from attrpreserve.cli import main
 from attrpreserve.models import create_model, load_checkpoint, save_checkpoint
+from attrpreserve.results_schema import validate_audit, validate_results
 
 TINY = ["--n-train", "64", "--n-val", "32", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _documents_follow_the_schema(monkeypatch):
+    """Every results.json / sweep.json / audit.json these tests write follows
+    attrpreserve.results_schema (checked as written, after a JSON round trip)."""
+    write = pipeline.write_results
+
+    def checked(doc, path):
+        write(doc, path)
+        saved = json.loads(Path(path).read_text())
+        (validate_audit if Path(path).name == "audit.json" else validate_results)(saved)
+
+    monkeypatch.setattr(pipeline, "write_results", checked)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +172,6 @@ def test_unknown_config_key_names_closest(tmp_path, capsys):
 
 
 def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
-    from attrpreserve import pipeline
     cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, student_epochs=1, n_train=32, n_val=16,
                               n_test=16, matchings=("none", "wcam"))
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
@@ -281,7 +297,6 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
 def test_demo_sweeps_draw_curves(tmp_path, capsys):
     """demo(sweeps=True): naive and WCAM at every sweep strength, rows in results.json and curves
     in the report; a rerun trains nothing."""
-    from attrpreserve import pipeline
     cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, finetune_epochs=1, n_train=32,
                               n_val=16, n_test=16, matchings=("none",), recipes=("structured",),
                               sweep_strengths={"structured": (0.25, 0.5)})
