@@ -293,7 +293,8 @@ def ci_words(entry: dict, conf: float, fmt=f3) -> str:
 
 
 def audit_confidence(result: dict) -> float:
-    return num(result["settings"]["confidence"]) or 0.95
+    """The audit's bootstrap confidence level (0.95: 95% intervals)."""
+    return result["settings"]["confidence"]
 
 
 def thresholds(result: dict) -> tuple[float, float]:
