@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from attrpreserve.data import build_dataset
 from attrpreserve.evaluate import audit, evaluate_models, per_class_mean, randomize_model
 from attrpreserve.models import create_model
+from attrpreserve.results_schema import validate_audit
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def test_audit_of_a_model_against_itself_is_perfect(setup):
     res = audit(model, model, loader, explainers=("gradcam", "gradient"), n_boot=200,
                 progress=False)
     json.dumps(res, allow_nan=False)  # JSON-safe
+    validate_audit(res)
     assert res["images"] == 16 and res["localization"] is True
     assert res["task"]["decision_agreement"] == 1.0
     assert res["task"]["label_set_agreement"] == 1.0
@@ -54,6 +56,7 @@ def test_audit_of_a_model_against_itself_is_perfect(setup):
 def test_audit_against_a_randomized_copy_reports_disagreement(setup):
     model, randomized, loader = setup
     res = audit(model, randomized, loader, n_boot=200, top=5, progress=False)
+    validate_audit(res)
     rep = res["explainers"]["gradcam"]
     spearman = rep["agreement"]["spearman"]
     assert spearman["mean"] < 0.3
@@ -105,6 +108,8 @@ def test_audit_without_masks_skips_localization(setup):
                for row in rep["per_class"].values())
     no_masks = [(images, labels, None)]  # any iterable of batches works
     res2 = audit(model, randomized, no_masks, n_boot=50, progress=False)
+    validate_audit(res)
+    validate_audit(res2)
     assert res2["explainers"]["gradcam"]["agreement"] == rep["agreement"]
     json.dumps(res2, allow_nan=False)
 
@@ -142,6 +147,7 @@ def test_audit_faithfulness_opt_in(setup):
     images, labels, masks = next(iter(loader))
     small = DataLoader(TensorDataset(images[:4], labels[:4], masks[:4]), batch_size=4)
     res = audit(model, model, small, n_boot=50, faithfulness=True, progress=False)
+    validate_audit(res)
     faith = res["explainers"]["gradcam"]["faithfulness"]
     assert set(faith) == {"deletion_auc", "insertion_auc"}
     for d in faith.values():

@@ -1,17 +1,34 @@
 """End to end on tiny settings: CLI stages, masks folder, results.json schema, config errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from attrpreserve import pipeline
 from attrpreserve.cli import main
 from attrpreserve.loading import load_checkpoint
 from attrpreserve.models import create_model, save_checkpoint
+from attrpreserve.results_schema import validate_audit, validate_results
 
 TINY = ["--n-train", "64", "--n-val", "32", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _documents_follow_the_schema(monkeypatch):
+    """Every results.json / sweep.json / audit.json these tests write follows
+    attrpreserve.results_schema (checked as written, after a JSON round trip)."""
+    write = pipeline.write_results
+
+    def checked(doc, path):
+        write(doc, path)
+        saved = json.loads(Path(path).read_text())
+        (validate_audit if Path(path).name == "audit.json" else validate_results)(saved)
+
+    monkeypatch.setattr(pipeline, "write_results", checked)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +173,6 @@ def test_unknown_config_key_names_closest(tmp_path, capsys):
 
 
 def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
-    from attrpreserve import pipeline
     cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, student_epochs=1, n_train=32, n_val=16,
                               n_test=16, matchings=("none", "wcam"))
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
@@ -266,6 +282,14 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
                      "photo_star_gradcam.png", "photo_star_gradient.png"]
     pixels = np.asarray(Image.open(tmp_path / "png" / "photo_star_gradient.png").convert("L"))
     assert pixels.std() > 5  # not a blank figure
+    # two models: one PNG per method and class, each model's overlay one under the other
+    assert main(["explain", "--model", str(teacher_dir), "--model", str(teacher_dir),
+                 "--image", str(tmp_path / "photo.png"), "--class", "circle",
+                 "--out", str(tmp_path / "two")]) == 0
+    assert [p.name for p in (tmp_path / "two").glob("*.png")] == ["photo_circle_gradcam.png"]
+    sheet = np.asarray(Image.open(tmp_path / "two" / "photo_circle_gradcam.png").convert("RGB"))
+    assert sheet.shape == (640, 600, 3) and sheet.std() > 5
+    np.testing.assert_array_equal(sheet[:320], sheet[320:])  # the same model twice
     assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "nope.png"),
                  "--out", str(tmp_path / "png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
@@ -274,7 +298,6 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
 def test_demo_sweeps_draw_curves(tmp_path, capsys):
     """demo(sweeps=True): naive and WCAM at every sweep strength, rows in results.json and curves
     in the report; a rerun trains nothing."""
-    from attrpreserve import pipeline
     cfg = pipeline.DemoConfig(width=4, teacher_epochs=1, finetune_epochs=1, n_train=32,
                               n_val=16, n_test=16, matchings=("none",), recipes=("structured",),
                               sweep_strengths={"structured": (0.25, 0.5)})

@@ -13,7 +13,7 @@ from PIL import Image
 
 from attrpreserve.models import create_model, save_checkpoint
 from attrpreserve.report import (ReportImages, audit_headline, gap_closed, headline, recipe_groups,
-                                 save_overlay, write_audit_report, write_report)
+                                 save_overlay, save_overlays, write_audit_report, write_report)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = ["circle", "square", "triangle"]
@@ -29,10 +29,10 @@ WCAM_RHO_SHARE = round(100 * (0.8 - 0.2) / (1.0 - 0.2))       # 75 (teacher agre
 
 
 def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None):
-    att = {"pointing_game": pg, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2,
-           "agreement": None if rho is None else
-           {"spearman": rho, "topk_iou": 0.3, "cosine": 0.5, "argmax_agree": 0.4,
-            "com_shift": 3.0}}
+    att = {"pointing_game": pg, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2}
+    if rho is not None:  # the teacher has no agreement with itself
+        att["agreement"] = {"spearman": rho, "topk_iou": 0.3, "cosine": 0.5, "argmax_agree": 0.4,
+                            "com_shift": 3.0}
     if per_class:
         att["per_class"] = per_class
     return {"name": name, "role": "teacher" if method == "none" else "compressed",
@@ -58,7 +58,9 @@ def _results():
               for m, off in (("none", 0.0), ("wcam", 0.2))
               for s, b, pg in ((2, 40000, 0.5 + off), (4, 10000, 0.3 + off))]
     return {"runs": runs, "sweeps": sweeps,
-            "dataset": {"spec": "scenes", "split": "test", "images": 3, "classes": CLASSES},
+            "dataset": {"spec": "scenes", "size": 32, "seed": 0, "n_train": None, "n_val": None,
+                        "n_test": 3, "batch_size": 64, "split": "test", "images": 3,
+                        "classes": CLASSES},
             "seed": 0, "demo": {"width": 4, "lr": 0.002, "weight_decay": 1e-4},
             "versions": {"attrpreserve": "0.1.0", "torch": torch.__version__}}
 
@@ -220,8 +222,17 @@ def test_report_images_from_dataset_and_overlay(tmp_path):
     items = [(imgs.images[i], imgs.labels[i], imgs.masks[i]) for i in range(3)]
     picked = ReportImages.from_dataset([(items[0][0], torch.zeros(3), items[0][2])] + items, n=2)
     assert len(picked.images) == 2 and bool((picked.labels.sum(1) > 0).all())
-    out = save_overlay(imgs.images[0], torch.rand(32, 32), tmp_path / "o.png", "t")
+    amap = torch.rand(32, 32)
+    out = save_overlay(imgs.images[0], amap, tmp_path / "o.png", "t")
     assert out.is_file()
+    # stacked overlays: each row as save_overlay draws it, one under the other
+    two = save_overlays([(imgs.images[0], amap, "t"), (imgs.images[1], -amap, "u")],
+                        tmp_path / "two.png")
+    one = np.asarray(Image.open(out).convert("RGB"))
+    sheet = np.asarray(Image.open(two).convert("RGB"))
+    assert sheet.shape == (2 * one.shape[0], one.shape[1], 3)
+    np.testing.assert_array_equal(sheet[:one.shape[0]], one)
+    assert (sheet[one.shape[0]:] != one).any()
 
 
 def _chromium(*args, timeout=90):

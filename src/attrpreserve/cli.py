@@ -16,7 +16,7 @@ from . import distributed, pipeline, state
 from .data import PREPROCESS, get_preprocess
 from .engine import TrainConfig
 from .matching import MATCHERS
-from .report import audit_headline
+from .report.words import audit_headline
 
 MATCHINGS = tuple(MATCHERS)
 

@@ -28,7 +28,6 @@ from .models import create_model, save_checkpoint
 from .models.checkpoint import init_from_file
 from .models.pretrained import is_pretrained
 from .recipes import RECIPES, deployed, deployed_file, export, strength
-from .report import ReportImages, write_audit_report, write_report
 
 
 @dataclass
@@ -332,6 +331,8 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
     Data defaults to the reference checkpoint's (``data`` overrides it); see
     :func:`attrpreserve.evaluate.audit` for what is measured.
     """
+    from .report import write_audit_report  # here: matplotlib loads only when a page is drawn
+
     (model_a, meta), (model_b, _) = (_on(load_model(reference), device),
                                      _on(load_model(candidate), device))
     loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
@@ -356,13 +357,22 @@ def explain(model_dir: str | Path | list, image_path: str | Path, out: str | Pat
     ``pretrained:`` specs: each PNG then shows them one under the other, explaining the first
     model's classes. ``label`` prefixes each figure title (a model's name).
     """
-    from .attribution import EXPLAINERS, upsample
     from .report import save_overlay
 
     if isinstance(model_dir, (list, tuple)) and len(model_dir) > 1:
         return _explain_side_by_side(model_dir, image_path, out, methods, class_names)
     model_dir = model_dir[0] if isinstance(model_dir, (list, tuple)) else model_dir
-    model, meta = load_model(model_dir)
+    return [save_overlay(image, amap, Path(out) / file, title)
+            for file, (image, amap, title) in _overlays(model_dir, image_path, methods,
+                                                        class_names, label)]
+
+
+def _overlays(ref, image_path, methods, class_names, label: str = "") -> list[tuple]:
+    """What :func:`explain` draws for one model: ``(file name, (image, map, title))`` per
+    method and class."""
+    from .attribution import EXPLAINERS, upsample
+
+    model, meta = load_model(ref)
     for m in methods:
         if m not in EXPLAINERS:
             raise ValueError(f"unknown explainer {m!r}; known: {', '.join(EXPLAINERS)}")
@@ -383,15 +393,15 @@ def explain(model_dir: str | Path | list, image_path: str | Path, out: str | Pat
             (logits > 0).nonzero()[:, 0].tolist()
         classes = classes or [int(logits.argmax())]
     cls = torch.tensor(classes)
-    written = []
+    rows = []
     for m in methods:
         maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)
         maps = upsample(maps, (size, size))
         for c, amap in zip(classes, maps):
             title = f"{label}{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
-            written.append(save_overlay(x[0], amap, Path(out) / f"{Path(image_path).stem}_"
-                                        f"{_file_part(names[c])}_{m}.png", title))
-    return written
+            rows.append((f"{Path(image_path).stem}_{_file_part(names[c])}_{m}.png",
+                         (x[0], amap, title)))
+    return rows
 
 
 def _file_part(name: str) -> str:
@@ -402,9 +412,7 @@ def _file_part(name: str) -> str:
 def _explain_side_by_side(refs, image_path, out, methods, class_names) -> list[Path]:
     """One PNG per method and class: each model's overlay (``explain``'s figure) stacked,
     all explaining the first model's classes."""
-    import tempfile
-
-    from PIL import Image
+    from .report import save_overlays
 
     model, meta = load_model(refs[0])
     if not class_names:
@@ -412,24 +420,10 @@ def _explain_side_by_side(refs, image_path, out, methods, class_names) -> list[P
         with torch.no_grad():
             logits = model(x)[0]
         class_names = [meta["classes"][int(logits.argmax())]]
-    written = []
-    with tempfile.TemporaryDirectory() as tmp:
-        parts = [explain(ref, image_path, Path(tmp) / str(i), methods, class_names,
-                         label=f"{Path(ref).name.removeprefix('pretrained:')}: ")
-                 for i, ref in enumerate(refs)]
-        for column in zip(*parts):
-            images = [Image.open(p).convert("RGB") for p in column]
-            sheet = Image.new("RGB", (max(i.width for i in images),
-                                      sum(i.height for i in images)), "white")
-            top = 0
-            for img in images:
-                sheet.paste(img, (0, top))
-                top += img.height
-            path = Path(out) / column[0].name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sheet.save(path)
-            written.append(path)
-    return written
+    parts = [_overlays(ref, image_path, methods, class_names,
+                       label=f"{Path(ref).name.removeprefix('pretrained:')}: ") for ref in refs]
+    return [save_overlays([row for _, row in column], Path(out) / column[0][0])
+            for column in zip(*parts)]
 
 
 def _read_image(path, size: int) -> torch.Tensor:
@@ -632,6 +626,8 @@ def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
            title: str = "attrpreserve report") -> Path:
     """``report.html`` for an evaluation: tables, plots, curves, and heatmap grids of a few
     images of the evaluated split."""
+    from .report import ReportImages, write_report  # here: matplotlib loads only when drawn
+
     ds = results["dataset"]
     data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
                                             "n_test", "batch_size")})

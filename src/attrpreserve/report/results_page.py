@@ -1,0 +1,306 @@
+"""The results page: ``write_report(results, "report.html", checkpoints, images)``.
+
+Turns a results.json document (``pipeline.evaluate``) into one HTML file that opens offline. It
+answers, in plain sentences first, whether compression moved the explanations and how much of
+that each attribution-matched run won back, then shows the tables, plots, heatmaps, training
+curves and configuration behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..attribution import EXPLAINERS
+from ..loading import load_model
+from ..models.checkpoint import SIDECAR
+from ..results_schema import validate_results
+from . import figures
+from .html import card, cell, document, escape, kv_table, note, table, wrapped
+from .maps import ReportImages, as_images, explain_targets, maps_of
+from .words import (HEADLINE_METRICS, NO_GAP, SELF_AGREEMENT, class_name, explainers_in,
+                    f3, gap_closed, headline, matching_of, method_of, metric, naive_run, num,
+                    ordered_runs, pct, recipe_groups, reference_value, teacher_run)
+
+__all__ = ["write_report"]
+
+GAP_HEADERS = {"pointing_game": "PG", "auc": "AUC", "spearman": "Spearman"}
+QUALITY_COLUMNS = (("mAP", "mAP"), ("F1", "F1"), ("PG", "pointing_game"),
+                   ("PG15", "pointing_game_std"), ("AUC", "auc"), ("energy PG", "energy_pg"),
+                   ("Spearman", "spearman"), ("top-k IoU", "topk_iou"), ("cosine", "cosine"),
+                   ("argmax agree", "argmax_agree"))
+COST_COLUMNS = (("params", "params"), ("non-zero params", "nonzero_params"), ("MACs", "macs"),
+                ("bytes", "bytes"), ("latency ms", "latency_ms"))
+METRIC_WORDS = dict(figures.PLOT_METRICS)
+
+
+def write_report(results: dict, out_html: str | Path,
+                 checkpoints: dict[str, str | Path] | None = None,
+                 images: ReportImages | tuple | None = None,
+                 explainers: list[str] | tuple[str, ...] | None = None,
+                 title: str = "attrpreserve report", target: str = "truth") -> Path:
+    """Write a self-contained HTML report of a results.json document to ``out_html``.
+
+    Sections: headline sentences, results tables, bar charts, size sweeps (if
+    ``results["sweeps"]``), heatmap grids (if ``checkpoints`` name -> dir and ``images``, a
+    :class:`ReportImages` or an ``(images, labels, masks)`` tuple, are given), per-class
+    tables, training curves (from the checkpoints), configuration and versions.
+    ``explainers``: those to report (default: every one in the results, else Grad-CAM).
+    ``target``: heatmaps explain the ground-truth class ("truth") or the top-1 class ("top1")
+    of the first (teacher) model. A document that does not follow
+    :data:`attrpreserve.results_schema.RESULTS` raises ``SchemaError`` (a ``ValueError``).
+    """
+    if target not in ("truth", "top1"):
+        raise ValueError(f"target must be 'truth' or 'top1', got {target!r}")
+    validate_results(results)
+    checkpoints = {str(k): Path(v) for k, v in (checkpoints or {}).items()}
+    found = explainers_in(results)
+    explainers = list(explainers) if explainers else (found or ["gradcam"])
+    table_explainers = [e for e in explainers if e in found] or found
+    notes = "".join(note(str(n)) for n in results.get("notes", []))
+    sections = [("headline", "Did compression move the explanations?",
+                 _headline_html(results, table_explainers) + notes,
+                 f"Gap = teacher minus naive run; share closed = (matched - naive) / gap. "
+                 f"Agreement metrics compare with the teacher's own maps (1 = identical). A "
+                 f"naive run within {NO_GAP} of the teacher has no gap to close."),
+                ("results", "Results", _tables_html(results, table_explainers),
+                 "PG = pointing game (paper mode), PG15 = 15-px pointing game, energy PG = "
+                 "share of map energy on the object; Spearman, top-k IoU, cosine and argmax "
+                 "agreement compare each run's maps with the teacher's."),
+                ("plots", "Metrics per recipe", _plots_html(results, table_explainers),
+                 "Bars: naive (grey), AT (orange), WCAM (blue) runs of each recipe; dashed "
+                 "line: the teacher.")]
+    if results.get("sweeps"):
+        sections.append(("sweeps", "Metrics against model size", _sweeps_html(results), ""))
+    if checkpoints and images is not None:
+        sections.append(("heatmaps", "Attribution maps",
+                         _heatmaps_html(results, checkpoints, images, explainers, target), ""))
+    per_class = _per_class_html(results, table_explainers)
+    if per_class:
+        sections.append(("per-class", "Per class", per_class, ""))
+    training = _training_html(checkpoints) if checkpoints else ""
+    if training:
+        sections.append(("training", "Training curves", training,
+                         "Loss terms per epoch (left axis) and validation mAP (dashed, right "
+                         "axis); pruning runs: best validation mAP and sparsity per round."))
+    sections.append(("config", "Configuration and versions", _config_html(results), ""))
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(document(title, _subtitle(results), sections), encoding="utf-8")
+    return out_html
+
+
+def _subtitle(results: dict) -> list[str]:
+    """Data, seed and version."""
+    ds = results["dataset"]
+    return [f"data {ds['spec']} / {ds['split']}, {f3(ds['images'])} images, "
+            f"{len(ds['classes'])} classes", f"seed {results['seed']}",
+            f"attrpreserve {results['versions']['attrpreserve']}"]
+
+
+def _headline_html(results: dict, explainers: list[str]) -> str:
+    """One card per (explainer, recipe): the summary in bold, then one sentence per metric."""
+    if teacher_run(results) is None or not recipe_groups(results):
+        return "<p>No teacher and compressed runs to compare.</p>"
+    return "\n".join(card(f"{item['recipe']} ({e})", item["summary"], item["sentences"])
+                     for e in explainers or ["gradcam"] for item in headline(results, e))
+
+
+def _gap_cell(run, teacher, naive, key, explainer) -> tuple[str, str]:
+    """Text and CSS class of a run's "gap closed" cell for one metric."""
+    if run is teacher or run is naive or naive is None:
+        return ("teacher" if run is teacher else "naive" if run is naive else "–"), "tag"
+    t, n = reference_value(teacher, key, explainer), metric(naive, key, explainer)
+    s = gap_closed(t, n, metric(run, key, explainer))
+    if s is None:
+        no_gap = t is not None and n is not None and t - n <= NO_GAP
+        return ("no gap" if no_gap else "–"), "tag"
+    return pct(s), "good" if s >= 0.5 else "bad" if s < 0.1 else ""
+
+
+def _tables_html(results: dict, explainers: list[str]) -> str:
+    """Per explainer: task + attribution metrics with gap-closed columns; then one cost table."""
+    teacher = teacher_run(results)
+    naive_of = {id(r): naive_run(runs) for runs in recipe_groups(results).values() for r in runs}
+    runs = ordered_runs(results)
+    parts = []
+    for e in explainers or [None]:
+        header = ["run", "recipe", "matching"] + [h for h, _ in QUALITY_COLUMNS]
+        gap_keys = [k for k, _ in HEADLINE_METRICS]
+        header += [f"{GAP_HEADERS[k]} gap closed" for k in gap_keys]
+        rows, classes = [], []
+        for r in runs:
+            row = [r["name"], method_of(r), matching_of(r)]
+            row += [metric(r, k, e) for _, k in QUALITY_COLUMNS]
+            cls = [""] * len(row)
+            naive = naive_of.get(id(r))
+            for k in gap_keys:
+                text, c = _gap_cell(r, teacher, naive, k, e)
+                row.append(text)
+                cls.append(c)
+            rows.append(row)
+            classes.append(cls)
+        cap = (f"Task and {e} attribution metrics" if e else "Task metrics")
+        parts.append(wrapped(table(header, rows, cap, 3, classes)))
+    cost_rows = [[r["name"]] + [metric(r, k) for _, k in COST_COLUMNS]
+                 + [r["training"]["best_epoch"], r["training"]["best_val_mAP"]] for r in runs]
+    parts.append(table(["run"] + [h for h, _ in COST_COLUMNS] + ["best epoch", "best val mAP"],
+                       cost_rows, "Cost (measured side by side) and model selection"))
+    return "\n".join(parts)
+
+
+def _plots_html(results: dict, explainers: list[str]) -> str:
+    if not recipe_groups(results):
+        return "<p>No compressed runs.</p>"
+    return "\n".join(f"<h3>{escape(e)}</h3>" + figures.metric_bars(results, e)
+                     for e in explainers or ["gradcam"])
+
+
+def _sweeps_html(results: dict) -> str:
+    """Each metric against model size, one row of panels per recipe, one line per matching;
+    the numbers in a folded table."""
+    sweeps = results["sweeps"]
+    size_key = "size_bytes" if any(num(s.get("size_bytes")) for s in sweeps) else "params"
+    teacher = teacher_run(results)
+    explainer = (explainers_in(results) or ["gradcam"])[0]
+    teacher_values = {key: None if key in SELF_AGREEMENT or teacher is None
+                      else metric(teacher, key, explainer) for key, _ in figures.SWEEP_METRICS}
+    rows = [[s["recipe"], s["matching"], s["strength"], s.get(size_key)]
+            + [s.get(k) for k, _ in figures.SWEEP_METRICS] for s in sweeps]
+    numbers = table(["recipe", "matching", "strength", size_key]
+                    + [w for _, w in figures.SWEEP_METRICS], rows, numeric_from=2)
+    return (figures.sweep_curves(sweeps, size_key, teacher_values)
+            + f"<details><summary>sweep numbers</summary>{numbers}</details>")
+
+
+# --------------------------------------------------------------------------------------------
+# Heatmaps
+# --------------------------------------------------------------------------------------------
+
+def load_checkpoints(names: list[str], checkpoints: dict[str, Path]
+                     ) -> tuple[dict[str, torch.nn.Module], dict[str, dict], list[str]]:
+    """The page's one model loading: ``(models, sidecars, failures)`` of the named
+    checkpoints; one that cannot be read is listed in ``failures`` ("name: why"), not fatal."""
+    models, metas, failures = {}, {}, []
+    for name in names:
+        try:
+            models[name], metas[name] = load_model(checkpoints[name])
+        except (OSError, ValueError) as exc:  # a report should not die on one bad checkpoint
+            failures.append(f"{name}: {exc}")
+    return models, metas, failures
+
+
+def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[str],
+                   target: str) -> str:
+    """Compute each checkpoint's maps for the chosen class of each image; one grid per
+    explainer. Maps are upsampled to the input size and scaled per map for display."""
+    imgs = as_images(images)
+    order = [r["name"] for r in ordered_runs(results)]
+    names = [n for n in order if n in checkpoints] + [n for n in checkpoints if n not in order]
+    models, metas, failures = load_checkpoints(names, checkpoints)
+    class_names = list(results["dataset"]["classes"])
+    for meta in metas.values():
+        class_names = class_names or list(meta.get("classes") or [])
+    names = [n for n in names if n in models]
+    notes = "".join(note(f"Not drawn: {s}") for s in failures)
+    if not names:
+        return notes or "<p>No checkpoints to draw.</p>"
+    with torch.no_grad():
+        ref_logits = models[names[0]](imgs.images)
+    classes = explain_targets(ref_logits, imgs.labels, target)
+    size = tuple(imgs.images.shape[-2:])
+    which = ("the ground-truth class the first model (" + names[0] + ") scores highest"
+             if target == "truth" else f"the first model's ({names[0]}) top-1 class")
+    parts = [notes + f"<p class='note'>Each row explains {escape(which)} (row label), "
+             f"the same class in every column. The object of that class is outlined in white; "
+             f"p = the model's probability for the class (softmax for single-label models, "
+             f"sigmoid for multi-label ones). Maps are upsampled to "
+             f"{size[0]}x{size[1]} and scaled to their own maximum (signed maps: blue negative, "
+             f"red positive).</p>"]
+    for e in explainers:
+        if e not in EXPLAINERS:
+            parts.append(f"<p>Unknown explainer {escape(e)}: skipped.</p>")
+            continue
+        maps, probs = {}, {}
+        for name in names:
+            maps[name], probs[name] = maps_of(models[name], e, imgs.images, classes, None, size)
+        parts.append(f"<h3>{escape(e)}</h3>"
+                     + figures.heatmap_grid(imgs, names, maps, probs, classes, class_names, e))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class numbers, training curves, configuration
+# --------------------------------------------------------------------------------------------
+
+def _per_class_value(values, c: int):
+    """Class ``c`` of a per-class list or dict (JSON turns int keys into strings)."""
+    if isinstance(values, (list, tuple)):
+        return values[c] if c < len(values) else None
+    if isinstance(values, dict):
+        return values.get(str(c), values.get(c))
+    return None
+
+
+def _per_class_html(results: dict, explainers: list[str]) -> str:
+    """Rows = classes, columns = runs: task.per_class_AP, and each attribution[e].per_class
+    metric when present. Empty string when the results carry none."""
+    runs = ordered_runs(results)
+    names = list(results["dataset"]["classes"])
+    tables = []
+
+    def per_class(r, e):
+        return r["attribution"].get(e, {}).get("per_class", {})
+
+    entries = [("AP", None, lambda r: r["task"]["per_class_AP"])]
+    for e in explainers:
+        keys = []
+        for r in runs:
+            keys += [k for k in per_class(r, e) if k not in keys]
+        entries += [(k, e, (lambda r, e=e, k=k: per_class(r, e).get(k))) for k in keys]
+    for key, e, get in entries:
+        values = {r["name"]: get(r) for r in runs}
+        if not any(values.values()):
+            continue
+        k = max((len(v) for v in values.values() if v), default=0)
+        if isinstance(next(v for v in values.values() if v), dict):
+            k = 1 + max(int(c) for v in values.values() if v for c in v)
+        k = max(k, len(names))
+        rows = [[class_name(names, c)]
+                + [num(_per_class_value(v, c)) if v else None for v in values.values()]
+                for c in range(k)]
+        cap = f"per-class {METRIC_WORDS.get(key, key)}" + (f" ({e})" if e else "")
+        tables.append(wrapped(table(["class"] + list(values), rows, cap)))
+    return "\n".join(tables)
+
+
+def _training_html(checkpoints: dict) -> str:
+    """Training curves of the checkpoints whose sidecars (read without the weights; unreadable
+    ones skipped) hold epochs or pruning rounds."""
+    hist = {}
+    for name, d in checkpoints.items():
+        try:
+            hist[name] = json.loads((Path(d) / SIDECAR).read_text()).get("history") or {}
+        except (OSError, ValueError):
+            continue
+    hist = {n: h for n, h in hist.items() if h.get("epochs") or h.get("rounds")}
+    return figures.training_curves(hist) if hist else ""
+
+
+def _config_html(results: dict) -> str:
+    """Demo settings, dataset, each run's compression settings, seed and versions as tables."""
+    parts = []
+    if "demo" in results:
+        parts.append(kv_table(results["demo"], "demo settings"))
+    parts.append(kv_table(results["dataset"], "data"))
+    runs = ordered_runs(results)
+    keys = list(dict.fromkeys(k for r in runs for k in r["compression"]))
+    if keys:
+        rows = [[r["name"]] + [r["compression"].get(k) for k in keys] for r in runs]
+        parts.append(wrapped(table(["run"] + keys, rows, "compression settings", fmt=cell)))
+    parts.append(kv_table({k: results[k] for k in ("seed", "wall_seconds") if k in results},
+                          "run"))
+    parts.append(kv_table(results["versions"], "versions"))
+    return "<div class='grid'>" + "\n".join(parts) + "</div>"
