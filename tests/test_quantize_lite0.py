@@ -102,17 +102,18 @@ def test_int8_agrees_with_fake_quant_on_photos(lite0, photos, calibrated, tmp_pa
     int8 = convert_int8(calibrated)
     agree = prediction_agreement(calibrated, int8, [(photos[:6], None), (photos[6:], None)])
     # Exact integer sums on every kernel path (int16-safe weights), so int8 and fake quant differ
-    # only by requantization rounding compounding over the ~50 layers: measured within 5 output
-    # steps on 128 COCO photos at 224 px (docs/benchmarks.md), top-1 equal on these 12 here.
-    # A top-1 flip is allowed only at a near-tie: a fake-quant margin under twice that bound.
+    # only by requantization rounding compounding over the ~60 quantized layers, a few output
+    # steps: measured up to 5 (this CPU) and 11 (ATen's portable kernels) on these photos, and 5
+    # on 128 COCO photos at 224 px (docs/benchmarks.md); saturating pair sums gave 83.  A top-1
+    # flip is allowed only at a near-tie (fake-quant margin of a few steps).
     step = float(calibrated._fc.activation_post_process.scale)
     with torch.no_grad():
         fq, q = calibrated(photos), int8(photos)
-    bound = 8 * step
-    assert agree["images"] == 12 and float((fq - q).abs().max()) <= bound
+    assert agree["images"] == 12 and float((fq - q).abs().max()) <= 20 * step
     top_fq, top_q = fq.argmax(1), q.argmax(1)
-    rows = torch.arange(len(fq))
-    assert (fq[rows, top_fq] - fq[rows, top_q] <= 2 * bound).all()
+    flipped = (top_fq != top_q).nonzero().flatten()
+    assert len(flipped) <= 1
+    assert (fq[flipped, top_fq[flipped]] - fq[flipped, top_q[flipped]] <= 4 * step).all()
     with torch.no_grad():  # fake quant stays close to the float model on these photos
         same = (calibrated(photos).argmax(1) == lite0(photos).argmax(1)).float().mean()
     assert same >= 0.75
