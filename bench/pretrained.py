@@ -33,7 +33,7 @@ from attrpreserve.evaluate import mask_localization, nan_to_none
 from attrpreserve.loading import load_checkpoint, load_pretrained
 from attrpreserve.models import save_checkpoint
 from attrpreserve.models.pretrained import pretrained_meta
-from attrpreserve.pipeline import (CompressConfig, DataConfig, _finished, compress, evaluate,
+from attrpreserve.pipeline import (CompressConfig, DataConfig, compress, evaluate, is_finished,
                                    write_results)
 from attrpreserve.recipes import export, strength
 
@@ -210,7 +210,7 @@ def main() -> None:
                 cfg = CompressConfig(teacher=str(teacher), method=recipe, data=data,
                                      train=train).with_matching(matching, args.lam, args.drop)
                 cfg = replace(cfg, **strength(recipe, value, args.rounds))
-                if not _finished(out / run, cfg):
+                if not is_finished(out / run, cfg):
                     print(f"compress {run}", flush=True)
                     compress(cfg, out / run, device=device)
                 ckpts[run], points[run] = out / run, (recipe, value, matching, args.epochs)

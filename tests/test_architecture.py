@@ -156,3 +156,12 @@ def test_qat_resume_extra_is_there_with_the_driver():
             "'attrpreserve.recipes' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["True", "False"]
+
+
+def test_pipeline_configs_stages_experiments_in_order():
+    """Inside pipeline/: configs import no stage code, stages nothing from the experiments."""
+    graph = import_graph()
+    order = ["attrpreserve.pipeline.configs", "attrpreserve.pipeline.stages",
+             "attrpreserve.pipeline.experiments"]
+    wrong = [f"{m} -> {t}" for i, m in enumerate(order) for t in order[i + 1:] if t in graph[m]]
+    assert not wrong, wrong

@@ -1,0 +1,28 @@
+"""Demo, train, compress and evaluate as plain functions over config objects (the CLI's engine).
+
+Which module owns what:
+
+- :mod:`.configs`: ``DataConfig``, ``TeacherConfig``, ``CompressConfig`` and their validation;
+  the data helpers the stages share (``resolve_data``, ``labels_for``, cached datasets).
+- :mod:`.stages`: the stage runners ``train_teacher``, ``compress``, ``evaluate``, ``audit``,
+  ``explain`` (heatmap PNGs), ``versions``, ``is_finished`` (a checkpoint made with exactly a
+  config, for reuse), and results I/O: ``write_results``, ``format_table``, ``report``.
+- :mod:`.experiments`: ``DemoConfig`` with its presets ``QUICK`` / ``FULL`` and
+  ``STRENGTH_NOTE``, ``demo``, strength sweeps (``sweep``, ``sweep_rows``, ``saved_sweeps``).
+  They call the stages through the :mod:`.stages` module (patch stages there).
+
+Configs import no stage code and stages nothing from the experiments. This package re-exports
+the public names its callers use (the CLI, bench/, tests).
+"""
+
+from ..recipes import RECIPES
+from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
+from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, saved_sweeps, sweep,
+                          sweep_rows)
+from .stages import (audit, compress, evaluate, explain, format_table, is_finished, report,
+                     train_teacher, versions, write_results)
+
+__all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_for",
+           "resolve_data", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo", "saved_sweeps",
+           "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
+           "is_finished", "report", "train_teacher", "versions", "write_results"]

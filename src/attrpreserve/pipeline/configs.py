@@ -1,0 +1,192 @@
+"""Configs of the pipeline's stages and the data they load: what data and how it is split and
+batched (``DataConfig``), a teacher's training (``TeacherConfig``), a compression run
+(``CompressConfig``), with their validation and the data helpers the stages share."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import distributed
+from ..compress import IMPORTANCES
+from ..data import build_dataset, get_preprocess
+from ..data.images import Relabeled
+from ..engine import TrainConfig
+from ..matching import MATCHERS
+from ..recipes import RECIPES
+
+
+@dataclass
+class DataConfig:
+    """Which data and how it is split and batched (``spec``: ``scenes``, ``masks:PATH``,
+    ``images:FOLDER``, ``coco128:PATH``, ...)."""
+
+    spec: str = "scenes"
+    size: int = 64
+    seed: int = 0
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    batch_size: int = 64
+    preprocess: str = "none"  # named preset (data.transforms): "none" or "paper"
+    workers: int = 0  # DataLoader processes (0: the main one); not part of a run's identity
+
+    def __post_init__(self):
+        _check(isinstance(self.spec, str) and bool(self.spec),
+               "no data: a pretrained model has none of its own; give --data images:FOLDER")
+        _check(_positive_int(self.size), f"size must be a positive integer, got {self.size!r}")
+        _check(_positive_int(self.batch_size),
+               f"batch_size must be a positive integer, got {self.batch_size!r}")
+        _check(isinstance(self.seed, int) and self.seed >= 0,
+               f"data seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("n_train", "n_val", "n_test"):
+            value = getattr(self, name)
+            _check(value is None or _positive_int(value),
+                   f"{name} must be a positive integer, got {value!r}")
+        _check(isinstance(self.workers, int) and self.workers >= 0,
+               f"workers must be a non-negative integer, got {self.workers!r}")
+        get_preprocess(self.preprocess)
+
+    def loader(self, split: str, shuffle: bool = False, seed: int = 0,
+               shard: bool = False, adapt=None) -> DataLoader:
+        """Batches of ``split``; with ``shard`` under torchrun, this rank's part of each global
+        batch of ``batch_size`` (the same global batches as one process sees). ``adapt``
+        (dataset -> dataset, see :func:`labels_for`) relabels the split for a model. A
+        shuffled (training) loader applies the ``preprocess`` preset's augmentation, drawn from
+        the loader's generator (under torchrun each rank draws for its own images)."""
+        n = {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
+        ds = _dataset(self.spec, split, self.size, self.seed, n)
+        ds = adapt(ds) if adapt is not None else ds
+        gen = torch.Generator().manual_seed(seed)
+        pre = get_preprocess(self.preprocess)
+        collate = pre.collate(gen) if shuffle and pre.augments else None
+        if shard and distributed.active():
+            sampler = distributed.ShardedBatchSampler(len(ds), self.batch_size, shuffle, gen)
+            return DataLoader(ds, batch_sampler=sampler, generator=gen, collate_fn=collate,
+                              **self._workers())
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=collate, **self._workers())
+
+    def _workers(self) -> dict:
+        """Worker processes kept across epochs; each seeds torch from the loader's generator, so
+        random crops are reproducible for a given ``workers`` (not across values of it)."""
+        return {"num_workers": self.workers, "persistent_workers": self.workers > 0}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
+    """``data`` itself, or the checkpoint's data with the fields given in a dict overridden."""
+    if isinstance(data, DataConfig):
+        return data
+    return DataConfig(**{**meta["data"], **(data or {})})
+
+
+def labels_for(model: torch.nn.Module, classes: list[str], pseudo: bool = True):
+    """``adapt`` for :meth:`DataConfig.loader`: photo sets (``images:``, ``coco128:``) are
+    labeled in ``classes`` (the model's); an unlabeled one gets ``model``'s top-1 class as its
+    label when ``pseudo`` (explained pairs, top-1 agreement and validation then follow the
+    teacher). Other datasets pass through unchanged."""
+    def adapt(ds):
+        if not hasattr(ds, "with_classes"):
+            return ds
+        ds = ds.with_classes(classes)
+        if not pseudo or ds.labeled:
+            return ds
+        loader = DataLoader(ds, batch_size=32)
+        top1 = torch.cat([_predict(model, batch[0]).argmax(1) for batch in loader])
+        onehot = torch.nn.functional.one_hot(top1, len(classes)).float()
+        return Relabeled(ds, onehot, classes, how="teacher top-1")
+    return adapt
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(images.to(next(model.parameters()).device)).float().cpu()
+
+
+@functools.lru_cache(maxsize=6)
+def _dataset(spec: str, split: str, size: int, seed: int, n: int | None):
+    """Datasets are generated or read once per process (the demo reuses them for every stage)."""
+    return build_dataset(spec, split, size=size, seed=seed, n=n)
+
+
+@dataclass
+class TeacherConfig:
+    """Train a teacher from scratch."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "vgg"
+    width: int = 16
+    dropout: float = 0.0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+    init: str | None = None  # initial weights: a .safetensors / .pt / .pth state dict file
+    width_divisor: float = 1.0  # every width / R (vgg16: the paper's students; smoke tests)
+
+    def __post_init__(self):
+        _check(_positive_int(self.width), f"width must be a positive integer, got {self.width!r}")
+        _check(self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}")
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class CompressConfig:
+    """Compress a teacher checkpoint; ``matching`` adds ``lam`` x attribution matching."""
+
+    teacher: str = ""
+    method: str = "kd"
+    width_divisor: float = 4.0
+    matching: str = "wcam"
+    drop: float = 0.3
+    lam: float = 100.0
+    target: str = "top1"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    layer: str | None = None
+    rounds: int = 3  # unstructured: pruning rounds (the paper: 16); structured: see below
+    per_round: float = 0.2  # unstructured: fraction of the remaining conv weights pruned per round
+    rate: float = 0.5  # structured: fraction of filters removed from each pruned conv
+    prune_layers: str = "all"  # structured: "all" convs or the paper's "paper" preset
+    importance: str = "l1"  # structured: filter ranking (L1 norm, Li et al.)
+    structured_rounds: int = 1  # structured: 1 = one-shot (paper); more = iterative
+    bits: int = 8  # quantization: weight bits (activations 8-bit)
+    data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+
+    def __post_init__(self):
+        checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
+                  (0 <= self.per_round < 1, f"per_round must be in [0, 1), got {self.per_round}"),
+                  (self.rounds >= 1, f"rounds must be positive, got {self.rounds}"),
+                  (0 <= self.rate < 1, f"rate must be in [0, 1), got {self.rate}"),
+                  (self.structured_rounds >= 1,
+                   f"structured_rounds must be positive, got {self.structured_rounds}"),
+                  (2 <= self.bits <= 8, f"bits must be in [2, 8], got {self.bits}"),
+                  (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
+                  (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
+                  (self.prune_layers in ("all", "paper"),
+                   f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}"),
+                  (self.target in ("top1", "labels"),
+                   f"target must be 'top1' or 'labels', got {self.target!r}"),
+                  (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+                  (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
+        RECIPES.check(self.method)
+        MATCHERS.check(self.matching)
+        IMPORTANCES.check(self.importance)
+        for ok, message in checks:
+            _check(ok, message)
+
+    def with_matching(self, matching: str, lam: float, drop: float) -> CompressConfig:
+        """This run with ``matching``: naive runs get lambda 0, and only WCAM drops channels."""
+        return replace(self, matching=matching, lam=lam if matching != "none" else 0.0,
+                       drop=drop if matching == "wcam" else 0.0)

@@ -1,0 +1,340 @@
+"""The pipeline's stages as plain functions over config objects: train a teacher, compress it,
+evaluate, audit, explain images to PNG; whether a stage already ran (``is_finished``), and the
+results I/O (results.json, the text table, report.html)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import platform
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__, distributed, state
+from ..data import get_preprocess
+from ..engine import fit
+from ..evaluate import audit as run_audit
+from ..evaluate import evaluate_models, model_cost, nan_to_none
+from ..loading import load_model
+from ..matching import create_matcher
+from ..models import create_model, save_checkpoint
+from ..models.checkpoint import init_from_file
+from ..models.pretrained import is_pretrained
+from ..recipes import RECIPES, deployed, deployed_file, export
+from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
+                  checkpoint_every: int | None = None, device: str = "cpu"):
+    """Train a teacher, select it on the val split, save it to ``out``; returns (model, meta).
+
+    Training state is snapshotted to ``out/.state`` (``checkpoint_every`` steps, else every
+    epoch); ``resume`` continues from it. Under torchrun, rank 0 alone writes.
+    """
+    torch.manual_seed(cfg.train.seed)
+    train_dl = cfg.data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True)
+    val_dl = cfg.data.loader("val")
+    classes = train_dl.dataset.classes
+    kwargs = {"num_classes": len(classes), "input_size": cfg.data.size, "dropout": cfg.dropout}
+    if cfg.model == "vgg":
+        kwargs["width"] = cfg.width
+    if cfg.width_divisor != 1.0:
+        kwargs["width_divisor"] = cfg.width_divisor
+    pre = get_preprocess(cfg.data.preprocess)
+    if pre.mean is not None:  # the preset's normalisation lives in the model (data.transforms)
+        kwargs["input_norm"] = [list(pre.mean), list(pre.std)]
+    model = create_model(cfg.model, **kwargs)
+    if cfg.init:
+        init_from_file(model, cfg.init)
+    model.to(distributed.device_for(device))
+    with state.session(out, _run_config("train", cfg), resume=resume, every=checkpoint_every):
+        history = fit(model, train_dl, val_dl, cfg=cfg.train, desc="teacher")
+        meta = {"role": "teacher", "classes": classes, "config": asdict(cfg),
+                "data": asdict(cfg.data), "compression": {"method": "none", "matching": "none"},
+                "history": history.to_dict(), "datasets": _describe(train=train_dl, val=val_dl)}
+        if distributed.is_main():
+            save_checkpoint(out, model, meta)
+    return model, meta
+
+
+def _describe(**loaders) -> dict:
+    """What each split holds (counts, absent classes, skipped images), by split name."""
+    return {split: dl.dataset.describe() for split, dl in loaders.items()
+            if hasattr(dl.dataset, "describe")}
+
+
+def _run_config(command: str, cfg) -> dict:
+    """What identifies a run for ``--resume`` (progress bars and loader workers excluded)."""
+    return {"command": command, "config": _settings(asdict(cfg))}
+
+
+def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
+             checkpoint_every: int | None = None, device: str = "cpu"):
+    """Compress the teacher at ``cfg.teacher`` with the recipe ``cfg.method``; save to ``out``.
+
+    Resumable and distributed like :func:`train_teacher` (pruning rounds and masks, structured
+    shapes and QAT state are all part of the snapshot).
+    """
+    RECIPES.check(cfg.method)
+    teacher, t_meta = load_model(cfg.teacher)
+    teacher.to(distributed.device_for(device))
+    data = resolve_data(cfg.data, t_meta)
+    torch.manual_seed(cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
+    classes = t_meta["classes"]
+    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
+                           adapt=labels_for(teacher, classes, pseudo=False))
+    val_dl = data.loader("val", adapt=labels_for(teacher, classes))
+    with state.session(out, _run_config("compress", cfg), resume=resume, every=checkpoint_every,
+                       generators={"matching": gen}):
+        student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
+        settings = {"method": cfg.method, "matching": cfg.matching,
+                    "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop,
+                    "target": cfg.target, **extra}
+        meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
+                "config": asdict(cfg), "data": asdict(data), "compression": settings,
+                "history": history}
+        if distributed.is_main():
+            save_checkpoint(out, student, meta)
+            export(student, out)
+    return student, meta
+
+
+def _on(loaded: tuple, device: str) -> tuple:
+    """``(model, meta)`` with the model moved to ``device``."""
+    return loaded[0].to(device), loaded[1]
+
+
+def evaluate(models: dict[str, str | Path], teacher: str | None,
+             data: DataConfig | dict | None = None,
+             split: str = "test", explainers=("gradcam",), seed: int = 0,
+             progress: bool = True, device: str = "cpu") -> dict:
+    """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
+
+    Predictions and explanations run on ``device``; size and latency are measured on the CPU
+    (the deployment target). Returns the results.json document (see docs/design contract).
+    """
+    loaded = {name: _on(load_model(path), device) for name, path in models.items()}
+    first_model, first_meta = loaded[teacher or next(iter(loaded))]
+    data = resolve_data(data, first_meta)
+    loader = data.loader(split, adapt=labels_for(first_model, first_meta["classes"]))
+    nets = {n: m for n, (m, _) in loaded.items()}
+    scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
+                             progress=progress)
+    nets = {n: m.cpu() for n, m in nets.items()}
+    costs = model_cost(nets, (1, 3, data.size, data.size),
+                       checkpoints={n: deployed_file(p) for n, p in models.items()
+                                    if not is_pretrained(p)},
+                       deployed={n: deployed(m) for n, m in nets.items()})
+    runs = []
+    for name, (_, meta) in loaded.items():
+        runs.append({"name": name, "role": "teacher" if name == teacher else meta.get("role"),
+                     "checkpoint": str(models[name]), "compression": meta["compression"],
+                     "cost": costs[name], **scores[name],
+                     "training": {"best_epoch": meta["history"]["best_epoch"],
+                                  "best_val_mAP": meta["history"]["best_val_mAP"]}})
+    return nan_to_none({"runs": runs, "dataset": {**asdict(data), "split": split,
+                                                  "images": len(loader.dataset),
+                                                  "labels": getattr(loader.dataset, "how",
+                                                                    "dataset"),
+                                                  "classes": first_meta["classes"]},
+                        "seed": seed, "versions": versions()})
+
+
+def audit(reference: str | Path, candidate: str | Path, out: str | Path,
+          data: DataConfig | dict | None = None, split: str = "test",
+          explainers=("gradcam",), n_boot: int = 1000, top: int = 12, seed: int = 0,
+          faithfulness: bool = False, progress: bool = True, device: str = "cpu") -> dict:
+    """How far ``candidate``'s explanations moved from ``reference``'s: OUT/audit.json + .html.
+
+    Data defaults to the reference checkpoint's (``data`` overrides it); see
+    :func:`attrpreserve.evaluate.audit` for what is measured.
+    """
+    from ..report import write_audit_report  # here: matplotlib loads only when a page is drawn
+
+    (model_a, meta), (model_b, _) = (_on(load_model(reference), device),
+                                     _on(load_model(candidate), device))
+    loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
+    result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
+                       top=top, progress=progress, faithfulness=faithfulness)
+    result.update(reference=str(reference), candidate=str(candidate), split=split,
+                  versions=versions())
+    out = Path(out)
+    write_results(result, out / "audit.json")
+    names = (f"{Path(reference).name} (reference)", f"{Path(candidate).name} (candidate)")
+    write_audit_report(result, out / "audit.html", model_a, model_b, loader.dataset, names)
+    return result
+
+
+def explain(model_dir: str | Path | list, image_path: str | Path, out: str | Path,
+            methods=("gradcam",), class_names: list[str] | None = None,
+            label: str = "") -> list[Path]:
+    """Heatmap overlays (one PNG per method and class) of a checkpoint on one image file.
+
+    Classes: the named ones, else every class the model predicts (logit > 0; a softmax
+    classifier's top-1), else its top-1. ``model_dir`` may be a list of checkpoints /
+    ``pretrained:`` specs: each PNG then shows them one under the other, explaining the first
+    model's classes. ``label`` prefixes each figure title (a model's name).
+    """
+    from ..report import save_overlay
+
+    if isinstance(model_dir, (list, tuple)) and len(model_dir) > 1:
+        return _explain_side_by_side(model_dir, image_path, out, methods, class_names)
+    model_dir = model_dir[0] if isinstance(model_dir, (list, tuple)) else model_dir
+    return [save_overlay(image, amap, Path(out) / file, title)
+            for file, (image, amap, title) in _overlays(model_dir, image_path, methods,
+                                                        class_names, label)]
+
+
+def _overlays(ref, image_path, methods, class_names, label: str = "") -> list[tuple]:
+    """What :func:`explain` draws for one model: ``(file name, (image, map, title))`` per
+    method and class."""
+    from ..attribution import EXPLAINERS, upsample
+
+    model, meta = load_model(ref)
+    for m in methods:
+        if m not in EXPLAINERS:
+            raise ValueError(f"unknown explainer {m!r}; known: {', '.join(EXPLAINERS)}")
+    size = meta["data"]["size"]
+    x = _read_image(image_path, size)
+    names = meta["classes"]
+    if class_names:
+        unknown = [c for c in class_names if c not in names]
+        if unknown:
+            known = names if len(names) <= 50 else difflib.get_close_matches(unknown[0], names)
+            raise ValueError(f"unknown class {unknown[0]!r}; "
+                             f"{'classes' if len(names) <= 50 else 'close'}: {', '.join(known)}")
+        classes = [names.index(c) for c in class_names]
+    else:
+        with torch.no_grad():
+            logits = model(x)[0]
+        classes = [] if getattr(model, "single_label", False) else \
+            (logits > 0).nonzero()[:, 0].tolist()
+        classes = classes or [int(logits.argmax())]
+    cls = torch.tensor(classes)
+    rows = []
+    for m in methods:
+        maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)
+        maps = upsample(maps, (size, size))
+        for c, amap in zip(classes, maps):
+            title = f"{label}{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
+            rows.append((f"{Path(image_path).stem}_{_file_part(names[c])}_{m}.png",
+                         (x[0], amap, title)))
+    return rows
+
+
+def _file_part(name: str) -> str:
+    """A class name usable in a file name (ImageNet's have spaces, commas, apostrophes)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "class"
+
+
+def _explain_side_by_side(refs, image_path, out, methods, class_names) -> list[Path]:
+    """One PNG per method and class: each model's overlay (``explain``'s figure) stacked,
+    all explaining the first model's classes."""
+    from ..report import save_overlays
+
+    model, meta = load_model(refs[0])
+    if not class_names:
+        x = _read_image(image_path, meta["data"]["size"])
+        with torch.no_grad():
+            logits = model(x)[0]
+        class_names = [meta["classes"][int(logits.argmax())]]
+    parts = [_overlays(ref, image_path, methods, class_names,
+                       label=f"{Path(ref).name.removeprefix('pretrained:')}: ") for ref in refs]
+    return [save_overlays([row for _, row in column], Path(out) / column[0][0])
+            for column in zip(*parts)]
+
+
+def _read_image(path, size: int) -> torch.Tensor:
+    """1 x 3 x size x size in [0, 1] (resized, aspect not kept); ``ValueError`` if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None] / 255.0
+
+
+def versions() -> dict:
+    import captum
+    import torchvision
+    return {"attrpreserve": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "captum": captum.__version__,
+            "python": platform.python_version()}
+
+
+def is_finished(directory: str | Path, cfg) -> bool:
+    """True if ``directory`` holds a checkpoint trained with exactly ``cfg`` (the settings that
+    change its result), so a rerun can reuse it (demo, sweeps, benchmarks)."""
+    directory = Path(directory)
+    side = directory / "model.json"
+    if not side.is_file() or not (directory / "model.safetensors").is_file():
+        return False
+    saved = json.loads(side.read_text()).get("config", {})
+    wanted = json.loads(json.dumps(asdict(cfg), default=str))
+    return _settings(saved) == _settings(wanted)
+
+
+def _settings(config: dict) -> dict:
+    """A stage's config without what does not change its result (progress bars, workers)."""
+    return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k not in ("progress", "workers")}
+
+
+def write_results(results: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
+def format_table(results: dict, explainer: str = "gradcam") -> str:
+    """Plain-text results table: one row per run. ``top1``: share of images whose top-scored
+    class is one of their labels (top-1 accuracy; on unlabeled photos, agreement with the
+    teacher's top-1), when the results have it."""
+    top1 = any("top1" in r["task"] for r in results["runs"])
+    cols = ["run", "mAP", "F1", *(["top1"] if top1 else []), "PG", "PG15", "AUC", "rho", "topk",
+            "cos", "params", "MMACs", "ms"]
+    rows = [cols]
+    for r in results["runs"]:
+        a = r["attribution"].get(explainer, {})
+        g = a.get("agreement", {})
+        rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"],
+                     *([r["task"].get("top1")] if top1 else []), a.get("pointing_game"),
+                     a.get("pointing_game_std"), a.get("auc"), g.get("spearman"),
+                     g.get("topk_iou"), g.get("cosine"), r["cost"]["params"],
+                     r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
+    text = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                               enumerate(zip(row, widths))) for row in text)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
+           title: str = "attrpreserve report") -> Path:
+    """``report.html`` for an evaluation: tables, plots, curves, and heatmap grids of a few
+    images of the evaluated split."""
+    from ..report import ReportImages, write_report  # here: matplotlib loads only when drawn
+
+    ds = results["dataset"]
+    data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
+                                            "n_test", "batch_size")})
+    dataset = data.loader(ds["split"]).dataset
+    if hasattr(dataset, "with_classes") and checkpoints:  # photos: labeled as evaluated
+        model, meta = load_model(next(iter(checkpoints.values())))
+        dataset = labels_for(model, meta["classes"])(dataset)
+    images = ReportImages.from_dataset(dataset)
+    return write_report(results, path, checkpoints, images, title=title)
