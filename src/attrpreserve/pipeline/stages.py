@@ -117,7 +117,7 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
     """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
 
     Predictions and explanations run on ``device``; size and latency are measured on the CPU
-    (the deployment target). Returns the results.json document (see docs/design contract).
+    (the deployment target). Returns the results.json document (``results_schema.RESULTS``).
     """
     loaded = {name: _on(load_model(path), device) for name, path in models.items()}
     first_model, first_meta = loaded[teacher or next(iter(loaded))]
