@@ -343,6 +343,11 @@ class _FixedRangeFakeQuantize(tq.FixedQParamsFakeQuantize):
         self.scale, self.zero_point = self.scale.clone(), self.zero_point.clone()
 
 
+def _act_levels_bits(act_bits: int, reduce_range: bool) -> int:
+    """The activation width actually used: ``reduce_range`` keeps 7 bits at most."""
+    return min(act_bits, 7) if reduce_range else act_bits
+
+
 def int16_safe_weight(act_bits: int) -> int:
     """The largest weight level whose u8 x s8 pair sums fit in int16 for ``act_bits``-bit
     activations (``vpmaddubsw``, module docstring): 64 for 8 bits, 129 (no cap) for 7."""
@@ -363,7 +368,7 @@ def _qconfig(bits: int, act_bits: int, reduce_range: bool, narrow_weights: bool 
     way.  ``int16_safe``: weight levels within ``[-cap, cap]``, ``cap =
     int16_safe_weight(act_bits)`` (symmetric, so the largest weight lands on a level too).
     """
-    act_bits = min(act_bits, 7) if reduce_range else act_bits
+    act_bits = _act_levels_bits(act_bits, reduce_range)
     top = 2 ** (bits - 1) - 1
     low = -top if narrow_weights else -top - 1
     cap = int16_safe_weight(act_bits)
@@ -701,8 +706,7 @@ def int8_kernel_note(qat_model: QATModel, top1_agreement: float | None = None,
     cpu = cpu or int8_cpu()
     options = next((s for s in reversed(getattr(qat_model, "spec", {}).get("rebuild", []))
                     if s.get("step") == "qat"), {})
-    act_bits = min(options.get("act_bits", 8), 7) if options.get("reduce_range") else \
-        options.get("act_bits", 8)
+    act_bits = _act_levels_bits(options.get("act_bits", 8), options.get("reduce_range", False))
     wide = (not options.get("int16_safe", False)
             and 2 ** (options.get("bits", 8) - 1) - 1 >= int16_safe_weight(act_bits))
     no_vnni = cpu["vnni"] is False or (cpu["onednn_max_cpu_isa"] or "").upper() in (
