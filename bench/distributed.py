@@ -30,7 +30,7 @@ def compress_cfg(args, teacher: Path) -> pipeline.CompressConfig:
     train = TrainConfig(epochs=args.epochs, lr=0.005, optimizer="adamw", augment=True,
                         progress=False)
     return pipeline.CompressConfig(teacher=str(teacher), method="kd", matching="wcam",
-                                   width_divisor=4, lam=100.0, train=train)
+                                   options={"width_divisor": 4}, lam=100.0, train=train)
 
 
 def worker(args) -> None:

@@ -19,7 +19,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from attrpreserve.compress import DistillStep, multilabel_kd_loss
+from attrpreserve.recipes import DistillStep, multilabel_kd_loss
 from attrpreserve.matching import WCAM, normalized_distance
 from attrpreserve.models import create_model, get_layer
 

@@ -22,7 +22,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from attrpreserve.compress import finalize, global_magnitude_prune, prepare_qat, prune_channels
@@ -35,7 +35,7 @@ from attrpreserve.models import save_checkpoint
 from attrpreserve.models.pretrained import pretrained_meta
 from attrpreserve.pipeline import (CompressConfig, DataConfig, compress, evaluate, is_finished,
                                    write_results)
-from attrpreserve.recipes import export, strength
+from attrpreserve.recipes import export
 
 TEACHER = "pretrained:efficientnet-lite0"
 DEFAULT_STRENGTHS = {"unstructured": [0.1, 0.3, 0.5], "structured": [0.1, 0.3],
@@ -209,7 +209,7 @@ def main() -> None:
                 run = f"{name}+{matching}"
                 cfg = CompressConfig(teacher=str(teacher), method=recipe, data=data,
                                      train=train).with_matching(matching, args.lam, args.drop)
-                cfg = replace(cfg, **strength(recipe, value, args.rounds))
+                cfg = cfg.with_strength(value, args.rounds)
                 if not is_finished(out / run, cfg):
                     print(f"compress {run}", flush=True)
                     compress(cfg, out / run, device=device)

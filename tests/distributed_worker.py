@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from attrpreserve import distributed
-from attrpreserve.compress import DistillStep
+from attrpreserve.recipes import DistillStep
 from attrpreserve.engine import TrainConfig, fit
 from attrpreserve.matching import create_matcher
 from attrpreserve.loading import load_checkpoint

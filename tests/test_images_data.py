@@ -13,7 +13,7 @@ from attrpreserve.data import build_dataset
 from attrpreserve.data.images import ImageSet, held_out, resolve_class
 from attrpreserve.engine import TrainConfig, fit
 from attrpreserve.pipeline import DataConfig, labels_for
-from attrpreserve.compress import softmax_kd_loss
+from attrpreserve.recipes import softmax_kd_loss
 
 
 def _photo(path, seed, size=(40, 30)):

@@ -7,7 +7,7 @@ from torch import nn
 from conftest import assert_close_reordered
 
 from attrpreserve.attribution import gradcam, pair_gradcam
-from attrpreserve.compress import DistillStep, multilabel_kd_loss
+from attrpreserve.recipes import DistillStep, multilabel_kd_loss
 from attrpreserve.matching import (WCAM, AttentionTransfer, AttributionMatcher, drop_mask,
                                    normalized_distance)
 from attrpreserve.models import LayerTap, create_model

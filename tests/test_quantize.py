@@ -11,14 +11,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from attrpreserve.attribution import gradcam
-from attrpreserve.compress import (PruneFinetuneStep, calibrate, compare_cost, convert_int8,
-                                   export_int8, freeze_qat, global_magnitude_prune, int8_bytes,
-                                   is_qat, prediction_agreement, prepare_qat,
-                                   quantization_aware_train, read_int8_state)
+from attrpreserve.compress import (calibrate, compare_cost, convert_int8, export_int8, freeze_qat,
+                                   global_magnitude_prune, int8_bytes, is_qat,
+                                   prediction_agreement, prepare_qat, read_int8_state)
 from attrpreserve.compress.quantize import int8_state, pack_bits, unpack_bits
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
 from attrpreserve.loading import load_checkpoint
+from attrpreserve.recipes import (FineTuning, LabelStep, Loaders, fine_tuning_step,
+                                  quantization_aware_train)
 from attrpreserve.models import LayerTap, create_model, default_layer, get_layer, save_checkpoint
 
 pytestmark = pytest.mark.numerics  # fake quant vs float, int8 kernels vs fake quant
@@ -133,7 +134,7 @@ def test_gradcam_and_wcam_run_on_fake_quant_model_and_reach_weights(trained):
 def test_qat_training_lowers_the_loss(trained):
     teacher = trained()
     qat = prepare_qat(teacher, calibration=_images()).train()
-    step = PruneFinetuneStep(teacher, WCAM(drop=0.0), lam=10.0)
+    step = LabelStep(teacher, WCAM(drop=0.0), lam=10.0)
     opt = torch.optim.SGD(qat.parameters(), lr=0.01, momentum=0.9)
     x, y = _images(8), _labels(8)
     losses = []
@@ -148,13 +149,14 @@ def test_qat_training_lowers_the_loss(trained):
     assert sum(losses[-2:]) < sum(losses[:2])
 
 
-@pytest.mark.parametrize("task", ["bce", "kd"])
-def test_quantization_aware_train_driver(task, trained):
+@pytest.mark.parametrize("distils", [False, True])
+def test_quantization_aware_train_driver(distils, trained):
     teacher = trained()
     data = DataLoader(TensorDataset(_images(16), _labels(16)), batch_size=8)
     cfg = TrainConfig(epochs=2, lr=0.01, schedule="constant", progress=False)
-    qat, hist = quantization_aware_train(teacher, teacher, data, data, finetune_cfg=cfg,
-                                         matching=WCAM(), lam=10.0, task=task, freeze_after=0.5)
+    step = fine_tuning_step(teacher, WCAM(), 10.0, distils=distils)
+    qat, hist = quantization_aware_train(teacher, Loaders(data, data), FineTuning(step, cfg),
+                                         freeze_after=0.5)
     assert is_qat(qat) and not is_qat(teacher)
     assert len(hist["epochs"]) == 2 and hist["bits"] == 8 and hist["frozen_at_step"] == 2
     assert hist["epochs"][-1]["loss"] < hist["epochs"][0]["loss"]

@@ -20,12 +20,12 @@ from conftest import assert_close_reordered
 from attrpreserve.attribution import gradcam
 from attrpreserve.cli import main
 from attrpreserve.compress import (calibrate, compare_cost, convert_int8, export_int8, freeze_qat,
-                                   int8_bytes, is_qat, prediction_agreement, prepare_qat,
-                                   quantization_aware_train)
+                                   int8_bytes, is_qat, prediction_agreement, prepare_qat)
 from attrpreserve.compress.quantize import _lite_surgery
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
 from attrpreserve.loading import load_checkpoint, load_pretrained
+from attrpreserve.recipes import FineTuning, Loaders, quantization_aware_train
 from attrpreserve.models import create_model, default_layer, get_layer, save_checkpoint
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -188,8 +188,8 @@ def test_quantization_aware_train_driver(lite0, photos):
         loss = -(target * model(images).log_softmax(1)).sum(1).mean()
         return loss, {"kd": loss.detach()}
 
-    qat, hist = quantization_aware_train(lite0, lite0, data, None, finetune_cfg=cfg,
-                                         calibration_batches=1, freeze_after=0.5, step=step)
+    qat, hist = quantization_aware_train(lite0, Loaders(data, None), FineTuning(step, cfg),
+                                         calibration_batches=1, freeze_after=0.5)
     assert is_qat(qat) and hist["backend"] == "onednn" and hist["frozen_at_step"] == 1
     assert qat.qat_frozen and qat._conv_stem.conv.freeze_bn
     calibrate(qat, photos[:2])  # explicit calibration still works on a frozen model

@@ -3,7 +3,7 @@
 import torch
 import torchvision
 
-from attrpreserve.compress import multilabel_kd_loss
+from attrpreserve.recipes import multilabel_kd_loss
 from attrpreserve.engine import TrainConfig, augment_batch
 from attrpreserve.matching import WCAM, AttributionMatcher
 

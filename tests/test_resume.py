@@ -65,9 +65,11 @@ def compress(teacher, out, method, every, monkeypatch=None, stop_after=None, res
                 raise Stop
 
         monkeypatch.setattr(state.Session, "save", dying_save)
+    matching = kw.pop("matching", "wcam")
     cfg = pipeline.CompressConfig(
-        teacher=str(teacher), method=method, width_divisor=2, lam=10,
-        train=TrainConfig(epochs=2, lr=0.01, augment=True, progress=False), **kw)
+        teacher=str(teacher), method=method, matching=matching, lam=10,
+        options={"width_divisor": 2, **kw} if method == "kd" else kw,
+        train=TrainConfig(epochs=2, lr=0.01, augment=True, progress=False))
     try:
         pipeline.compress(cfg, out, resume=resume, checkpoint_every=every)
     except Stop:
@@ -82,7 +84,7 @@ def compress(teacher, out, method, every, monkeypatch=None, stop_after=None, res
 CASES = [("kd", {"matching": "wcam"}, 2, (1,)),
          ("kd", {"matching": "at"}, None, (1,)),
          ("unstructured", {"rounds": 2}, 2, (4, 5)),
-         ("structured", {"structured_rounds": 2}, None, (3,)),
+         ("structured", {"rounds": 2}, None, (3,)),
          ("quantization", {"bits": 4}, 1, (5,))]
 
 

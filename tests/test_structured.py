@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader
 
 from conftest import assert_close_reordered
 
-from attrpreserve.compress import (IMPORTANCES, PruneFinetuneStep, paper_layers, paper_rates,
-                                   prune_channels, structured_prune)
+from attrpreserve.compress import IMPORTANCES, paper_layers, paper_rates, prune_channels
 from attrpreserve.compress.structured import channel_shapes, conv_channels, n_pruned
 from attrpreserve.data import build_dataset
 from attrpreserve.engine import TrainConfig
@@ -21,6 +20,7 @@ from attrpreserve.matching import create_matcher
 from attrpreserve.loading import load_checkpoint
 from attrpreserve.models import create_model, save_checkpoint
 from attrpreserve.models.layers import default_layer, get_layer
+from attrpreserve.recipes import FineTuning, LabelStep, Loaders, structured_prune
 
 
 @pytest.fixture(autouse=True)
@@ -171,7 +171,7 @@ def test_pruned_models_train_and_match_the_unpruned_teacher(key):
     out.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
     student.zero_grad()
-    step = PruneFinetuneStep(teacher, create_matcher("wcam", drop=0.3), lam=100.0)
+    step = LabelStep(teacher, create_matcher("wcam", drop=0.3), lam=100.0)
     loss, terms = step(student, x, labels)
     assert torch.isfinite(loss) and float(terms["match"]) > 0
     loss.backward()
@@ -266,8 +266,9 @@ def test_iterative_schedule_finetunes_with_wcam():
     student = copy.deepcopy(teacher)
     base = conv_channels(student)
     cfg = TrainConfig(epochs=1, lr=0.01, progress=False)
-    records = structured_prune(student, teacher, train, val, 0.5, rounds=2, finetune_cfg=cfg,
-                               matching=create_matcher("wcam", drop=0.3), lam=100.0)
+    step = LabelStep(teacher, create_matcher("wcam", drop=0.3), lam=100.0)
+    records = structured_prune(student, Loaders(train, val), FineTuning(step, cfg), 0.5,
+                               rounds=2)
     assert [r["round"] for r in records] == [1, 2]
     assert [r["target"] for r in records] == [0.5, 1.0]
     assert records[0]["params"] > records[1]["params"]
@@ -279,4 +280,4 @@ def test_iterative_schedule_finetunes_with_wcam():
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, t_state[k]), k
     with pytest.raises(ValueError, match="separate"):
-        structured_prune(student, student, train, val, 0.5)
+        structured_prune(student, Loaders(train, val), FineTuning(LabelStep(student), cfg), 0.5)

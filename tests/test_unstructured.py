@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from attrpreserve.compress import (PruneFinetuneStep, finalize, global_magnitude_prune, prunable,
-                                   schedule, sparsity, unstructured_prune)
+from attrpreserve.compress import finalize, global_magnitude_prune, prunable, schedule, sparsity
 from attrpreserve.engine import TrainConfig
 from attrpreserve.evaluate.cost import count_nonzero_params
 from attrpreserve.matching import WCAM
 from attrpreserve.loading import load_checkpoint
 from attrpreserve.models import create_model, save_checkpoint
+from attrpreserve.recipes import FineTuning, LabelStep, Loaders, unstructured_prune
 
 
 class TinyConv(nn.Module):
@@ -96,9 +96,9 @@ def test_masks_survive_finetuning_and_teacher_frozen(matching):
     t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     loader = _loader()
     cfg = TrainConfig(epochs=1, lr=0.05, progress=False)
-    records = unstructured_prune(student, teacher, loader, loader, rounds=2, per_round=0.2,
-                                 finetune_cfg=cfg,
-                                 matching=WCAM(drop=0.3) if matching else None, lam=10.0)
+    step = LabelStep(teacher, WCAM(drop=0.3) if matching else None, lam=10.0)
+    records = unstructured_prune(student, Loaders(loader, loader), FineTuning(step, cfg),
+                                 rounds=2, per_round=0.2)
     assert [r["round"] for r in records] == [1, 2]
     assert records[-1]["sparsity"] == pytest.approx(0.36, abs=2e-3)
     moved = False
@@ -125,10 +125,10 @@ def test_step_is_bce_plus_matching():
     student = copy.deepcopy(teacher)
     images, labels, _ = next(iter(_loader(n=4)))
     student.eval()
-    loss, terms = PruneFinetuneStep(teacher, None)(student, images, labels)
+    loss, terms = LabelStep(teacher, None)(student, images, labels)
     ref = nn.functional.binary_cross_entropy_with_logits(student(images), labels)
     torch.testing.assert_close(loss, ref)
-    loss, terms = PruneFinetuneStep(teacher, WCAM(drop=0.0), lam=7.0)(student, images, labels)
+    loss, terms = LabelStep(teacher, WCAM(drop=0.0), lam=7.0)(student, images, labels)
     torch.testing.assert_close(loss, terms["bce"] + 7.0 * terms["match"])
 
 

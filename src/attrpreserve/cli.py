@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,7 @@ from . import distributed, pipeline, state
 from .data import PREPROCESS, get_preprocess
 from .engine import TrainConfig
 from .matching import MATCHERS
+from .recipes import option_flag
 from .report.words import audit_headline
 
 MATCHINGS = tuple(MATCHERS)
@@ -43,6 +45,24 @@ def _data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
                    help="DataLoader worker processes (default 0: load in the main process); "
                         "photos decode in parallel, worth it on a GPU machine. Random crops "
                         "differ between values, so resume with the same one")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """Each recipe's options as flags, generated from its ``Options`` fields (one group per
+    recipe; only the chosen ``--method``'s are used)."""
+    for recipe in pipeline.RECIPES.values():
+        g = p.add_argument_group(f"--method {recipe.name} ({recipe.label})")
+        for f in fields(recipe.Options):
+            g.add_argument(option_flag(f), dest=f"{recipe.name}.{f.name}", type=type(f.default),
+                           default=f.default, choices=f.metadata.get("choices"),
+                           metavar=None if f.metadata.get("choices") else f.name.upper(),
+                           help=f"{f.metadata['help']} (default {f.default})")
+
+
+def _recipe_options(args: argparse.Namespace) -> dict:
+    """The chosen recipe's options from the parsed flags."""
+    recipe = pipeline.RECIPES[args.method]
+    return {f.name: getattr(args, f"{recipe.name}.{f.name}") for f in fields(recipe.Options)}
 
 
 def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -130,20 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
     p = sub.add_parser("compress", help="compress a teacher, optionally matching attributions",
-                       description="Compress a teacher checkpoint (distillation into a narrower "
-                       "student, or unstructured pruning) with optional attribution matching "
-                       "(none, AT, WCAM).")
+                       description="Compress a teacher checkpoint with a recipe (--method) "
+                       "and optional attribution matching (none, AT, WCAM, LRP). Each recipe's "
+                       "own flags are listed in its group below.")
     p.add_argument("--config", help="YAML file whose keys are this command's long flags")
     p.add_argument("--teacher", required=True,
                    help="teacher checkpoint folder, or 'pretrained:efficientnet-lite0' / "
                         "'pretrained:ARCH=WEIGHTS.pth' (ImageNet; docs/pretrained.md)")
     p.add_argument("--method", default="kd", choices=tuple(pipeline.RECIPES),
-                   help="kd: distil into a narrower student; structured: remove whole conv "
-                        "filters (L1 norm) and fine-tune; unstructured: global magnitude "
-                        "pruning of conv weights in rounds, fine-tuned after each; "
-                        "quantization: quantization-aware training, exported as int8")
-    p.add_argument("--width-divisor", type=float, default=4.0,
-                   help="student widths = teacher widths / R (default 4)")
+                   help="; ".join(f"{r.name}: {r.summary}" for r in pipeline.RECIPES.values()))
     p.add_argument("--matching", default="wcam", choices=MATCHINGS,
                    help="attribution matching: none, at (attention transfer), wcam (the paper's "
                    "Grad-CAM matching, default) or lrp (LRP-AlphaBeta(1,0) relevance at the "
@@ -155,23 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("top1", "labels"), default="top1",
                    help="WCAM classes: teacher's top-1 (paper) or every positive label")
     p.add_argument("--layer", help="matched layer name (default: last conv block's output)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="unstructured: pruning rounds, each followed by --epochs of fine-tuning")
-    p.add_argument("--per-round", type=float, default=0.2,
-                   help="unstructured: fraction of the remaining weights pruned per round")
-    p.add_argument("--rate", type=float, default=0.5,
-                   help="structured: fraction of each pruned conv's filters removed (paper 0.7)")
-    p.add_argument("--prune-layers", choices=("all", "paper"), default="all",
-                   help="structured: prune every conv, or the paper's first + last six convs")
-    p.add_argument("--importance", default="l1",
-                   help="structured: filter ranking (l1 = Li et al.; l2, fpgm, bn_scale, random)")
-    p.add_argument("--structured-rounds", type=int, default=1,
-                   help="structured: 1 = one-shot (paper); N = N prune+fine-tune rounds")
-    p.add_argument("--bits", type=int, default=8,
-                   help="quantization: weight bits, 2-8 (activations are 8-bit; the exported "
-                        "model runs int8 kernels either way)")
     p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
     p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
+    _recipe_args(p)
     _data_args(p, inherit=True)
     _train_args(p, epochs=15, lr=0.05)
     _run_args(p)
@@ -379,13 +380,10 @@ def run(args: argparse.Namespace) -> int:
              f"epoch {meta['history']['best_epoch']})")
     elif args.command == "compress":
         cfg = pipeline.CompressConfig(
-            teacher=args.teacher, method=args.method, width_divisor=args.width_divisor,
-            matching=args.matching, drop=args.drop, lam=args.lam, target=args.target,
-            temperature=args.temperature, alpha=args.alpha, layer=args.layer,
-            rounds=args.rounds, per_round=args.per_round, rate=args.rate,
-            prune_layers=args.prune_layers, importance=args.importance,
-            structured_rounds=args.structured_rounds, bits=args.bits,
-            data=_data_overrides(args), train=_train_cfg(args))
+            teacher=args.teacher, method=args.method, matching=args.matching, drop=args.drop,
+            lam=args.lam, target=args.target, temperature=args.temperature, alpha=args.alpha,
+            layer=args.layer, options=_recipe_options(args), data=_data_overrides(args),
+            train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out, **_run_options(args))
         extra = (f", sparsity {meta['compression']['sparsity']:.3f}"
                  if "sparsity" in meta["compression"] else "")

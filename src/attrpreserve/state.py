@@ -66,7 +66,8 @@ def enter_phase() -> "Phase | None":
 # --------------------------------------------------------------------------- extras
 
 # Training state held outside state dicts: ``name -> (capture(model, step), restore(model, step,
-# value))``, JSON values. Recipes register theirs (QAT's frozen observers, in recipes.py).
+# value))``, JSON values. Recipes register theirs (QAT's frozen observers, in
+# recipes/quantization.py).
 EXTRAS: Registry[tuple[Callable, Callable]] = Registry("training-state extra")
 
 

@@ -1,4 +1,5 @@
-"""Quantization-aware training (QAT) to int8 with the same matching losses, and int8 export.
+"""Quantization surgery: fake-quant (QAT) preparation, calibration, freezing, int8 conversion
+and export; the training around it is the ``quantization`` recipe (``recipes.quantization``).
 
 Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 engine; oneDNN for Lite0, see
 ``_FAMILIES``).  It is deprecated in torch 2.14 but is the one path that (a) keeps the model an
@@ -79,21 +80,15 @@ from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 from torch.ao.nn.quantized import FloatFunctional
 
-from .. import state
 from ..attribution.rap import register_layer_kind
-from ..engine import TrainConfig, fit
 from ..evaluate.cost import latency_ms
-from ..matching import MatchingLoss
 from ..models.pretrained import lite_class
 from ..models.vgg import VGG
-from .distill import DistillStep
-from .unstructured import PruneFinetuneStep
 
 __all__ = ["QATModel", "QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
            "convert_int8", "int8_state", "read_int8_state", "int8_bytes", "export_int8",
            "pack_bits", "unpack_bits", "prediction_agreement", "compare_cost",
-           "int16_safe_weight", "int8_cpu", "int8_kernel_note",
-           "quantization_aware_train"]
+           "int16_safe_weight", "int8_cpu", "int8_kernel_note"]
 
 
 @contextmanager
@@ -722,66 +717,3 @@ def int8_kernel_note(qat_model: QATModel, top1_agreement: float | None = None,
                      f"{top1_agreement:.1%} of validation top-1 decisions on this CPU "
                      f"(ATen capability {cpu['capability']}, VNNI {cpu['vnni']})")
     return "; ".join(notes) or None
-
-
-class _FreezeAt:
-    """Wraps a training step; freezes ranges and BN statistics before step number ``at``."""
-
-    def __init__(self, step, at: int | None):
-        self.step, self.at, self.calls = step, at, 0
-
-    def __call__(self, model, images, labels):
-        if self.at is not None and self.calls == self.at:
-            freeze_qat(model)
-        self.calls += 1
-        return self.step(model, images, labels)
-
-
-def _restore_frozen(model, step, frozen) -> None:
-    if frozen and is_qat(model):
-        freeze_qat(model)
-
-
-# Freezing is a flag outside the state dict: training-state snapshots record it, so a resumed
-# run freezes the same way (registered beside the driver that freezes, so it is there whenever
-# the driver runs).
-state.register_extra("qat_frozen", lambda model, step: bool(getattr(model, "qat_frozen", False)),
-                     _restore_frozen)
-
-
-def quantization_aware_train(model: nn.Module, teacher: nn.Module, train_loader, val_loader,
-                             bits: int = 8, act_bits: int = 8,
-                             finetune_cfg: TrainConfig | None = None,
-                             matching: MatchingLoss | None = None, lam: float = 100.0,
-                             teacher_layer: str | None = None, student_layer: str | None = None,
-                             task: str = "bce", calibration_batches: int = 8,
-                             freeze_after: float | None = 0.75, backend: str | None = None,
-                             step=None) -> tuple[QATModel, dict]:
-    """Prepare a fake-quant copy of the float ``model`` and fine-tune it with ``fit``.
-
-    The loss is the task term (``"bce"``: ``PruneFinetuneStep``; ``"kd"``: ``DistillStep``
-    against the teacher's logits; ``step``, a ``MatchedStep``, replaces both when given) plus
-    ``lam`` x ``matching`` against the frozen float
-    ``teacher`` (which may be ``model`` itself: it is never modified).  Ranges are calibrated on
-    ``calibration_batches`` training batches first; after ``freeze_after`` of the training steps
-    the ranges and BN statistics freeze (``None``: never).  ``fit`` keeps the epoch with the
-    best validation mAP.  Returns ``(qat_model, history)`` with ``fit``'s history plus the
-    settings; convert with :func:`convert_int8`.
-    """
-    steps = {"bce": PruneFinetuneStep, "kd": DistillStep}
-    if task not in steps:
-        raise ValueError(f"task must be one of {', '.join(steps)}, got {task!r}")
-    if freeze_after is not None and not 0 <= freeze_after <= 1:
-        raise ValueError(f"freeze_after must be in [0, 1] or None, got {freeze_after}")
-    cfg = finetune_cfg or TrainConfig()
-    qat = prepare_qat(model, bits, act_bits, backend,
-                      calibration=train_loader if calibration_batches else None,
-                      calibration_batches=calibration_batches)
-    at = None if freeze_after is None else int(freeze_after * cfg.epochs * len(train_loader))
-    step = _FreezeAt(step or steps[task](teacher, matching, lam, teacher_layer, student_layer),
-                     at)
-    hist = fit(qat, train_loader, val_loader, step, cfg, desc=f"qat {bits}-bit")
-    frozen = at is not None and step.calls > at
-    history = {**hist.to_dict(), "bits": bits, "act_bits": act_bits, "backend": qat.qat_backend,
-               "frozen_at_step": at if frozen else None}
-    return qat, history

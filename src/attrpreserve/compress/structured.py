@@ -11,8 +11,9 @@ Rates are per conv layer: removing ``rate`` of a layer's original filters leaves
 ``C - round(rate * C)`` of them (half up, at least one kept; ``round_to`` rounds the kept
 count up to a multiple). Filters are ranked within each layer by an importance from
 ``IMPORTANCES`` (default ``"l1"``, Li et al.), computed once on the model before any surgery
-(Li et al.'s "independent" strategy). ``structured_prune`` runs one-shot (the paper's) or
-iterative schedules with ``fit`` + ``PruneFinetuneStep`` fine-tuning after every round.
+(Li et al.'s "independent" strategy). This is the surgery only; the recipe
+(``recipes.structured``) runs one-shot (the paper's) or iterative schedules with fine-tuning
+after every round.
 
 A pruned model records ``{"step": "channel_shapes", "channels": {conv: width}}`` in
 ``model.spec["rebuild"]``; ``load_checkpoint`` replays the surgery on a freshly built model
@@ -28,21 +29,15 @@ from typing import Callable
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..engine import TrainConfig, fit
-from ..evaluate.cost import count_macs, count_params
-from ..matching import MatchingLoss
 from ..registry import Registry
 from ..models.layers import get_layer
 from ..models.registry import MODELS
 from ..models.vgg import M, VGG
-from .distill import MatchedStep
-from .unstructured import PruneFinetuneStep
 
 __all__ = ["IMPORTANCES", "FilterNorm", "register_importance", "create_importance",
            "conv_layers", "conv_channels", "paper_layers", "paper_rates", "resolve_rates",
-           "n_pruned", "prune_channels", "structured_prune", "channel_shapes"]
+           "n_pruned", "example_input", "remove_filters", "prune_channels", "channel_shapes"]
 
 
 class FilterNorm(tp.importance.Importance):
@@ -139,11 +134,11 @@ def n_pruned(channels: int, rate: float, round_to: int | None = None) -> int:
     return max(n, 0)
 
 
-def _example_input(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
+def example_input(model: nn.Module, given: torch.Tensor | None = None) -> torch.Tensor:
     """Zeros image batch for tracing, sized by ``model.spec``'s (or its builder's) input_size."""
     p = next(model.parameters())
-    if example_input is not None:
-        return example_input.to(p.device)
+    if given is not None:
+        return given.to(p.device)
     spec = getattr(model, "spec", None) or {}
     size = spec.get("kwargs", {}).get("input_size")
     if size is None and spec.get("name") in MODELS:
@@ -214,10 +209,11 @@ def _record_rebuild(model: nn.Module) -> None:
     model.spec = {**spec, "rebuild": steps}
 
 
-def _prune_to(model, counts, importance, example_input) -> nn.Module:
+def remove_filters(model: nn.Module, counts: dict[str, int], importance: str | Callable = "l1",
+                   example: torch.Tensor | None = None) -> nn.Module:
     """Surgery for ``{conv: filters to remove}``, then attribute sync and the rebuild record."""
     if any(counts.values()):
-        _prune_counts(model, counts, importance, _example_input(model, example_input))
+        _prune_counts(model, counts, importance, example_input(model, example))
         _sync_attributes(model)
         _record_rebuild(model)
     return model
@@ -235,46 +231,7 @@ def prune_channels(model: nn.Module, rates, importance: str | Callable = "l1",
     channels = conv_channels(model)
     counts = {name: n_pruned(channels[name], rate, round_to)
               for name, rate in resolve_rates(model, rates).items()}
-    return _prune_to(model, counts, importance, example_input)
-
-
-def structured_prune(model: nn.Module, teacher: nn.Module, train_loader: DataLoader,
-                     val_loader: DataLoader | None, rates, rounds: int = 1,
-                     finetune_cfg: TrainConfig | None = None,
-                     matching: MatchingLoss | None = None, lam: float = 100.0,
-                     importance: str | Callable = "l1", teacher_layer: str | None = None,
-                     student_layer: str | None = None,
-                     example_input: torch.Tensor | None = None,
-                     round_to: int | None = None,
-                     step: MatchedStep | None = None) -> list[dict]:
-    """``rounds`` x (remove filters, fine-tune with ``fit``): one-shot when ``rounds == 1``.
-
-    After round ``r`` each rated conv has lost ``n_pruned(C0, rate * r / rounds)`` of its
-    original ``C0`` filters (a linear schedule ending at ``rates``). Fine-tuning is ``step`` when
-    given, else BCE + ``lam`` x ``matching`` against the frozen, unpruned ``teacher``. Returns
-    one record per round: ``{round, target, params, macs, best_val_mAP}`` (``target``: the
-    share of the final rates reached). ``model`` is pruned in place; the teacher is never modified.
-    """
-    if teacher is model:
-        raise ValueError("teacher must be a separate (unpruned) copy of the model")
-    if rounds < 1:
-        raise ValueError(f"rounds must be positive, got {rounds}")
-    rates = resolve_rates(model, rates)
-    example = _example_input(model, example_input)
-    base = conv_channels(model)
-    step = step or PruneFinetuneStep(teacher, matching, lam, teacher_layer, student_layer)
-    records = []
-    for r in range(1, rounds + 1):
-        now = conv_channels(model)
-        counts = {n: n_pruned(base[n], rate * r / rounds, round_to) - (base[n] - now[n])
-                  for n, rate in rates.items()}
-        _prune_to(model, counts, importance, example)
-        hist = fit(model, train_loader, val_loader, step, finetune_cfg,
-                   desc=f"structured round {r}")
-        records.append({"round": r, "target": r / rounds, "params": count_params(model),
-                        "macs": count_macs(model, (1, *example.shape[1:])),
-                        "best_val_mAP": hist.best_val_mAP})
-    return records
+    return remove_filters(model, counts, importance, example_input)
 
 
 def _resize(module: nn.Module, name: str, shape) -> None:
@@ -319,7 +276,7 @@ def channel_shapes(model: nn.Module, state: dict, channels: dict | None = None,
             raise ValueError(f"channel_shapes: no conv {sorted(set(channels) - set(now))[:3]}")
         counts = {n: now[n] - c for n, c in channels.items()}
         if any(counts.values()):  # which filters go is irrelevant: the weights are loaded next
-            _prune_counts(model, counts, "l1", _example_input(model, None))
+            _prune_counts(model, counts, "l1", example_input(model))
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(m, nn.Conv2d) and prefix + "weight" in state:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed
-from ..compress import IMPORTANCES
 from ..data import build_dataset, get_preprocess
 from ..data.images import Relabeled
 from ..engine import TrainConfig
@@ -142,11 +142,13 @@ class TeacherConfig:
 
 @dataclass
 class CompressConfig:
-    """Compress a teacher checkpoint; ``matching`` adds ``lam`` x attribution matching."""
+    """Compress a teacher checkpoint with the recipe ``method`` (its settings in ``options``:
+    the recipe's ``Options``, a dict of them, or ``None`` for its defaults); ``matching`` adds
+    ``lam`` x attribution matching. Naive runs (``matching="none"``) have lambda 0, and only
+    WCAM drops channels, whatever was given."""
 
     teacher: str = ""
     method: str = "kd"
-    width_divisor: float = 4.0
     matching: str = "wcam"
     drop: float = 0.3
     lam: float = 100.0
@@ -154,39 +156,36 @@ class CompressConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     layer: str | None = None
-    rounds: int = 3  # unstructured: pruning rounds (the paper: 16); structured: see below
-    per_round: float = 0.2  # unstructured: fraction of the remaining conv weights pruned per round
-    rate: float = 0.5  # structured: fraction of filters removed from each pruned conv
-    prune_layers: str = "all"  # structured: "all" convs or the paper's "paper" preset
-    importance: str = "l1"  # structured: filter ranking (L1 norm, Li et al.)
-    structured_rounds: int = 1  # structured: 1 = one-shot (paper); more = iterative
-    bits: int = 8  # quantization: weight bits (activations 8-bit)
+    options: Any = None
     data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
 
     def __post_init__(self):
+        self.options = RECIPES[self.method].options(self.options)
+        MATCHERS.check(self.matching)
+        if self.matching == "none":
+            self.lam = 0.0
+        if self.matching != "wcam":
+            self.drop = 0.0
         checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
-                  (0 <= self.per_round < 1, f"per_round must be in [0, 1), got {self.per_round}"),
-                  (self.rounds >= 1, f"rounds must be positive, got {self.rounds}"),
-                  (0 <= self.rate < 1, f"rate must be in [0, 1), got {self.rate}"),
-                  (self.structured_rounds >= 1,
-                   f"structured_rounds must be positive, got {self.structured_rounds}"),
-                  (2 <= self.bits <= 8, f"bits must be in [2, 8], got {self.bits}"),
-                  (self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}"),
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
-                  (self.prune_layers in ("all", "paper"),
-                   f"prune_layers must be 'all' or 'paper', got {self.prune_layers!r}"),
                   (self.target in ("top1", "labels"),
                    f"target must be 'top1' or 'labels', got {self.target!r}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
-        RECIPES.check(self.method)
-        MATCHERS.check(self.matching)
-        IMPORTANCES.check(self.importance)
         for ok, message in checks:
             _check(ok, message)
 
+    @property
+    def recipe(self):
+        """The registered recipe object of ``method``."""
+        return RECIPES[self.method]
+
     def with_matching(self, matching: str, lam: float, drop: float) -> CompressConfig:
-        """This run with ``matching``: naive runs get lambda 0, and only WCAM drops channels."""
-        return replace(self, matching=matching, lam=lam if matching != "none" else 0.0,
-                       drop=drop if matching == "wcam" else 0.0)
+        """This run with ``matching`` at ``lam`` / ``drop`` (naive: lambda 0; non-WCAM: no drop)."""
+        return replace(self, matching=matching, lam=lam, drop=drop)
+
+    def with_strength(self, value: float, rounds: int = 1) -> CompressConfig:
+        """This run at compression strength ``value`` (:meth:`Recipe.strength`)."""
+        return replace(self, options=replace(self.options,
+                                             **self.recipe.strength(value, rounds)))

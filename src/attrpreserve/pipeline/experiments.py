@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..engine import TrainConfig
-from ..recipes import strength
 from . import stages
 from .configs import CompressConfig, DataConfig, TeacherConfig
 
@@ -73,13 +72,13 @@ class DemoConfig:
         kd = recipe == "kd"
         train = self.train_cfg(self.student_epochs if kd else self.finetune_epochs, seed,
                                progress, self.student_lr if kd else self.finetune_lr)
-        cfg = CompressConfig(teacher=str(teacher), method=recipe,
-                             width_divisor=self.width_divisor, target=self.target, train=train)
+        cfg = CompressConfig(teacher=str(teacher), method=recipe, target=self.target,
+                             train=train)
         cfg = cfg.with_matching(matching, self.at_lam if matching == "at" else self.lam,
                                 self.drop)
         if kd:
-            return cfg
-        return replace(cfg, **strength(recipe, self.strengths[recipe], self.unstructured_rounds))
+            return cfg.with_strength(self.width_divisor)
+        return cfg.with_strength(self.strengths[recipe], self.unstructured_rounds)
 
 
 STRENGTH_NOTE = (
@@ -154,8 +153,7 @@ def sweep(base: CompressConfig, strengths, out: str | Path, matchings=("none", "
     for value in strengths:
         for matching in matchings:
             name = f"{base.method}@{value:g}" + ("" if matching == "none" else f"+{matching}")
-            cfg = replace(base.with_matching(matching, base.lam, base.drop),
-                          **strength(base.method, value, rounds))
+            cfg = base.with_matching(matching, base.lam, base.drop).with_strength(value, rounds)
             if not stages.is_finished(out / name, cfg):
                 stages.compress(cfg, out / name)
             ckpts[name], points[name] = out / name, (base.method, matching, value)

@@ -24,7 +24,7 @@ from ..matching import create_matcher
 from ..models import create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
 from ..models.pretrained import is_pretrained
-from ..recipes import RECIPES, deployed, deployed_file, export
+from ..recipes import FineTuning, Loaders, deployed, deployed_file, export, fine_tuning_step
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 
 
@@ -79,7 +79,6 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     Resumable and distributed like :func:`train_teacher` (pruning rounds and masks, structured
     shapes and QAT state are all part of the snapshot).
     """
-    RECIPES.check(cfg.method)
     teacher, t_meta = load_model(cfg.teacher)
     teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)
@@ -87,15 +86,17 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
     classes = t_meta["classes"]
-    train_dl = data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
-                           adapt=labels_for(teacher, classes, pseudo=False))
-    val_dl = data.loader("val", adapt=labels_for(teacher, classes))
+    loaders = Loaders(data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
+                                  adapt=labels_for(teacher, classes, pseudo=False)),
+                      data.loader("val", adapt=labels_for(teacher, classes)))
+    step = fine_tuning_step(teacher, matcher, cfg.lam, cfg.layer, cfg.temperature, cfg.alpha,
+                            distils=cfg.recipe.distils)
+    finetune = FineTuning(step, cfg.train, tag=cfg.matching)
     with state.session(out, _run_config("compress", cfg), resume=resume, every=checkpoint_every,
                        generators={"matching": gen}):
-        student, history, extra = RECIPES[cfg.method](cfg, teacher, train_dl, val_dl, matcher)
-        settings = {"method": cfg.method, "matching": cfg.matching,
-                    "lambda": cfg.lam if matcher else 0.0, "drop": cfg.drop,
-                    "target": cfg.target, **extra}
+        student, history, extra = cfg.recipe.run(teacher, loaders, finetune, cfg.options)
+        settings = {"method": cfg.method, "matching": cfg.matching, "lambda": cfg.lam,
+                    "drop": cfg.drop, "target": cfg.target, **extra}
         meta = {"role": "compressed", "classes": t_meta["classes"], "teacher": str(cfg.teacher),
                 "config": asdict(cfg), "data": asdict(data), "compression": settings,
                 "history": history}

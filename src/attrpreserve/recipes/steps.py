@@ -1,4 +1,11 @@
-"""Knowledge distillation for multi-label classifiers, with optional attribution matching."""
+"""The fine-tuning steps every recipe trains with: a task term plus ``lam`` x attribution
+matching against the frozen teacher. :func:`fine_tuning_step` picks the step for a teacher and a
+recipe; the pipeline builds it once per run and hands it to the recipe.
+
+Task terms: multi-label teachers fine-tune pruned and quantized students on their labels (BCE,
+:class:`LabelStep`) and distil narrower students (binary KD, :class:`DistillStep`);
+single-label (softmax, ``pretrained:``) teachers always distil with cross entropy on labeled
+rows (:class:`SoftmaxDistillStep`)."""
 
 from __future__ import annotations
 
@@ -9,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..matching import AttributionMatcher, MatchingLoss
+
+__all__ = ["MatchedStep", "LabelStep", "DistillStep", "SoftmaxDistillStep",
+           "multilabel_kd_loss", "softmax_kd_loss", "fine_tuning_step"]
 
 
 def multilabel_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -56,6 +66,14 @@ class MatchedStep:
 
 
 @dataclass
+class LabelStep(MatchedStep):
+    """Multi-label BCE on the labels + ``lam`` x matching (pruning and QAT fine-tuning)."""
+
+    def task(self, s_out, t_out, labels):
+        return "bce", F.binary_cross_entropy_with_logits(s_out, labels)
+
+
+@dataclass
 class DistillStep(MatchedStep):
     """KD loss (binary KL at temperature T, weight alpha, plus BCE) + ``lam`` x matching."""
 
@@ -92,3 +110,16 @@ class SoftmaxDistillStep(DistillStep):
 
     def task(self, s_out, t_out, labels):
         return "kd", softmax_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)
+
+
+def fine_tuning_step(teacher: nn.Module, matching: MatchingLoss | None, lam: float,
+                     layer: str | None = None, temperature: float = 4.0, alpha: float = 0.9,
+                     distils: bool = False) -> MatchedStep:
+    """The step a run fine-tunes with: ``SoftmaxDistillStep`` for a single-label teacher, else
+    ``DistillStep`` for a recipe that ``distils`` (a new student) and ``LabelStep`` for one that
+    fine-tunes a copy of the teacher. ``layer`` is matched in teacher and student alike."""
+    if getattr(teacher, "single_label", False):
+        return SoftmaxDistillStep(teacher, matching, lam, layer, layer, temperature, alpha)
+    if distils:
+        return DistillStep(teacher, matching, lam, layer, layer, temperature, alpha)
+    return LabelStep(teacher, matching, lam, layer, layer)

@@ -1,0 +1,127 @@
+"""Recipes as registered objects: options generate the CLI flags, the pipeline builds the one
+fine-tuning step, and a recipe added by registration alone runs end to end from the CLI."""
+
+from dataclasses import dataclass, fields
+
+import pytest
+import torch
+
+from attrpreserve import pipeline
+from attrpreserve.cli import build_parser, main
+from attrpreserve.engine import TrainConfig
+from attrpreserve.loading import load_checkpoint
+from attrpreserve.matching import WCAM
+from attrpreserve.models import create_model
+from attrpreserve.recipes import (RECIPES, DistillStep, LabelStep, Recipe, SoftmaxDistillStep,
+                                  fine_tuning_step, option, option_flag, trainable_copy)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes") / "teacher"
+    data = pipeline.DataConfig(n_train=32, n_val=16, n_test=16, batch_size=16)
+    pipeline.train_teacher(pipeline.TeacherConfig(
+        data=data, width=4, train=TrainConfig(epochs=1, progress=False)), out)
+    return out
+
+
+def _compress_action(flag: str):
+    sub = build_parser()._subparsers._group_actions[0].choices["compress"]  # noqa: SLF001
+    return next(a for a in sub._actions if flag in a.option_strings)  # noqa: SLF001
+
+
+def test_every_option_is_a_flag_with_its_default_and_help():
+    for recipe in RECIPES.values():
+        for f in fields(recipe.Options):
+            action = _compress_action(option_flag(f))
+            assert action.default == f.default and f.metadata["help"] in action.help
+            assert action.dest == f"{recipe.name}.{f.name}"
+
+
+def test_flags_keep_their_names_and_reach_the_chosen_recipe(teacher_dir, monkeypatch):
+    seen = {}
+
+    def compress(cfg, out, **kw):
+        seen["cfg"] = cfg
+        return None, {"history": {"best_val_mAP": 0.5}, "compression": {}}
+
+    monkeypatch.setattr(pipeline, "compress", compress)
+    argv = ["compress", "--teacher", str(teacher_dir), "--out", "x", "--method", "structured",
+            "--rate", "0.3", "--structured-rounds", "2", "--prune-layers", "paper",
+            "--rounds", "7", "--bits", "4"]
+    assert main(argv) == 0
+    opts = seen["cfg"].options
+    assert (opts.rate, opts.rounds, opts.prune_layers, opts.importance) == (0.3, 2, "paper", "l1")
+    assert type(opts).__name__ == "StructuredOptions"  # --rounds / --bits are other recipes'
+
+
+def test_config_validates_options_and_naive_means_lambda_zero():
+    cfg = pipeline.CompressConfig(method="unstructured", matching="none", lam=10, drop=0.3,
+                                  options={"rounds": 2})
+    assert cfg.lam == 0.0 and cfg.drop == 0.0 and cfg.options.rounds == 2
+    assert pipeline.CompressConfig(matching="at", drop=0.3).drop == 0.0
+    with pytest.raises(ValueError, match="unstructured has no option rate"):
+        pipeline.CompressConfig(method="unstructured", options={"rate": 0.5})
+    with pytest.raises(ValueError, match="bits must be in"):
+        pipeline.CompressConfig(method="quantization", options={"bits": 9})
+    with pytest.raises(ValueError, match="unknown compression method 'prune'"):
+        pipeline.CompressConfig(method="prune")
+
+
+@pytest.mark.parametrize("method, value, rounds, expected", [
+    ("kd", 8, 1, {"width_divisor": 8.0}), ("structured", 0.7, 1, {"rate": 0.7}),
+    ("quantization", 4, 1, {"bits": 4}),
+    ("unstructured", 0.96, 2, {"rounds": 2, "per_round": 0.8})])
+def test_strength_sets_the_recipe_options(method, value, rounds, expected):
+    opts = pipeline.CompressConfig(method=method).with_strength(value, rounds).options
+    got = {k: getattr(opts, k) for k in expected}
+    assert got == pytest.approx(expected)
+
+
+def test_the_step_is_chosen_by_teacher_and_recipe():
+    multi = create_model("vgg", num_classes=3, width=4)
+    assert type(fine_tuning_step(multi, None, 0.0, distils=True)) is DistillStep
+    assert type(fine_tuning_step(multi, WCAM(), 5.0)) is LabelStep
+    multi.single_label = True
+    step = fine_tuning_step(multi, WCAM(), 5.0, temperature=2.0)
+    assert type(step) is SoftmaxDistillStep and step.temperature == 2.0 and step.lam == 5.0
+
+
+@dataclass
+class _ShrinkOptions:
+    scale: float = option(0.5, "multiply the head's weights by this before fine-tuning")
+
+
+class _Shrink(Recipe):
+    """A recipe defined in a test: a copy of the teacher with a scaled head, fine-tuned."""
+
+    name, label, Options, summary = "shrink", "head shrinking", _ShrinkOptions, "scale the head"
+
+    def strength(self, value, rounds=1):
+        return {"scale": float(value)}
+
+    def run(self, teacher, data, finetune, options):
+        student = trainable_copy(teacher)
+        with torch.no_grad():
+            student.classifier[-1].weight.mul_(options.scale)
+        history = finetune(student, data, desc="shrink").to_dict()
+        return student, history, {"scale": options.scale, "step": type(finetune.step).__name__}
+
+
+def test_a_registered_recipe_runs_from_the_cli(teacher_dir, tmp_path):
+    """Adding a recipe is its class plus one registration: flag, config, step and checkpoint
+    follow."""
+    RECIPES.register("shrink", _Shrink(), label=_Shrink.label)
+    try:
+        out = tmp_path / "shrunk"
+        assert main(["compress", "--teacher", str(teacher_dir), "--method", "shrink",
+                     "--scale", "0.25", "--matching", "wcam", "--lambda", "5", "--epochs", "1",
+                     "--n-train", "16", "--n-val", "16", "--no-progress", "--out",
+                     str(out)]) == 0
+        _, meta = load_checkpoint(out)
+        comp = meta["compression"]
+        assert comp == {**comp, "method": "shrink", "scale": 0.25, "step": "LabelStep",
+                        "matching": "wcam", "lambda": 5.0}
+        assert meta["config"]["options"] == {"scale": 0.25}
+    finally:
+        RECIPES.unregister("shrink")
