@@ -47,12 +47,11 @@ def test_flags_keep_their_names_and_reach_the_chosen_recipe(teacher_dir, monkeyp
 
     monkeypatch.setattr(pipeline, "compress", compress)
     argv = ["compress", "--teacher", str(teacher_dir), "--out", "x", "--method", "structured",
-            "--rate", "0.3", "--structured-rounds", "2", "--prune-layers", "paper",
-            "--rounds", "7", "--bits", "4"]
+            "--rate", "0.3", "--structured-rounds", "2", "--prune-layers", "paper"]
     assert main(argv) == 0
     opts = seen["cfg"].options
     assert (opts.rate, opts.rounds, opts.prune_layers, opts.importance) == (0.3, 2, "paper", "l1")
-    assert type(opts).__name__ == "StructuredOptions"  # --rounds / --bits are other recipes'
+    assert type(opts).__name__ == "StructuredOptions"
 
 
 def test_config_validates_options_and_naive_means_lambda_zero():

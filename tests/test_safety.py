@@ -119,14 +119,16 @@ BAD = [
     (["audit", "--reference", "a", "--candidate", "b", "--out", "o", "--device", "gpu"],
      "--device must be cpu or cuda"),
     (["compress", "--teacher", "t", "--drop", "1"], "drop must be in [0, 1)"),
-    (["compress", "--teacher", "t", "--per-round", "1"], "per_round must be in [0, 1)"),
-    (["compress", "--teacher", "t", "--rate", "-0.1"], "rate must be in [0, 1)"),
-    (["compress", "--teacher", "t", "--rounds", "0"], "rounds must be positive"),
-    (["compress", "--teacher", "t", "--bits", "9"], "bits must be in [2, 8]"),
+    (["compress", "--teacher", "t", "--method", "unstructured", "--per-round", "1"], "per_round must be in [0, 1)"),
+    (["compress", "--teacher", "t", "--method", "structured", "--rate", "-0.1"], "rate must be in [0, 1)"),
+    (["compress", "--teacher", "t", "--method", "unstructured", "--rounds", "0"], "rounds must be positive"),
+    (["compress", "--teacher", "t", "--method", "quantization", "--bits", "9"], "bits must be in [2, 8]"),
     (["compress", "--teacher", "t", "--temperature", "0"], "temperature must be > 0"),
     (["compress", "--teacher", "t", "--alpha", "1.5"], "alpha must be in [0, 1]"),
-    (["compress", "--teacher", "t", "--importance", "l7"], "unknown importance 'l7'"),
+    (["compress", "--teacher", "t", "--method", "structured", "--importance", "l7"], "unknown importance 'l7'"),
     (["compress", "--teacher", "t", "--width-divisor", "0"], "width_divisor must be > 0"),
+    (["compress", "--teacher", "t", "--bits", "4"],
+     "--bits is an option of --method quantization, not of --method kd"),
 ]
 
 

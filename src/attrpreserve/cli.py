@@ -60,7 +60,13 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe_options(args: argparse.Namespace) -> dict:
-    """The chosen recipe's options from the parsed flags."""
+    """The chosen recipe's options from the parsed flags; another recipe's flag set to a value
+    other than its default is an error (it would be silently ignored)."""
+    for recipe in pipeline.RECIPES.values():
+        for f in fields(recipe.Options) if recipe.name != args.method else ():
+            if getattr(args, f"{recipe.name}.{f.name}") != f.default:
+                raise ValueError(f"{option_flag(f)} is an option of --method {recipe.name}, "
+                                 f"not of --method {args.method}")
     recipe = pipeline.RECIPES[args.method]
     return {f.name: getattr(args, f"{recipe.name}.{f.name}") for f in fields(recipe.Options)}
 
