@@ -403,6 +403,7 @@ def run(args: argparse.Namespace) -> int:
                                                  else "")
             models = {teacher: args.teacher, **models}
         explainers = _names(args.explainers)
+        models = pipeline.load_models(models)  # once, for the evaluation and the report
         results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                     explainers, seed=args.seed, progress=not args.no_progress,
                                     device=distributed.resolve_device(args.device))

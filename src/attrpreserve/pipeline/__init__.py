@@ -5,7 +5,8 @@ Which module owns what:
 - :mod:`.configs`: ``DataConfig``, ``TeacherConfig``, ``CompressConfig`` and their validation;
   the data helpers the stages share (``resolve_data``, ``labels_for``, cached datasets).
 - :mod:`.stages`: the stage runners ``train_teacher``, ``compress``, ``evaluate``, ``audit``,
-  ``explain`` (heatmap PNGs), ``versions``, ``is_finished`` (a checkpoint made with exactly a
+  ``explain`` (heatmap PNGs), ``load_models`` (each model loaded once for evaluation and
+  report), ``versions``, ``is_finished`` (a checkpoint made with exactly a
   config, for reuse), and results I/O: ``write_results``, ``format_table``, ``report``.
 - :mod:`.experiments`: ``DemoConfig`` with its presets ``QUICK`` / ``FULL`` and
   ``STRENGTH_NOTE``, ``demo``, strength sweeps (``sweep``, ``sweep_rows``, ``saved_sweeps``).
@@ -19,10 +20,11 @@ from ..recipes import RECIPES
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, saved_sweeps, sweep,
                           sweep_rows)
-from .stages import (audit, compress, evaluate, explain, format_table, is_finished, report,
-                     train_teacher, versions, write_results)
+from .stages import (Loaded, audit, compress, evaluate, explain, format_table, is_finished,
+                     load_models, report, train_teacher, versions, write_results)
 
 __all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_for",
            "resolve_data", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo", "saved_sweeps",
            "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
-           "is_finished", "report", "train_teacher", "versions", "write_results"]
+           "is_finished", "report", "train_teacher", "versions", "write_results", "Loaded",
+           "load_models"]

@@ -121,7 +121,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
             sweep(cfg.compress_cfg(out / "teacher", recipe, "wcam", seed, progress),
                   cfg.sweep_strengths[recipe], out / "sweep", ("none", "wcam"),
                   cfg.unstructured_rounds, data, seed=seed, progress=progress)
-    results = stages.evaluate(ckpts, "teacher", data, "test", seed=seed, progress=progress)
+    models = stages.load_models(ckpts)  # once, for the evaluation and the report
+    results = stages.evaluate(models, "teacher", data, "test", seed=seed, progress=progress)
     results["demo"] = asdict(cfg)
     results["notes"] = [f"WCAM runs at lambda {cfg.lam:g}, AT at {cfg.at_lam:g}. In tuning "
                         "(docs/benchmarks.md) lambda 10 recovered more localisation than the "
@@ -134,7 +135,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
         results["sweeps"] = sweeps
     results["wall_seconds"] = time.perf_counter() - t0
     stages.write_results(results, out / "results.json")
-    stages.report(results, out / "report.html", ckpts, title="attrpreserve demo")
+    stages.report(results, out / "report.html", models, title="attrpreserve demo")
     return results
 
 

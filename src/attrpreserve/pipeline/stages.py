@@ -10,6 +10,7 @@ import platform
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -106,36 +107,52 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     return student, meta
 
 
-def _on(loaded: tuple, device: str) -> tuple:
-    """``(model, meta)`` with the model moved to ``device``."""
-    return loaded[0].to(device), loaded[1]
+class Loaded(NamedTuple):
+    """A model loaded once for every stage that needs it (evaluation, then the report)."""
+
+    model: torch.nn.Module
+    meta: dict
+    source: str  # the checkpoint folder or ``pretrained:`` spec it came from
 
 
-def evaluate(models: dict[str, str | Path], teacher: str | None,
+def load_models(models: dict[str, str | Path | Loaded], device: str = "cpu"
+                ) -> dict[str, Loaded]:
+    """Each checkpoint folder / ``pretrained:`` spec loaded (already loaded ones kept), on
+    ``device``."""
+    loaded = {n: v if isinstance(v, Loaded) else Loaded(*load_model(v), str(v))
+              for n, v in models.items()}
+    for entry in loaded.values():
+        entry.model.to(device)
+    return loaded
+
+
+def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
              data: DataConfig | dict | None = None,
              split: str = "test", explainers=("gradcam",), seed: int = 0,
              progress: bool = True, device: str = "cpu") -> dict:
-    """Evaluate checkpoints (name -> dir) against ``teacher`` (a name in ``models``).
+    """Evaluate models (name -> checkpoint dir, spec, or :class:`Loaded`) against ``teacher``
+    (a name in ``models``).
 
     Predictions and explanations run on ``device``; size and latency are measured on the CPU
-    (the deployment target). Returns the results.json document (``results_schema.RESULTS``).
+    (the deployment target), where the models are left. Returns the results.json document
+    (``results_schema.RESULTS``).
     """
-    loaded = {name: _on(load_model(path), device) for name, path in models.items()}
-    first_model, first_meta = loaded[teacher or next(iter(loaded))]
-    data = resolve_data(data, first_meta)
-    loader = data.loader(split, adapt=labels_for(first_model, first_meta["classes"]))
-    nets = {n: m for n, (m, _) in loaded.items()}
+    loaded = load_models(models, device)
+    first = loaded[teacher or next(iter(loaded))]
+    data = resolve_data(data, first.meta)
+    loader = data.loader(split, adapt=labels_for(first.model, first.meta["classes"]))
+    nets = {n: entry.model for n, entry in loaded.items()}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress)
     nets = {n: m.cpu() for n, m in nets.items()}
     costs = model_cost(nets, (1, 3, data.size, data.size),
-                       checkpoints={n: deployed_file(p) for n, p in models.items()
-                                    if not is_pretrained(p)},
+                       checkpoints={n: deployed_file(e.source) for n, e in loaded.items()
+                                    if not is_pretrained(e.source)},
                        deployed={n: deployed(m) for n, m in nets.items()})
     runs = []
-    for name, (_, meta) in loaded.items():
+    for name, (_, meta, source) in loaded.items():
         runs.append({"name": name, "role": "teacher" if name == teacher else meta.get("role"),
-                     "checkpoint": str(models[name]), "compression": meta["compression"],
+                     "checkpoint": source, "compression": meta["compression"],
                      "cost": costs[name], **scores[name],
                      "training": {"best_epoch": meta["history"]["best_epoch"],
                                   "best_val_mAP": meta["history"]["best_val_mAP"]}})
@@ -143,7 +160,7 @@ def evaluate(models: dict[str, str | Path], teacher: str | None,
                                                   "images": len(loader.dataset),
                                                   "labels": getattr(loader.dataset, "how",
                                                                     "dataset"),
-                                                  "classes": first_meta["classes"]},
+                                                  "classes": first.meta["classes"]},
                         "seed": seed, "versions": versions()})
 
 
@@ -158,8 +175,8 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
     """
     from ..report import write_audit_report  # here: matplotlib loads only when a page is drawn
 
-    (model_a, meta), (model_b, _) = (_on(load_model(reference), device),
-                                     _on(load_model(candidate), device))
+    pair = load_models({"a": reference, "b": candidate}, device)
+    (model_a, meta, _), model_b = pair["a"], pair["b"].model
     loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
     result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
                        top=top, progress=progress, faithfulness=faithfulness)
@@ -324,18 +341,32 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def report(results: dict, path: str | Path, checkpoints: dict[str, str | Path],
+def report(results: dict, path: str | Path, models: dict[str, str | Path | Loaded],
            title: str = "attrpreserve report") -> Path:
     """``report.html`` for an evaluation: tables, plots, curves, and heatmap grids of a few
-    images of the evaluated split."""
+    images of the evaluated split, drawn with ``models`` (name -> :class:`Loaded`, as
+    :func:`evaluate` used them; a folder or spec is loaded here, and one that cannot be read is
+    noted on the page instead of drawn)."""
     from ..report import ReportImages, write_report  # here: matplotlib loads only when drawn
+    from ..report.maps import heatmaps
+    from ..report.results_page import column_order
+    from ..report.words import explainers_in
 
+    loaded, skipped = {}, []
+    for name, value in models.items():
+        try:
+            loaded.update(load_models({name: value}))
+        except (OSError, ValueError) as exc:  # a report should not die on one bad checkpoint
+            skipped.append(f"{name}: {exc}")
     ds = results["dataset"]
     data = DataConfig(**{k: ds[k] for k in ("spec", "size", "seed", "n_train", "n_val",
                                             "n_test", "batch_size")})
     dataset = data.loader(ds["split"]).dataset
-    if hasattr(dataset, "with_classes") and checkpoints:  # photos: labeled as evaluated
-        model, meta = load_model(next(iter(checkpoints.values())))
-        dataset = labels_for(model, meta["classes"])(dataset)
-    images = ReportImages.from_dataset(dataset)
-    return write_report(results, path, checkpoints, images, title=title)
+    if hasattr(dataset, "with_classes") and loaded:  # photos: labeled as evaluated
+        first = next(iter(loaded.values()))
+        dataset = labels_for(first.model, first.meta["classes"])(dataset)
+    hm = heatmaps({n: loaded[n].model for n in column_order(results, loaded)},
+                  ReportImages.from_dataset(dataset), explainers_in(results) or ["gradcam"],
+                  skipped=skipped)
+    return write_report(results, path, title=title, heatmaps=hm,
+                        histories={n: e.meta["history"] for n, e in loaded.items()})

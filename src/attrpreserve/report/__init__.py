@@ -6,10 +6,12 @@
   no script, no external URL).
 - ``figures``: every matplotlib figure: overlays (:func:`save_overlay`,
   :func:`save_overlays`), bar charts, sweep curves, heatmap grids, training curves, histograms.
-- ``maps``: what the heatmaps show: :class:`ReportImages`, the class each row explains, and a
-  model's maps and probabilities (the one place the pages run explainers).
-- ``results_page``: :func:`write_report`, the page of a results.json document (it loads the
-  checkpoints it draws in one function, ``load_checkpoints``).
+- ``maps``: what the heatmaps show: :class:`ReportImages`, the class each row explains, and
+  the models' maps and probabilities (:func:`maps.heatmaps`, run where the models are loaded:
+  the pipeline passes them to the page; the one place explainers run for a page).
+- ``results_page``: :func:`write_report`, the page of a results.json document; it draws the
+  :class:`maps.Heatmaps` it receives (or loads checkpoint folders itself when only paths are
+  given, ``load_checkpoints``).
 - ``audit_page``: :func:`write_audit_report`, the page of an audit.json document.
 
 The documents themselves are defined in :mod:`attrpreserve.results_schema`; both pages check

@@ -11,7 +11,8 @@ import torch
 from ..attribution import EXPLAINERS, upsample
 from ..models import class_probabilities
 
-__all__ = ["ReportImages", "explain_targets", "maps_of", "pick_images"]
+__all__ = ["Heatmaps", "ReportImages", "explain_targets", "heatmaps", "maps_of",
+           "pick_images"]
 
 
 @dataclass
@@ -111,3 +112,48 @@ def maps_of(model, explainer: str, x: torch.Tensor, classes: torch.Tensor, layer
         model.train(was_training)
     probs = class_probabilities(model, logits)[index, classes.to(device)]
     return upsample(maps.float(), size).cpu(), probs.cpu()
+
+
+@dataclass
+class Heatmaps:
+    """What the results page's heatmap grids draw, computed where the models are loaded.
+
+    ``names``: the models in column order (the first one chose the explained classes);
+    ``classes``: the class explained in each image's row; ``maps`` / ``probs``:
+    ``{explainer: {name: N x H x W maps / N probabilities}}``; ``skipped``: "what: why" notes
+    (a checkpoint that could not be read, an unknown explainer)."""
+
+    images: ReportImages
+    names: list[str]
+    classes: torch.Tensor
+    target: str
+    maps: dict[str, dict[str, torch.Tensor]]
+    probs: dict[str, dict[str, torch.Tensor]]
+    skipped: list[str]
+
+
+def heatmaps(models: dict, images, explainers, target: str = "truth",
+             skipped: list[str] | None = None) -> Heatmaps:
+    """Every model's maps and probabilities on ``images`` (a :class:`ReportImages` or an
+    ``(images, labels, masks)`` tuple) for the class :func:`explain_targets` picks with the
+    first model. ``models``: name -> ``nn.Module`` in column order."""
+    if target not in ("truth", "top1"):
+        raise ValueError(f"target must be 'truth' or 'top1', got {target!r}")
+    imgs, names, skipped = as_images(images), list(models), list(skipped or [])
+    classes = torch.zeros(len(imgs.images), dtype=torch.long)
+    if names:
+        first = models[names[0]]
+        with torch.no_grad():
+            ref = first(imgs.images.to(next(first.parameters()).device)).float().cpu()
+        classes = explain_targets(ref, imgs.labels, target)
+    size = tuple(imgs.images.shape[-2:])
+    maps, probs = {}, {}
+    for e in explainers:
+        if e not in EXPLAINERS:
+            skipped.append(f"explainer {e}: unknown")
+            continue
+        maps[e], probs[e] = {}, {}
+        for name in names:
+            maps[e][name], probs[e][name] = maps_of(models[name], e, imgs.images, classes,
+                                                    None, size)
+    return Heatmaps(imgs, names, classes, target, maps, probs, skipped)

@@ -1,4 +1,4 @@
-"""The results page: ``write_report(results, "report.html", checkpoints, images)``.
+"""The results page: ``write_report(results, "report.html", heatmaps=..., histories=...)``.
 
 Turns a results.json document (``pipeline.evaluate``) into one HTML file that opens offline. It
 answers, in plain sentences first, whether compression moved the explanations and how much of
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..attribution import EXPLAINERS
 from ..loading import load_model
 from ..models.checkpoint import SIDECAR
 from ..results_schema import validate_results
 from . import figures
 from .html import card, cell, document, escape, kv_table, note, table, wrapped
-from .maps import ReportImages, as_images, explain_targets, maps_of
+from .maps import Heatmaps, ReportImages
+from .maps import heatmaps as maps_heatmaps
 from .words import (HEADLINE_METRICS, NO_GAP, SELF_AGREEMENT, class_name, explainers_in,
                     f3, gap_closed, headline, matching_of, method_of, metric, naive_run, num,
                     ordered_runs, pct, recipe_groups, reference_value, teacher_run)
@@ -40,13 +40,18 @@ def write_report(results: dict, out_html: str | Path,
                  checkpoints: dict[str, str | Path] | None = None,
                  images: ReportImages | tuple | None = None,
                  explainers: list[str] | tuple[str, ...] | None = None,
-                 title: str = "attrpreserve report", target: str = "truth") -> Path:
+                 title: str = "attrpreserve report", target: str = "truth",
+                 heatmaps: Heatmaps | None = None,
+                 histories: dict[str, dict] | None = None) -> Path:
     """Write a self-contained HTML report of a results.json document to ``out_html``.
 
     Sections: headline sentences, results tables, bar charts, size sweeps (if
-    ``results["sweeps"]``), heatmap grids (if ``checkpoints`` name -> dir and ``images``, a
-    :class:`ReportImages` or an ``(images, labels, masks)`` tuple, are given), per-class
-    tables, training curves (from the checkpoints), configuration and versions.
+    ``results["sweeps"]``), heatmap grids, per-class tables, training curves, configuration
+    and versions. The heatmaps are ``heatmaps`` (:func:`maps.heatmaps` of models already
+    loaded, as the pipeline passes them), else computed from ``checkpoints`` name -> dir on
+    ``images`` (a :class:`ReportImages` or an ``(images, labels, masks)`` tuple) when both are
+    given; training curves are ``histories`` (name -> checkpoint history), else read from the
+    checkpoints' sidecars.
     ``explainers``: those to report (default: every one in the results, else Grad-CAM).
     ``target``: heatmaps explain the ground-truth class ("truth") or the top-1 class ("top1")
     of the first (teacher) model. A document that does not follow
@@ -74,13 +79,17 @@ def write_report(results: dict, out_html: str | Path,
                  "line: the teacher.")]
     if results.get("sweeps"):
         sections.append(("sweeps", "Metrics against model size", _sweeps_html(results), ""))
-    if checkpoints and images is not None:
-        sections.append(("heatmaps", "Attribution maps",
-                         _heatmaps_html(results, checkpoints, images, explainers, target), ""))
+    if heatmaps is None and checkpoints and images is not None:
+        models, _, failures = load_checkpoints(column_order(results, checkpoints), checkpoints)
+        heatmaps = maps_heatmaps(models, images, explainers, target, failures)
+    if heatmaps is not None:
+        sections.append(("heatmaps", "Attribution maps", _heatmaps_html(results, heatmaps), ""))
     per_class = _per_class_html(results, table_explainers)
     if per_class:
         sections.append(("per-class", "Per class", per_class, ""))
-    training = _training_html(checkpoints) if checkpoints else ""
+    if histories is None:
+        histories = sidecar_histories(checkpoints)
+    training = _training_html(histories)
     if training:
         sections.append(("training", "Training curves", training,
                          "Loss terms per epoch (left axis) and validation mAP (dashed, right "
@@ -181,8 +190,9 @@ def _sweeps_html(results: dict) -> str:
 
 def load_checkpoints(names: list[str], checkpoints: dict[str, Path]
                      ) -> tuple[dict[str, torch.nn.Module], dict[str, dict], list[str]]:
-    """The page's one model loading: ``(models, sidecars, failures)`` of the named
-    checkpoints; one that cannot be read is listed in ``failures`` ("name: why"), not fatal."""
+    """Models of checkpoint folders, for a page drawn from files alone (the pipeline passes
+    :class:`Heatmaps` of the models it loaded instead): ``(models, sidecars, failures)``; one
+    that cannot be read is listed in ``failures`` ("name: why"), not fatal."""
     models, metas, failures = {}, {}, []
     for name in names:
         try:
@@ -192,42 +202,35 @@ def load_checkpoints(names: list[str], checkpoints: dict[str, Path]
     return models, metas, failures
 
 
-def _heatmaps_html(results: dict, checkpoints: dict, images, explainers: list[str],
-                   target: str) -> str:
-    """Compute each checkpoint's maps for the chosen class of each image; one grid per
-    explainer. Maps are upsampled to the input size and scaled per map for display."""
-    imgs = as_images(images)
+def column_order(results: dict, names) -> list[str]:
+    """Models in the page's column order: the results' runs first (teacher, then each recipe's
+    naive and matched runs), then any others."""
     order = [r["name"] for r in ordered_runs(results)]
-    names = [n for n in order if n in checkpoints] + [n for n in checkpoints if n not in order]
-    models, metas, failures = load_checkpoints(names, checkpoints)
-    class_names = list(results["dataset"]["classes"])
-    for meta in metas.values():
-        class_names = class_names or list(meta.get("classes") or [])
-    names = [n for n in names if n in models]
-    notes = "".join(note(f"Not drawn: {s}") for s in failures)
-    if not names:
+    names = list(names)
+    return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
+def _heatmaps_html(results: dict, hm: Heatmaps) -> str:
+    """One grid per explainer of the maps in ``hm`` (upsampled to the input size, scaled per
+    map for display)."""
+    notes = "".join(note(f"Not drawn: {s}") for s in hm.skipped)
+    if not hm.names:
         return notes or "<p>No checkpoints to draw.</p>"
-    with torch.no_grad():
-        ref_logits = models[names[0]](imgs.images)
-    classes = explain_targets(ref_logits, imgs.labels, target)
-    size = tuple(imgs.images.shape[-2:])
-    which = ("the ground-truth class the first model (" + names[0] + ") scores highest"
-             if target == "truth" else f"the first model's ({names[0]}) top-1 class")
+    class_names = list(results["dataset"]["classes"])
+    size = tuple(hm.images.images.shape[-2:])
+    first = hm.names[0]
+    which = ("the ground-truth class the first model (" + first + ") scores highest"
+             if hm.target == "truth" else f"the first model's ({first}) top-1 class")
     parts = [notes + f"<p class='note'>Each row explains {escape(which)} (row label), "
              f"the same class in every column. The object of that class is outlined in white; "
              f"p = the model's probability for the class (softmax for single-label models, "
              f"sigmoid for multi-label ones). Maps are upsampled to "
              f"{size[0]}x{size[1]} and scaled to their own maximum (signed maps: blue negative, "
              f"red positive).</p>"]
-    for e in explainers:
-        if e not in EXPLAINERS:
-            parts.append(f"<p>Unknown explainer {escape(e)}: skipped.</p>")
-            continue
-        maps, probs = {}, {}
-        for name in names:
-            maps[name], probs[name] = maps_of(models[name], e, imgs.images, classes, None, size)
+    for e, maps in hm.maps.items():
         parts.append(f"<h3>{escape(e)}</h3>"
-                     + figures.heatmap_grid(imgs, names, maps, probs, classes, class_names, e))
+                     + figures.heatmap_grid(hm.images, hm.names, maps, hm.probs[e], hm.classes,
+                                            class_names, e))
     return "\n".join(parts)
 
 
@@ -276,16 +279,21 @@ def _per_class_html(results: dict, explainers: list[str]) -> str:
     return "\n".join(tables)
 
 
-def _training_html(checkpoints: dict) -> str:
-    """Training curves of the checkpoints whose sidecars (read without the weights; unreadable
-    ones skipped) hold epochs or pruning rounds."""
+def sidecar_histories(checkpoints: dict) -> dict[str, dict]:
+    """Training histories from the checkpoints' sidecars (read without the weights;
+    unreadable ones skipped)."""
     hist = {}
     for name, d in checkpoints.items():
         try:
             hist[name] = json.loads((Path(d) / SIDECAR).read_text()).get("history") or {}
         except (OSError, ValueError):
             continue
-    hist = {n: h for n, h in hist.items() if h.get("epochs") or h.get("rounds")}
+    return hist
+
+
+def _training_html(histories: dict[str, dict]) -> str:
+    """Training curves of the runs whose history holds epochs or pruning rounds."""
+    hist = {n: h for n, h in histories.items() if h.get("epochs") or h.get("rounds")}
     return figures.training_curves(hist) if hist else ""
 
 
