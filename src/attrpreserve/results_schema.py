@@ -86,6 +86,8 @@ METRIC = OrNull(NUMBER)  # undefined metrics (NaN) are written as null
 
 AGREEMENT_KEYS = ("spearman", "topk_iou", "topk_intersection", "cosine", "ssim", "argmax_agree",
                   "com_shift")
+# added later (issue 15): optional, so that documents written before stay valid
+LATER_AGREEMENT_KEYS = ("peak_distance", "hit_given_teacher_hit")
 
 ATTRIBUTION = Record(
     # one explainer's scores of one run (evaluate.runner)
@@ -148,12 +150,15 @@ RESULTS = Record(
 CI = Record({"mean": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 DELTA = Record({"a": METRIC, "b": METRIC, "delta": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 
+LATER_CI = {k: CI for k in LATER_AGREEMENT_KEYS}
+
 AUDIT_EXPLAINER = Record({
-    "agreement": Record({k: CI for k in AGREEMENT_KEYS}),
+    "agreement": Record({k: CI for k in AGREEMENT_KEYS}, LATER_CI),
     "localization": OrNull(MapOf(DELTA)),  # null without masks
     "faithfulness": OrNull(MapOf(DELTA)),  # null unless asked for
     # class index (str) -> pairs, agreement CIs and (other keys) localisation deltas
-    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, rest=DELTA)),
+    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, LATER_CI,
+                              rest=DELTA)),
     # one row per image in loader order; delta_<metric> keys with masks
     "per_image": ListOf(Record({"index": INT, "classes": ListOf(INT), "spearman": METRIC,
                                 "ssim": METRIC, "argmax_agree": METRIC,
