@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
+from ..results_schema import SELF_AGREEMENT
 from . import agreement as agr
 from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
@@ -47,10 +48,6 @@ FAITHFULNESS = (
 # the headline agreement metrics first (docs/metrics.md)
 AGREEMENT = ("spearman", "topk_iou", "peak_distance", "hit_given_teacher_hit",
              "topk_intersection", "cosine", "ssim", "argmax_agree", "com_shift")
-# what the reference model scores against itself (its maps are identical to themselves)
-SELF_AGREEMENT = {"spearman": 1.0, "topk_iou": 1.0, "peak_distance": 0.0,
-                  "hit_given_teacher_hit": 1.0, "topk_intersection": 1.0, "cosine": 1.0,
-                  "ssim": 1.0, "argmax_agree": 1.0, "com_shift": 0.0}
 # fixed pair sets, the same for every model (docs/metrics.md, "Pair sets")
 PAIR_SETS = ("all", "teacher_correct")
 AGGREGATIONS = ("pooled", "class_balanced")
