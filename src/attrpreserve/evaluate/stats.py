@@ -11,6 +11,11 @@ Confidence intervals are percentile intervals (Efron): the ``(1 - confidence) / 
 ``(1 + confidence) / 2`` quantiles (numpy's linear interpolation) of the replicates, with a fixed
 seed (``numpy.random.default_rng(seed)``).  NaN values are missing pairs; replicates whose
 statistic is undefined (e.g. no pair left in a filter) are ignored by the quantiles.
+
+Gap recovered (:func:`gaps_recovered`) is a ratio of two such paired differences; its interval
+is the percentile interval of the ratio computed replicate by replicate, reported only where the
+gap's own interval excludes 0 (docs/metrics.md, "Fixed pair sets, class-balanced means and gap
+recovered").
 """
 
 from __future__ import annotations
@@ -236,9 +241,10 @@ def gaps_recovered(teacher, naive, matched, groups, where=None, classes=None,
     The ratio is reported only where the gap's own interval excludes 0 (by more than
     :data:`NUMERICAL_ZERO`, so that two computations of the same maps differing by rounding
     have no gap); otherwise the status is ``"no gap"`` (the naive model is not distinguishable
-    from the teacher: there is nothing to recover, and the ratio would divide by noise).  Replicates whose gap is exactly 0 are
-    left out of the ratio's quantiles.  Works for lower-is-better metrics too (the ratio is
-    sign-free: 1 = back at the teacher, 0 = no better than naive, < 0 = worse than naive).
+    from the teacher: there is nothing to recover, and the ratio would divide by noise).
+    Replicates whose gap is exactly 0 are left out of the ratio's quantiles.  Works for
+    lower-is-better metrics too (the ratio is sign-free: 1 = back at the teacher, 0 = no
+    better than naive, < 0 = worse than naive).
 
     Returns one dict per column: ``status`` ("ok", "no gap", or "undefined" where a mean or
     the gap's interval is undefined), ``teacher``, ``naive``, ``matched``, ``gap`` (teacher -

@@ -18,9 +18,10 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator,  # noqa: E402
                                NullFormatter)
 
+from ..results_schema import SELF_AGREEMENT  # noqa: E402
 from .html import png  # noqa: E402
-from .words import (MATCHING_ORDER, MATCHING_WORDS, SELF_AGREEMENT, class_name,  # noqa: E402
-                    matching_of, metric, num, pct, recipe_groups, teacher_run)
+from .words import (MATCHING_ORDER, MATCHING_WORDS, class_name, matching_of, metric,  # noqa: E402
+                    num, pct, recipe_groups, teacher_run)
 
 __all__ = ["save_overlay", "save_overlays"]
 

@@ -16,13 +16,13 @@ import torch
 from ..attribution import EXPLAINERS
 from ..loading import load_model
 from ..models.checkpoint import SIDECAR
-from ..results_schema import validate_results
+from ..results_schema import SELF_AGREEMENT, validate_results
 from . import figures
 from .html import card, cell, document, escape, kv_table, note, table, wrapped
 from .maps import ReportImages, as_images, explain_targets, maps_of
-from .words import (HEADLINE_GAPS, PAIR_SET_WORDS, SELF_AGREEMENT, class_name, explainers_in,
-                    f3, gap_entry, gap_words, headline, matching_of, method_of, metric, naive_run,
-                    num, ordered_runs, pair_count, recipe_groups, teacher_run)
+from .words import (HEADLINE_GAPS, PAIR_SET_WORDS, class_name, explainers_in, f3, gap_entry,
+                    gap_words, headline, matching_of, method_of, metric, naive_run, num,
+                    ordered_runs, pair_count, recipe_groups, teacher_run)
 
 __all__ = ["write_report"]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-from ..results_schema import SELF_AGREEMENT
-
 __all__ = ["audit_headline", "gap_closed", "gap_entry", "headline", "naive_baselines",
            "recipe_groups", "set_entry", "teacher_run"]
 
@@ -234,13 +232,6 @@ def gap_closed(teacher: float | None, naive: float | None, matched: float | None
     if teacher is None or naive is None or matched is None or teacher - naive <= tol:
         return None
     return (matched - naive) / (teacher - naive)
-
-
-def reference_value(teacher: dict | None, key: str, explainer: str):
-    """The teacher's value of ``key`` (1 for agreement metrics: its maps match themselves)."""
-    if key in SELF_AGREEMENT:
-        return SELF_AGREEMENT[key]
-    return metric(teacher, key, explainer) if teacher else None
 
 
 def naive_run(runs: list[dict]) -> dict | None:
