@@ -104,7 +104,8 @@ def test_audit_without_masks_skips_localization(setup):
     assert rep["localization"] is None
     assert rep["agreement"]["spearman"]["mean"] is not None
     assert all(set(row) == {"pairs", "spearman", "topk_iou", "topk_intersection", "cosine",
-                            "ssim", "argmax_agree", "com_shift"}
+                            "ssim", "argmax_agree", "com_shift", "peak_distance",
+                            "hit_given_teacher_hit"}
                for row in rep["per_class"].values())
     no_masks = [(images, labels, None)]  # any iterable of batches works
     res2 = audit(model, randomized, no_masks, n_boot=50, progress=False)

@@ -29,6 +29,7 @@ from attrpreserve.evaluate import (
     mean_average_precision,
     per_class_mean,
     minmax_normalize,
+    peak_distance,
     per_image_average_precision,
     pointing_hits,
     pointing_hits_tolerance,
@@ -349,6 +350,7 @@ def test_argmax_agreement_and_center_of_mass_hand_cases():
     assert argmax_agreement(a, b).tolist() == [True, False, False]
     assert argmax_agreement(a, b, tolerance=1.0).tolist() == [True, False, True]
     assert argmax_agreement(a, b, tolerance=5.0).tolist() == [True, True, True]
+    assert peak_distance(a, b).tolist() == pytest.approx([0.0, 5.0, 1.0])
 
     c = torch.zeros(3, 10, 10)
     d = torch.zeros(3, 10, 10)

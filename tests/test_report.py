@@ -18,21 +18,54 @@ from attrpreserve.report import (ReportImages, audit_headline, gap_closed, headl
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = ["circle", "square", "triangle"]
 
-# Pointing game, AUC and Spearman per run; the expected shares below are computed by hand.
+# Pointing game, AUC and Spearman per run (on all ground-truth pairs; the paper-mode numbers are
+# set apart below), and the gap-recovered entries the evaluator would write for them.
 T_PG, T_AUC = 0.8, 0.9
-KD = {"pg": 0.4, "auc": 0.89, "rho": 0.2, "mAP": 0.41}       # AUC within 0.02: no gap
+KD = {"pg": 0.4, "auc": 0.89, "rho": 0.2, "mAP": 0.41}       # AUC: the gap's CI includes 0
 KD_AT = {"pg": 0.5, "auc": 0.91, "rho": 0.6, "mAP": 0.45}
 KD_WCAM = {"pg": 0.7, "auc": 0.90, "rho": 0.8, "mAP": 0.52}
-WCAM_PG_SHARE = round(100 * (0.7 - 0.4) / (0.8 - 0.4))        # 75
-AT_PG_SHARE = round(100 * (0.5 - 0.4) / (0.8 - 0.4))          # 25
-WCAM_RHO_SHARE = round(100 * (0.8 - 0.2) / (1.0 - 0.2))       # 75 (teacher agrees with itself: 1)
+WCAM_PG = (0.75, 0.6, 0.9)      # (0.7 - 0.4) / (0.8 - 0.4), and its interval
+AT_PG = (0.25, 0.05, 0.45)      # (0.5 - 0.4) / (0.8 - 0.4)
+WCAM_RHO = (0.75, 0.7, 0.8)     # (0.8 - 0.2) / (1.0 - 0.2): the teacher agrees with itself
+AT_RHO = (0.5, 0.45, 0.55)
+PAPER_PG = {"teacher": 0.66, "kd": 0.11, "kd+at": 0.21, "kd+wcam": 0.31}  # not the headline
 
 
-def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None):
-    att = {"pointing_game": pg, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2}
+def _ci(mean, half=0.05):
+    return None if mean is None else {"mean": mean, "ci_low": mean - half,
+                                      "ci_high": mean + half}
+
+
+def _gap(t, n, m, share=None):
+    """A gap-recovered entry: ``share`` = (ratio, low, high) when the gap is clear, else
+    "no gap"."""
+    entry = {"status": "ok" if share else "no gap", "teacher": t, "naive": n, "matched": m,
+             "gap": t - n, "gain": m - n, "recovered": None, "ci_low": None, "ci_high": None}
+    gap_half = 0.05 if share else abs(t - n) + 0.02  # "no gap": the interval straddles 0
+    entry.update(gap_ci_low=t - n - gap_half, gap_ci_high=t - n + gap_half,
+                 gain_ci_low=m - n - 0.05, gain_ci_high=m - n + 0.05)
+    if share:
+        entry.update(recovered=share[0], ci_low=share[1], ci_high=share[2])
+    return entry
+
+
+def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None, gaps=None):
+    paper = PAPER_PG.get(name, pg)
+    att = {"pointing_game": paper, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2,
+           "predicted_pairs": 7, "pairs": 12}
+    pooled = {"pointing_game": _ci(pg), "auc": _ci(auc)}
     if rho is not None:  # the teacher has no agreement with itself
         att["agreement"] = {"spearman": rho, "topk_iou": 0.3, "cosine": 0.5, "argmax_agree": 0.4,
-                            "com_shift": 3.0}
+                            "com_shift": 3.0, "peak_distance": 6.25,
+                            "hit_given_teacher_hit": 0.55}
+        pooled.update({k: _ci(v) for k, v in att["agreement"].items()})
+    pooled = {k: v for k, v in pooled.items() if v is not None}
+    att["pair_sets"] = {"all": {"pairs": 12, "pooled": pooled, "class_balanced": pooled},
+                        "teacher_correct": {"pairs": 7, "pooled": pooled,
+                                            "class_balanced": pooled}}
+    if gaps:
+        att["gap_recovered"] = {"naive": "kd", **{s: {"pooled": gaps, "class_balanced": gaps}
+                                                  for s in ("all", "teacher_correct")}}
     if per_class:
         att["per_class"] = per_class
     return {"name": name, "role": "teacher" if method == "none" else "compressed",
@@ -44,15 +77,25 @@ def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None):
             "training": {"best_epoch": 1, "best_val_mAP": 0.3}}
 
 
+def _kd_gaps(run, pg_share, rho_share):
+    return {"pointing_game": _gap(T_PG, KD["pg"], run["pg"], pg_share),
+            "auc": _gap(T_AUC, KD["auc"], run["auc"]),
+            "spearman": _gap(1.0, KD["rho"], run["rho"], rho_share)}
+
+
 def _results():
     pc = {"pointing_game": {"0": 0.5, "1": 0.6, "2": 0.7}}
     runs = [_run("teacher", "none", "none", 0.7, T_PG, T_AUC, None, pc),
             _run("kd", "kd", "none", KD["mAP"], KD["pg"], KD["auc"], KD["rho"], pc),
-            _run("kd+at", "kd", "at", KD_AT["mAP"], KD_AT["pg"], KD_AT["auc"], KD_AT["rho"]),
+            _run("kd+at", "kd", "at", KD_AT["mAP"], KD_AT["pg"], KD_AT["auc"], KD_AT["rho"],
+                 gaps=_kd_gaps(KD_AT, AT_PG, AT_RHO)),
             _run("kd+wcam", "kd", "wcam", KD_WCAM["mAP"], KD_WCAM["pg"], KD_WCAM["auc"],
-                 KD_WCAM["rho"]),
+                 KD_WCAM["rho"], gaps=_kd_gaps(KD_WCAM, WCAM_PG, WCAM_RHO)),
+            # written before gap_recovered existed
             _run("unstructured", "unstructured", "none", 0.69, 0.79, None, 0.9),
             _run("unstructured+wcam", "unstructured", "wcam", 0.69, None, 0.9, 0.95)]
+    for run in runs[4:]:
+        del run["attribution"]["gradcam"]["pair_sets"]
     sweeps = [{"recipe": "kd", "matching": m, "strength": s, "size_bytes": b, "mAP": 0.5,
                "pointing_game": pg, "auc": 0.9, "spearman": 0.5}
               for m, off in (("none", 0.0), ("wcam", 0.2))
@@ -177,27 +220,46 @@ def test_report_table_and_headline(report):
     page = _Page()
     page.feed(text)
     names = [r["name"] for r in results["runs"]]
-    main = next(t for t in page.tables if t and "PG gap closed" in t[0])
+    main = next(t for t in page.tables if t and "PG gap recovered" in t[0])
     assert [row[0] for row in main[1:]] == names       # teacher first, then recipe by recipe
     header = main[0]
+    # agreement with the teacher comes before any localisation number
+    assert header.index("Spearman") < header.index("PG all") < header.index("PG gap recovered")
+    assert "PG (paper)" not in header
     wcam = main[1 + names.index("kd+wcam")]
-    assert wcam[header.index("PG gap closed")] == f"{WCAM_PG_SHARE}%"
-    assert wcam[header.index("Spearman gap closed")] == f"{WCAM_RHO_SHARE}%"
-    assert wcam[header.index("AUC gap closed")] == "no gap"
+    assert wcam[header.index("PG gap recovered")] == "75% (60%–90%)"
+    assert wcam[header.index("Spearman gap recovered")] == "75% (70%–80%)"
+    assert wcam[header.index("AUC gap recovered")] == "no gap"
+    assert wcam[header.index("PG all")] == "0.700"
+    assert main[1 + names.index("kd")][header.index("PG gap recovered")] == "naive"
+    assert main[1 + names.index("unstructured+wcam")][header.index("PG gap recovered")] == "–"
+    paper = next(t for t in page.tables if t and "PG (paper)" in t[0])
+    assert paper[1 + names.index("kd+wcam")][paper[0].index("PG (paper)")] == "0.310"
     cost = next(t for t in page.tables if t and "non-zero params" in t[0])
     assert "1,234,567" in cost[1]                      # thousands separators
     assert any(t and t[0][:1] == ["class"] for t in page.tables)  # per-class tables
+    assert "paper-comparable" in text.lower()
 
     kd = next(h for h in headline(results) if h["recipe"] == "kd")
-    pg_sentence = next(s for s in kd["sentences"] if "pointing game" in s)
-    assert "lost 0.400 pointing game" in pg_sentence
-    assert f"WCAM (kd+wcam) won back {WCAM_PG_SHARE}% of it" in pg_sentence
-    assert f"AT (kd+at) won back {AT_PG_SHARE}% of it" in pg_sentence
-    assert "mAP 0.520 vs 0.410" in pg_sentence
-    assert any("no gap to close" in s for s in kd["sentences"])   # AUC 0.89 vs 0.90
-    assert f"won back {WCAM_PG_SHARE}% of it" in text
+    assert kd["sentences"][0].startswith("Agreement with the teacher's gradcam maps")
+    assert "kd Spearman 0.200 (95% CI 0.150 to 0.250)" in kd["sentences"][0]
+    assert "peak distance 6.2 px" in kd["sentences"][0]
+    pg_sentence = next(s for s in kd["sentences"] if s.startswith("Pointing game"))
+    assert "naive lost 0.400 pointing game" in pg_sentence
+    assert "WCAM (kd+wcam) 0.700, recovered 75% (95% CI 60% to 90%)" in pg_sentence
+    assert "AT (kd+at) 0.500, recovered 25% (95% CI 5% to 45%)" in pg_sentence
+    assert "mAP 0.520 vs naive 0.410" in pg_sentence
+    assert "0.66" not in " ".join(kd["sentences"]) + kd["summary"]  # paper mode: never here
+    auc_sentence = next(s for s in kd["sentences"] if s.startswith("Localisation AUC"))
+    assert "no gap in localisation AUC" in auc_sentence and "recovered" not in auc_sentence
+    assert "Best at bringing it back: WCAM (kd+wcam), 75% (95% CI 60% to 90%)" in kd["summary"]
+    assert any(s.startswith("Gap recovered on the pairs the teacher predicts correctly (7)")
+               for s in kd["sentences"])
+    assert "recovered 75% (95% CI 60% to 90%)" in text
     unstructured = next(h for h in headline(results) if h["recipe"] == "unstructured")
-    assert any("not measured" in s for s in unstructured["sentences"])  # None metrics
+    assert any("Gap recovered is not in these results" in s for s in unstructured["sentences"])
+    # an older document still answers agreement (same definition, from agreement)
+    assert "unstructured Spearman 0.900" in unstructured["sentences"][0]
 
 
 def test_report_without_checkpoints_or_optional_sections(tmp_path):
@@ -256,7 +318,7 @@ def test_report_renders_in_chromium(report, tmp_path):
                     path.resolve().as_uri()).stdout
     page = _Page()
     page.feed(dom)
-    main = next(t for t in page.tables if t and "PG gap closed" in t[0])
+    main = next(t for t in page.tables if t and "PG gap recovered" in t[0])
     assert "kd+wcam" in [row[0] for row in main]
 
 

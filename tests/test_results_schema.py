@@ -69,6 +69,42 @@ def test_optional_keys_may_be_missing_required_ones_may_be_null():
     validate_results(doc)
 
 
+def _gap(status="ok"):
+    entry = dict.fromkeys(("teacher", "naive", "matched", "gap", "gap_ci_low", "gap_ci_high",
+                           "gain", "gain_ci_low", "gain_ci_high", "recovered", "ci_low",
+                           "ci_high"), 0.5)
+    return {"status": status, **entry}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g["all"]["pooled"]["auc"].update(status="maybe"),
+     "results.runs[1].attribution.gradcam.gap_recovered.all.pooled.auc.status: expected one of "
+     "'ok', 'no gap', 'undefined', got str 'maybe'"),
+    (lambda g: g["all"]["pooled"]["auc"].pop("gap_ci_low"),
+     "results.runs[1].attribution.gradcam.gap_recovered.all.pooled.auc: missing required key "
+     "'gap_ci_low'"),
+    (lambda g: g.pop("naive"),
+     "results.runs[1].attribution.gradcam.gap_recovered: missing required key 'naive'"),
+    (lambda g: g["teacher_correct"].pop("class_balanced"),
+     "results.runs[1].attribution.gradcam.gap_recovered.teacher_correct: missing required key "
+     "'class_balanced'"),
+])
+def test_pair_sets_and_gap_recovered_follow_the_schema(edit, message):
+    doc = _results()
+    att = doc["runs"][1]["attribution"]["gradcam"]
+    ci = {"mean": 0.5, "ci_low": 0.4, "ci_high": None}
+    att["pair_sets"] = {s: {"pairs": 4, "pooled": {"auc": ci}, "class_balanced": {"auc": ci}}
+                        for s in ("all", "teacher_correct")}
+    att["gap_recovered"] = {"naive": "kd", **{
+        s: {"pooled": {"auc": _gap()}, "class_balanced": {"auc": _gap("no gap")}}
+        for s in ("all", "teacher_correct")}}
+    validate_results(doc)
+    edit(att["gap_recovered"])
+    with pytest.raises(SchemaError) as err:
+        validate_results(doc)
+    assert str(err.value) == message
+
+
 def test_write_report_rejects_a_malformed_document(tmp_path):
     doc = _results()
     del doc["runs"][1]["cost"]

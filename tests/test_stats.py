@@ -130,3 +130,128 @@ def test_group_means():
     got = group_means([1.0, 3.0, np.nan, 4.0], [0, 0, 1, 2], n_groups=4)
     np.testing.assert_array_equal(got[:1], [2.0])
     assert np.isnan(got[1]) and got[2] == 4.0 and np.isnan(got[3])
+
+
+# --------------------------------------------------------------------------------------------
+# Gap recovered: against a plain resampling loop with the same draws
+# --------------------------------------------------------------------------------------------
+
+def _plain_gap_loop(t, n, m, image, where, classes, n_boot, seed):
+    """Gap, gain and ratio replicates, one replicate at a time in plain Python: draw the images
+    with the same rng calls as ``resample_weights`` (``integers(0, G, G)`` per replicate; PCG64
+    gives the same stream however the calls are split), list the pairs of every drawn image,
+    and average (per class first when ``classes`` is given)."""
+    ids = sorted(set(image))
+    pairs_of = {g: [p for p in range(len(image)) if image[p] == g] for g in ids}
+    rng = np.random.default_rng(seed)
+
+    def mean(values, pairs):
+        if classes is None:
+            kept = [values[p] for p in pairs if where[p] and not np.isnan(values[p])]
+            return sum(kept) / len(kept) if kept else float("nan")
+        per_class = [mean_of_class(values, pairs, k) for k in sorted(set(classes))]
+        per_class = [v for v in per_class if not np.isnan(v)]
+        return sum(per_class) / len(per_class) if per_class else float("nan")
+
+    def mean_of_class(values, pairs, k):
+        kept = [values[p] for p in pairs
+                if classes[p] == k and where[p] and not np.isnan(values[p])]
+        return sum(kept) / len(kept) if kept else float("nan")
+
+    gaps, gains, ratios = [], [], []
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(ids), size=len(ids))
+        pairs = [p for d in drawn for p in pairs_of[ids[d]]]
+        mt, mn, mm = mean(t, pairs), mean(n, pairs), mean(m, pairs)
+        gaps.append(mt - mn)
+        gains.append(mm - mn)
+        ratios.append((mm - mn) / (mt - mn) if mt != mn else float("nan"))
+    everything = list(range(len(image)))
+    estimate = (mean(t, everything), mean(n, everything), mean(m, everything))
+    return estimate, np.array(gaps), np.array(gains), np.array(ratios)
+
+
+def _nanpercentile(x, q):
+    x = x[~np.isnan(x)]
+    return np.percentile(x, q)
+
+
+# 9 images, 1-3 pairs each; classes 0-2; a teacher-correct style filter; NaN = missing pair
+_IMAGE = [0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6, 7, 8, 8]
+_CLASS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0]
+_T = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+_N = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+_M = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, np.nan, 0.0, 1.0, 1.0, 0.0, 0.0]
+_WHERE = [True, True, False, True, True, True, True, True, True, True, True, False, True,
+          True, True]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_gap_recovered_matches_a_plain_resampling_loop(balanced):
+    classes = _CLASS if balanced else None
+    got = ap_stats.gap_recovered(_T, _N, _M, _IMAGE, where=np.array(_WHERE),
+                                 classes=None if classes is None else np.array(classes),
+                                 n_boot=400, seed=3)
+    (t, n, m), gaps, gains, ratios = _plain_gap_loop(_T, _N, _M, _IMAGE, _WHERE, classes,
+                                                     400, 3)
+    assert got["status"] == "ok"
+    assert got["teacher"] == pytest.approx(t, abs=1e-12)
+    assert got["naive"] == pytest.approx(n, abs=1e-12)
+    assert got["matched"] == pytest.approx(m, abs=1e-12)
+    assert got["gap"] == pytest.approx(t - n, abs=1e-12)
+    assert got["recovered"] == pytest.approx((m - n) / (t - n), abs=1e-12)
+    for key, reps in (("gap", gaps), ("gain", gains)):
+        assert got[f"{key}_ci_low"] == pytest.approx(np.percentile(reps, 2.5), abs=1e-9)
+        assert got[f"{key}_ci_high"] == pytest.approx(np.percentile(reps, 97.5), abs=1e-9)
+    assert got["ci_low"] == pytest.approx(_nanpercentile(ratios, 2.5), abs=1e-9)
+    assert got["ci_high"] == pytest.approx(_nanpercentile(ratios, 97.5), abs=1e-9)
+    assert got["ci_low"] <= got["recovered"] <= got["ci_high"]
+
+
+def test_gap_recovered_says_no_gap_when_teacher_equals_naive():
+    rng = np.random.default_rng(8)
+    teacher = rng.random(40)
+    image = np.repeat(np.arange(20), 2)
+    got = ap_stats.gap_recovered(teacher, teacher, teacher + 0.1, image, n_boot=200)
+    assert got["status"] == "no gap"
+    assert got["gap"] == 0.0 and got["gap_ci_low"] == 0.0 and got["gap_ci_high"] == 0.0
+    assert np.isnan(got["recovered"]) and np.isnan(got["ci_low"]) and np.isnan(got["ci_high"])
+    assert got["gain"] == pytest.approx(0.1)  # what matching changed is still reported
+    # a gap lost in the noise: the interval straddles 0, so no ratio either
+    noisy = ap_stats.gap_recovered(teacher, teacher + rng.normal(0, 0.3, 40) - 0.01,
+                                   teacher, image, n_boot=200)
+    assert noisy["gap_ci_low"] < 0 < noisy["gap_ci_high"] and noisy["status"] == "no gap"
+    # a clear gap, lower-is-better style (naive above the teacher): the ratio is sign-free
+    far = ap_stats.gap_recovered(teacher, teacher + 1.0, teacher + 0.25, image, n_boot=200)
+    assert far["status"] == "ok" and far["recovered"] == pytest.approx(0.75)
+    assert far["ci_low"] == pytest.approx(0.75) and far["ci_high"] == pytest.approx(0.75)
+    missing = ap_stats.gap_recovered(teacher, np.full(40, np.nan), teacher, image, n_boot=50)
+    assert missing["status"] == "undefined"
+
+
+def test_gaps_recovered_columns_match_one_metric_at_a_time():
+    rng = np.random.default_rng(9)
+    t, n, m = (rng.random((30, 3)) for _ in range(3))
+    n[:, 1] -= 0.5  # one clear gap
+    image = np.repeat(np.arange(10), 3)
+    where = rng.random(30) > 0.2
+    cols = ap_stats.gaps_recovered(t, n, m, image, where, n_boot=150, seed=2)
+    for j in range(3):
+        one = ap_stats.gap_recovered(t[:, j], n[:, j], m[:, j], image, where, n_boot=150, seed=2)
+        assert cols[j] == {k: pytest.approx(v, abs=1e-12, nan_ok=True) for k, v in one.items()}
+    assert cols[1]["status"] == "ok"
+    with pytest.raises(ValueError, match="n_boot"):
+        ap_stats.gap_recovered(t[:, 0], n[:, 0], m[:, 0], image, n_boot=0)
+
+
+def test_means_ci_columns_share_replicates_and_n_boot_zero():
+    rng = np.random.default_rng(10)
+    x = rng.random((24, 2))
+    image = np.repeat(np.arange(8), 3)
+    both = ap_stats.means_ci(x, image, n_boot=100, seed=1)
+    for j in range(2):
+        one = mean_ci(x[:, j], image, n_boot=100, seed=1)
+        assert both[j] == {k: pytest.approx(one[k], abs=1e-12) for k in both[j]}
+    bare = ap_stats.means_ci(x, image, n_boot=0)
+    assert bare[0]["mean"] == pytest.approx(x[:, 0].mean())
+    assert np.isnan(bare[0]["ci_low"]) and np.isnan(bare[1]["ci_high"])

@@ -71,7 +71,14 @@ class Record:
     rest: Spec | None = None
 
 
-Spec = Union[Value, OrNull, ListOf, MapOf, Record]
+@dataclass(frozen=True)
+class Choice:
+    """One of the strings ``values``."""
+
+    values: tuple[str, ...]
+
+
+Spec = Union[Value, OrNull, ListOf, MapOf, Record, Choice]
 
 ANY = OrNull(Value((object,), "anything"))
 STR = Value((str,), "a string")
@@ -86,6 +93,27 @@ METRIC = OrNull(NUMBER)  # undefined metrics (NaN) are written as null
 
 AGREEMENT_KEYS = ("spearman", "topk_iou", "topk_intersection", "cosine", "ssim", "argmax_agree",
                   "com_shift")
+# added later (issue 15): optional, so that documents written before stay valid
+LATER_AGREEMENT_KEYS = ("peak_distance", "hit_given_teacher_hit")
+# what a model's maps score against themselves: the reference run's value of each agreement
+# metric (it has no "agreement" entry of its own)
+SELF_AGREEMENT = {"spearman": 1.0, "topk_iou": 1.0, "topk_intersection": 1.0, "cosine": 1.0,
+                  "ssim": 1.0, "argmax_agree": 1.0, "com_shift": 0.0, "peak_distance": 0.0,
+                  "hit_given_teacher_hit": 1.0}
+
+CI = Record({"mean": METRIC, "ci_low": METRIC, "ci_high": METRIC})
+
+# one fixed pair set (evaluate.runner.PAIR_SETS): its size, then metric -> mean and interval
+PAIR_SET = Record({"pairs": INT, "pooled": MapOf(CI), "class_balanced": MapOf(CI)})
+
+# gap recovered of one metric on one pair set (evaluate.stats.gaps_recovered)
+GAP = Record({"status": Choice(("ok", "no gap", "undefined")),
+              **{k: METRIC for k in ("teacher", "naive", "matched", "gap", "gap_ci_low",
+                                     "gap_ci_high", "gain", "gain_ci_low", "gain_ci_high",
+                                     "recovered", "ci_low", "ci_high")}})
+GAP_RECOVERED = Record(
+    {"naive": STR},  # the naive run of the same recipe
+    rest=Record({"pooled": MapOf(GAP), "class_balanced": MapOf(GAP)}))  # pair set -> ...
 
 ATTRIBUTION = Record(
     # one explainer's scores of one run (evaluate.runner)
@@ -101,7 +129,9 @@ ATTRIBUTION = Record(
         "per_image": MapOf(ListOf(METRIC)),
         "pointing_game_std_center_baseline": METRIC, "relevance_mass": METRIC,
         "relevance_rank": METRIC, "deletion_auc": METRIC, "insertion_auc": METRIC,
-        "pairs": INT, "predicted_pairs": INT},
+        "pairs": INT, "predicted_pairs": INT,
+        "pair_sets": MapOf(PAIR_SET),  # "all", "teacher_correct" (with a teacher)
+        "gap_recovered": GAP_RECOVERED},  # matched runs with a naive run of their recipe
     rest=ANY)
 
 RUN = Record({
@@ -145,15 +175,17 @@ RESULTS = Record(
 # audit.json
 # --------------------------------------------------------------------------------------------
 
-CI = Record({"mean": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 DELTA = Record({"a": METRIC, "b": METRIC, "delta": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 
+LATER_CI = {k: CI for k in LATER_AGREEMENT_KEYS}
+
 AUDIT_EXPLAINER = Record({
-    "agreement": Record({k: CI for k in AGREEMENT_KEYS}),
+    "agreement": Record({k: CI for k in AGREEMENT_KEYS}, LATER_CI),
     "localization": OrNull(MapOf(DELTA)),  # null without masks
     "faithfulness": OrNull(MapOf(DELTA)),  # null unless asked for
     # class index (str) -> pairs, agreement CIs and (other keys) localisation deltas
-    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, rest=DELTA)),
+    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, LATER_CI,
+                              rest=DELTA)),
     # one row per image in loader order; delta_<metric> keys with masks
     "per_image": ListOf(Record({"index": INT, "classes": ListOf(INT), "spearman": METRIC,
                                 "ssim": METRIC, "argmax_agree": METRIC,
@@ -215,6 +247,11 @@ def _check(value: Any, spec: Spec, where: str, nullable: bool = False) -> None:
             _check(value, spec.spec, where, nullable=True)
         return
     expected = "" if not nullable else " or null"
+    if isinstance(spec, Choice):
+        if value not in spec.values:
+            _fail(where, f"expected one of {', '.join(map(repr, spec.values))}{expected}, "
+                         f"got {_shown(value)}")
+        return
     if isinstance(spec, Value):
         if value is None or not isinstance(value, spec.types) or \
                 (isinstance(value, bool) and bool not in spec.types):

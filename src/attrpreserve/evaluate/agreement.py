@@ -22,6 +22,7 @@ __all__ = [
     "topk_intersection",
     "topk_iou",
     "argmax_agreement",
+    "peak_distance",
     "center_of_mass_shift",
     "minmax_normalize",
     "ssim",
@@ -157,19 +158,28 @@ def topk_iou(a, b, frac: float = 0.1) -> torch.Tensor:
     return (inter / union).cpu()
 
 
+def peak_distance(a, b) -> torch.Tensor:
+    """Euclidean distance in pixels between the two maps' first argmax pixels
+    (``torch.argmax`` on the row-major flattened map); 0 when the peaks coincide.
+
+    Returns
+    -------
+    float64 tensor ``P``.
+    """
+    a, b = _check_pair(a, b)
+    d = (_argmax_rc(a) - _argmax_rc(b)).to(torch.float64)
+    return torch.sqrt((d * d).sum(dim=1)).cpu()
+
+
 def argmax_agreement(a, b, tolerance: float = 0.0) -> torch.Tensor:
-    """Whether the two maps peak at the same place: Euclidean distance (pixels) between their
-    first argmax pixels (``torch.argmax`` on the row-major flattened map) is ``<= tolerance``;
+    """Whether the two maps peak at the same place: :func:`peak_distance` ``<= tolerance``;
     ``tolerance=0`` requires the identical pixel.
 
     Returns
     -------
     bool tensor ``P``.
     """
-    a, b = _check_pair(a, b)
-    d = (_argmax_rc(a) - _argmax_rc(b)).to(torch.float64)
-    dist = torch.sqrt((d * d).sum(dim=1))
-    return (dist <= float(tolerance)).cpu()
+    return peak_distance(a, b) <= float(tolerance)
 
 
 def _center_of_mass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

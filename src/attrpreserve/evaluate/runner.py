@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
+from ..results_schema import SELF_AGREEMENT
 from . import agreement as agr
 from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
 from .faithfulness import faithfulness_aucs
-from .stats import delta_ci, group_means, mean_ci
+from .stats import delta_ci, gaps_recovered, group_means, mean_ci, means_ci
 from .task import mean_average_precision, sample_f1, top1_accuracy, top1_agreement
 
 STD_TOLERANCE = 15.0  # px, the standard pointing game's tolerance (Zhang et al. 2016)
@@ -44,8 +45,15 @@ FAITHFULNESS = (
     ("deletion_auc", "deletion_auc", "all", False),
     ("insertion_auc", "insertion_auc", "all", False),
 )
-AGREEMENT = ("spearman", "topk_iou", "topk_intersection", "cosine", "ssim", "argmax_agree",
-             "com_shift")
+# the headline agreement metrics first (docs/metrics.md)
+AGREEMENT = ("spearman", "topk_iou", "peak_distance", "hit_given_teacher_hit",
+             "topk_intersection", "cosine", "ssim", "argmax_agree", "com_shift")
+# fixed pair sets, the same for every model (docs/metrics.md, "Pair sets")
+PAIR_SETS = ("all", "teacher_correct")
+AGGREGATIONS = ("pooled", "class_balanced")
+# metrics whose gap recovered (matched vs naive vs teacher) is reported
+GAP_METRICS = ("pointing_game", "auc", "energy_pg", "spearman", "topk_iou", "peak_distance",
+               "hit_given_teacher_hit")
 
 DEFINITIONS = {
     "pointing_game": "paper mode: first argmax inside the class mask, void pixels never chosen;"
@@ -65,6 +73,17 @@ DEFINITIONS = {
     "ssim": "SSIM of min-max scaled maps, Gaussian window sigma 1.5 (11 px), C1 = 0.01^2, "
             "C2 = 0.03^2, population covariance, mean over full windows (= skimage)",
     "argmax_agree": f"peaks within {ARGMAX_TOLERANCE:g} px",
+    "peak_distance": "distance between the two maps' first argmax pixels (px)",
+    "hit_given_teacher_hit": "P(hit | teacher hit): paper-mode pointing-game hit on the pairs "
+                             "where the reference model's map hits",
+    "all": "pair set: every (image, ground-truth class) pair",
+    "teacher_correct": "pair set: ground-truth pairs the reference model predicts (multi-label:"
+                       " logit > 0; single-label: the class is its top-1)",
+    "pooled": "mean over the set's pairs",
+    "class_balanced": "mean over the classes with pairs in the set of the per-class means",
+    "gap_recovered": "(matched - naive) / (teacher - naive) on a fixed pair set; percentile "
+                     "interval of the ratio from a paired image bootstrap; only where the "
+                     "gap's own interval excludes 0 (else status 'no gap')",
     "com_shift": "distance between the centres of mass of the positive parts (px)",
     "deletion_auc": f"RISE deletion AUC (trapezoid over equal pixel steps, {FAITHFULNESS_STEPS} "
                     "unless configured), black substrate, sigmoid probability of the class; "
@@ -94,16 +113,21 @@ def _no_localization(n: int) -> dict[str, torch.Tensor]:
     return {key: nan.clone() for _, key, _, _ in LOCALIZATION}
 
 
-def _agreement(ref, maps) -> dict[str, torch.Tensor]:
+def _agreement(ref, maps, ref_rec, rec) -> dict[str, torch.Tensor]:
+    """Agreement of ``maps`` with the reference's ``ref`` (``ref_rec`` / ``rec``: the two
+    models' localisation records of the same pairs, for P(hit | teacher hit))."""
     big = min(maps.shape[-2:]) >= 11  # the SSIM window
+    peaks = agr.peak_distance(ref, maps)
+    nan = torch.full((len(maps),), float("nan"), dtype=torch.float64)
     return {
         "spearman": agr.spearman(ref, maps),
         "topk_iou": agr.topk_iou(ref, maps, TOPK),
+        "peak_distance": peaks,
+        "hit_given_teacher_hit": torch.where(ref_rec["hit"] == 1, rec["hit"], nan),
         "topk_intersection": agr.topk_intersection(ref, maps, TOPK),
         "cosine": agr.cosine(ref, maps),
-        "ssim": agr.ssim(ref, maps) if big else torch.full((len(maps),), float("nan"),
-                                                           dtype=torch.float64),
-        "argmax_agree": agr.argmax_agreement(ref, maps, ARGMAX_TOLERANCE),
+        "ssim": agr.ssim(ref, maps) if big else nan,
+        "argmax_agree": peaks <= ARGMAX_TOLERANCE,
         "com_shift": agr.center_of_mass_shift(ref, maps),
     }
 
@@ -168,7 +192,7 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
         image_all.append(img_idx + offset)
         offset += len(images)
         for e in explainers:
-            ref_maps = None
+            ref_maps = ref_rec = None
             for name, model in _reference_first(models, reference):
                 device = model_device(model)
                 x = images.to(device)
@@ -185,9 +209,9 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
                     rec.update(faithfulness_aucs(model, x, img_idx, cls, at_input,
                                                  faithfulness_steps, faithfulness_batch))
                 if name == reference:
-                    ref_maps = maps
+                    ref_maps, ref_rec = maps, rec
                 elif ref_maps is not None:
-                    rec.update(_agreement(ref_maps, maps))
+                    rec.update(_agreement(ref_maps, maps, ref_rec, rec))
                 pairs[name][e].append(rec)
     def cat(xs, dtype=torch.int64):
         return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
@@ -206,14 +230,14 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                     explainers: tuple[str, ...] = ("gradcam",), layers: dict | None = None,
                     progress: bool = True, faithfulness: bool = False,
                     faithfulness_steps: int = FAITHFULNESS_STEPS, faithfulness_batch: int = 64,
-                    n_boot: int = 1000, seed: int = 0, per_image: bool = False
-                    ) -> dict[str, dict]:
+                    n_boot: int = 1000, seed: int = 0, per_image: bool = False,
+                    baselines: dict[str, str] | None = None) -> dict[str, dict]:
     """Task and attribution metrics of each model (by name) on ``loader``.
 
     Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. Paper-mode pointing
-    game and AUC pool the pairs the model predicts (logit > 0); the standard pointing game is
-    the per-class mean over every ground-truth pair; agreement pools every ground-truth pair
-    (definitions: :data:`DEFINITIONS`).
+    game and AUC pool the pairs the model predicts (logit > 0; paper-comparable); the standard
+    pointing game is the per-class mean over every ground-truth pair; agreement pools every
+    ground-truth pair (definitions: :data:`DEFINITIONS`).
 
     Beside the means each explainer entry has ``per_class`` (``{metric: {class index (str):
     mean}}``, with ``pairs`` counts), for non-reference models ``agreement_ci`` and ``delta``
@@ -222,7 +246,21 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     ``per_image`` ``{metric: [mean per image]}`` in loader order.  ``faithfulness=True`` adds
     RISE deletion / insertion AUCs (``faithfulness_steps`` + 1 forwards per pair, at most
     ``faithfulness_batch`` images at once).
+
+    ``pair_sets``: every localisation and agreement metric on the fixed pair sets
+    (:data:`PAIR_SETS`: all ground-truth pairs and, with a ``reference``, the pairs it predicts
+    correctly, :func:`pair_set_masks`), pooled and class-balanced, each ``{mean, ci_low,
+    ci_high}`` (``n_boot=0``: intervals null).  ``baselines`` maps a matched model's name to
+    its naive model's (same recipe, no matching): each such model then gets
+    ``gap_recovered`` (:data:`GAP_METRICS` per pair set and aggregation,
+    :func:`~.stats.gaps_recovered` against the reference; needs ``n_boot >= 1``).
     """
+    baselines = dict(baselines or {})
+    for matched, naive in baselines.items():
+        for n in (matched, naive):
+            if n not in models or n == reference:
+                raise ValueError(f"baselines name {n!r}, which is not a compared model; "
+                                 f"models: {', '.join(models)}")
     data = collect_pairs(models, loader, reference, explainers, layers, progress, faithfulness,
                          faithfulness_steps, faithfulness_batch)
     baseline = _mean(data["center_hit"])
@@ -234,7 +272,78 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
         if reference is not None and name != reference:
             row["task"]["top1_agreement"] = top1_agreement(data["logits"][reference],
                                                            data["logits"][name])
+    if not len(data["image"]):
+        return rows
+    sets = pair_set_masks(data["logits"][reference], data["image"], data["classes"],
+                          getattr(models[reference], "single_label", False)) \
+        if reference is not None else {"all": torch.ones(len(data["image"]), dtype=torch.bool)}
+    specs = (LOCALIZATION if data["localization"] else ()) + (FAITHFULNESS if faithfulness
+                                                               else ())
+    for e in explainers:
+        columns = {name: _metric_columns(data["pairs"][name][e], specs) for name in models}
+        for name, row in rows.items():
+            row["attribution"][e]["pair_sets"] = _pair_set_means(
+                columns[name], data["image"], data["classes"], sets, n_boot, seed)
+        for matched, naive in baselines.items() if n_boot > 0 and reference is not None else ():
+            gap = _gap_recovered(columns[reference], columns[naive], columns[matched],
+                                 data["image"], data["classes"], sets, n_boot, seed)
+            rows[matched]["attribution"][e]["gap_recovered"] = {"naive": naive, **gap}
     return rows
+
+
+def pair_set_masks(logits: torch.Tensor, image: torch.Tensor, classes: torch.Tensor,
+                   single_label: bool = False) -> dict[str, torch.Tensor]:
+    """The fixed pair sets of :data:`PAIR_SETS` as boolean masks over the (image, ground-truth
+    class) pairs ``image``, ``classes`` (``P``), from the reference model's ``logits``
+    (``N x K``): ``all`` (every pair) and ``teacher_correct``, the pairs whose class the
+    reference predicts: logit > 0 (multi-label), or the class is its top-1, the first argmax
+    (``single_label``, a softmax classifier)."""
+    if single_label:
+        correct = logits.argmax(dim=1)[image] == classes
+    else:
+        correct = logits[image, classes] > 0
+    return {"all": torch.ones(len(classes), dtype=torch.bool), "teacher_correct": correct}
+
+
+def _metric_columns(cat: dict, specs) -> dict[str, torch.Tensor]:
+    """A model's per-pair values by result key (localisation / faithfulness as in ``specs``,
+    agreement when the model has it) as float64 ``P``."""
+    cols = {out: cat[key] for out, key, *_ in specs}
+    cols.update({k: cat[k] for k in AGREEMENT if k in cat})
+    return {k: v.to(torch.float64) for k, v in cols.items()}
+
+
+def _pair_set_means(columns, image, classes, sets, n_boot, seed) -> dict:
+    """``{set: {"pairs", "pooled": {metric: {mean, ci_low, ci_high}}, "class_balanced": ...}}``,
+    every metric on one shared set of replicates per set and aggregation."""
+    names = list(columns)
+    out = {}
+    for s, mask in sets.items():
+        entry = {"pairs": int(mask.sum())}
+        for how in AGGREGATIONS:
+            cls = classes if how == "class_balanced" else None
+            stats = means_ci(torch.stack([columns[k] for k in names], dim=1), image, mask, cls,
+                             n_boot, seed) if names else []
+            entry[how] = dict(zip(names, stats))
+        out[s] = entry
+    return out
+
+
+def _gap_recovered(teacher, naive, matched, image, classes, sets, n_boot, seed) -> dict:
+    """``{set: {aggregation: {metric: gaps_recovered entry}}}`` of :data:`GAP_METRICS` that
+    both compressed models have; the reference's agreement with itself is
+    :data:`SELF_AGREEMENT`."""
+    keys = [k for k in GAP_METRICS if k in naive and k in matched]
+    if not keys:
+        return {}
+    n_pairs = len(image)
+    t = torch.stack([teacher[k] if k in teacher else
+                     torch.full((n_pairs,), SELF_AGREEMENT[k], dtype=torch.float64)
+                     for k in keys], dim=1)
+    n, m = (torch.stack([cols[k] for k in keys], dim=1) for cols in (naive, matched))
+    return {s: {how: dict(zip(keys, gaps_recovered(
+                t, n, m, image, mask, classes if how == "class_balanced" else None, n_boot,
+                seed))) for how in AGGREGATIONS} for s, mask in sets.items()}
 
 
 def _reference_first(models, reference):

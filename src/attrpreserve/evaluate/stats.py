@@ -11,6 +11,11 @@ Confidence intervals are percentile intervals (Efron): the ``(1 - confidence) / 
 ``(1 + confidence) / 2`` quantiles (numpy's linear interpolation) of the replicates, with a fixed
 seed (``numpy.random.default_rng(seed)``).  NaN values are missing pairs; replicates whose
 statistic is undefined (e.g. no pair left in a filter) are ignored by the quantiles.
+
+Gap recovered (:func:`gaps_recovered`) is a ratio of two such paired differences; its interval
+is the percentile interval of the ratio computed replicate by replicate, reported only where the
+gap's own interval excludes 0 (docs/metrics.md, "Fixed pair sets, class-balanced means and gap
+recovered").
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ __all__ = [
     "bootstrap_means",
     "percentile_ci",
     "mean_ci",
+    "means_ci",
     "delta_ci",
+    "gap_recovered",
+    "gaps_recovered",
     "group_means",
     "bootstrap_columns",
 ]
@@ -78,6 +86,12 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _signed_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` where ``den != 0``, NaN elsewhere (and where either is NaN)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+
+
 def bootstrap_means(values, groups, where=None, n_boot: int = 1000,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Means of ``M`` per-pair metrics and their bootstrap replicates over groups (images).
@@ -88,10 +102,13 @@ def bootstrap_means(values, groups, where=None, n_boot: int = 1000,
 
     Returns
     -------
-    (estimate ``M``, replicates ``n_boot x M``), NaN where no pair is pooled.
+    (estimate ``M``, replicates ``n_boot x M``), NaN where no pair is pooled; ``n_boot=0``
+    gives the estimate and no replicates.
     """
     x, keep = _columns(values, where)
     estimate = _ratio(x.sum(axis=0), keep.sum(axis=0))
+    if n_boot == 0:  # the estimate alone
+        return estimate, np.empty((0, x.shape[1]))
     reps = [_ratio(w @ x, w @ keep) for w in resample_weights(groups, n_boot, seed)]
     return estimate, np.concatenate(reps, axis=0)
 
@@ -149,6 +166,30 @@ def _means_and_reps(values_list, where_list, groups, classes, n_boot, seed):
     return est, reps
 
 
+def _split(values, where) -> tuple[list, list]:
+    """``P`` or ``P x M`` values (and ``where``: ``None``, ``P`` or ``P x M``) as ``M`` single
+    columns, the layout :func:`_means_and_reps` takes."""
+    v = _np(values, np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    w = None if where is None else _np(where, bool)
+    if w is not None and w.ndim == 1:
+        w = np.broadcast_to(w[:, None], v.shape)
+    return ([v[:, j] for j in range(v.shape[1])],
+            [None if w is None else w[:, j] for j in range(v.shape[1])])
+
+
+def means_ci(values, groups, where=None, classes=None, n_boot: int = 1000, seed: int = 0,
+             confidence: float = 0.95) -> list[dict]:
+    """:func:`mean_ci` of each column of ``values`` (``P x M``; ``where`` ``P`` or ``P x M``),
+    all on the same bootstrap replicates: ``[{"mean", "ci_low", "ci_high"}]`` per column.
+    ``n_boot=0``: means only, intervals NaN."""
+    vs, ws = _split(values, where)
+    est, reps = _means_and_reps(vs, ws, groups, classes, n_boot, seed)
+    lo, hi = percentile_ci(reps, confidence)
+    return [{"mean": float(est[j]), "ci_low": float(lo[j]), "ci_high": float(hi[j])}
+            for j in range(len(vs))]
+
+
 def mean_ci(values, groups, where=None, classes=None, n_boot: int = 1000, seed: int = 0,
             confidence: float = 0.95) -> dict:
     """Mean of a per-pair metric with its percentile bootstrap CI over images (``groups``).
@@ -158,10 +199,8 @@ def mean_ci(values, groups, where=None, classes=None, n_boot: int = 1000, seed: 
 
     Returns ``{"mean", "ci_low", "ci_high", "n_boot", "confidence"}``.
     """
-    est, reps = _means_and_reps([values], [where], groups, classes, n_boot, seed)
-    lo, hi = percentile_ci(reps, confidence)
-    return {"mean": float(est[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]),
-            "n_boot": int(n_boot), "confidence": float(confidence)}
+    (out,) = means_ci(values, groups, where, classes, n_boot, seed, confidence)
+    return {**out, "n_boot": int(n_boot), "confidence": float(confidence)}
 
 
 def delta_ci(a, b, groups, where_a=None, where_b=None, classes=None, n_boot: int = 1000,
@@ -182,6 +221,78 @@ def delta_ci(a, b, groups, where_a=None, where_b=None, classes=None, n_boot: int
     return {"a": float(est[0]), "b": float(est[1]), "delta": float(est[1] - est[0]),
             "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n_boot": int(n_boot),
             "confidence": float(confidence)}
+
+
+NUMERICAL_ZERO = 1e-9  # a gap interval within this of 0 counts as containing 0
+
+
+def gaps_recovered(teacher, naive, matched, groups, where=None, classes=None,
+                   n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> list[dict]:
+    """Gap recovered ``(matched - naive) / (teacher - naive)`` of each metric (column), with a
+    paired percentile bootstrap interval of the ratio itself.
+
+    ``teacher``, ``naive`` and ``matched`` are the three models' per-pair values on the same
+    pairs (``P`` or ``P x M``; NaN = missing); ``where`` (``P`` or ``P x M``, or a tuple of
+    three, one per model) selects the pooled pairs (a fixed pair set: the same for the three);
+    ``classes`` switches to class-balanced means (:func:`mean_ci`).  Each replicate resamples
+    the images once for all three models (:func:`resample_weights`), so the gap, the gain and
+    the ratio are computed from the same resampled images.
+
+    The ratio is reported only where the gap's own interval excludes 0 (by more than
+    :data:`NUMERICAL_ZERO`, so that two computations of the same maps differing by rounding
+    have no gap); otherwise the status is ``"no gap"`` (the naive model is not distinguishable
+    from the teacher: there is nothing to recover, and the ratio would divide by noise).
+    Replicates whose gap is exactly 0 are left out of the ratio's quantiles.  Works for
+    lower-is-better metrics too (the ratio is sign-free: 1 = back at the teacher, 0 = no
+    better than naive, < 0 = worse than naive).
+
+    Returns one dict per column: ``status`` ("ok", "no gap", or "undefined" where a mean or
+    the gap's interval is undefined), ``teacher``, ``naive``, ``matched``, ``gap`` (teacher -
+    naive) with ``gap_ci_low`` / ``gap_ci_high``, ``gain`` (matched - naive) with
+    ``gain_ci_low`` / ``gain_ci_high``, and ``recovered`` with ``ci_low`` / ``ci_high`` (NaN
+    unless the status is "ok").
+    """
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1: the no-gap rule needs the gap's interval")
+    wheres = where if isinstance(where, tuple) else (where, where, where)
+    cols = [_split(v, w) for v, w in zip((teacher, naive, matched), wheres)]
+    m = len(cols[0][0])
+    if any(len(vs) != m for vs, _ in cols):
+        raise ValueError("teacher, naive and matched need the same number of columns")
+    est, reps = _means_and_reps([v for vs, _ in cols for v in vs],
+                                [w for _, ws in cols for w in ws], groups, classes, n_boot, seed)
+    t, n, x = est.reshape(3, m)
+    rt, rn, rx = (reps[:, i * m:(i + 1) * m] for i in range(3))
+    gap_lo, gap_hi = percentile_ci(rt - rn, confidence)
+    gain_lo, gain_hi = percentile_ci(rx - rn, confidence)
+    ratio_lo, ratio_hi = percentile_ci(_signed_ratio(rx - rn, rt - rn), confidence)
+    out = []
+    for j in range(m):
+        if np.isnan([t[j], n[j], x[j], gap_lo[j], gap_hi[j]]).any():
+            status = "undefined"
+        else:
+            clear = gap_lo[j] > NUMERICAL_ZERO or gap_hi[j] < -NUMERICAL_ZERO
+            status = "ok" if clear else "no gap"
+        ok = status == "ok"
+        out.append({"status": status, "teacher": float(t[j]), "naive": float(n[j]),
+                    "matched": float(x[j]), "gap": float(t[j] - n[j]),
+                    "gap_ci_low": float(gap_lo[j]), "gap_ci_high": float(gap_hi[j]),
+                    "gain": float(x[j] - n[j]), "gain_ci_low": float(gain_lo[j]),
+                    "gain_ci_high": float(gain_hi[j]),
+                    "recovered": float((x[j] - n[j]) / (t[j] - n[j])) if ok else float("nan"),
+                    "ci_low": float(ratio_lo[j]) if ok else float("nan"),
+                    "ci_high": float(ratio_hi[j]) if ok else float("nan")})
+    return out
+
+
+def gap_recovered(teacher, naive, matched, groups, where=None, classes=None,
+                  n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """:func:`gaps_recovered` of one per-pair metric (``P`` values per model): one dict."""
+    for v in (teacher, naive, matched):
+        if _np(v).ndim != 1:
+            raise ValueError("gap_recovered takes one metric (P values); see gaps_recovered")
+    return gaps_recovered(teacher, naive, matched, groups, where, classes, n_boot, seed,
+                          confidence)[0]
 
 
 def group_means(values, groups, n_groups: int | None = None) -> np.ndarray:

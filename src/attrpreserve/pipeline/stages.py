@@ -26,6 +26,7 @@ from ..models import create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
 from ..models.pretrained import is_pretrained
 from ..recipes import FineTuning, Loaders, deployed, deployed_file, export, fine_tuning_step
+from ..report.words import gap_entry, gap_words, metric, naive_baselines
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 
 
@@ -141,21 +142,24 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     first = loaded[teacher or next(iter(loaded))]
     data = resolve_data(data, first.meta)
     loader = data.loader(split, adapt=labels_for(first.model, first.meta["classes"]))
+    runs = [{"name": name, "role": "teacher" if name == teacher else meta.get("role"),
+             "checkpoint": source, "compression": meta["compression"]}
+            for name, (_, meta, source) in loaded.items()]
     nets = {n: entry.model for n, entry in loaded.items()}
+    # gap recovered: each matched run against its recipe's naive run (report.words' grouping)
+    baselines = {m: n for m, n in naive_baselines({"runs": runs}).items()
+                 if teacher is not None and teacher not in (m, n)}
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
-                             progress=progress)
+                             progress=progress, baselines=baselines)
     nets = {n: m.cpu() for n, m in nets.items()}
     costs = model_cost(nets, (1, 3, data.size, data.size),
                        checkpoints={n: deployed_file(e.source) for n, e in loaded.items()
                                     if not is_pretrained(e.source)},
                        deployed={n: deployed(m) for n, m in nets.items()})
-    runs = []
-    for name, (_, meta, source) in loaded.items():
-        runs.append({"name": name, "role": "teacher" if name == teacher else meta.get("role"),
-                     "checkpoint": source, "compression": meta["compression"],
-                     "cost": costs[name], **scores[name],
-                     "training": {"best_epoch": meta["history"]["best_epoch"],
-                                  "best_val_mAP": meta["history"]["best_val_mAP"]}})
+    for run, entry in zip(runs, loaded.values()):
+        run.update({"cost": costs[run["name"]], **scores[run["name"]],
+                    "training": {"best_epoch": entry.meta["history"]["best_epoch"],
+                                 "best_val_mAP": entry.meta["history"]["best_val_mAP"]}})
     return nan_to_none({"runs": runs, "dataset": {**asdict(data), "split": split,
                                                   "images": len(loader.dataset),
                                                   "labels": getattr(loader.dataset, "how",
@@ -311,26 +315,47 @@ def write_results(results: dict, path: str | Path) -> None:
     path.write_text(json.dumps(results, indent=2))
 
 
+# (header, words.metric key): agreement with the teacher first, then localisation on the fixed
+# pair sets, then the paper-comparable numbers (each model's own predicted pairs)
+TABLE_COLUMNS = (("rho", "spearman"), ("IoU10", "topk_iou"), ("peak px", "peak_distance"),
+                 ("P(hit|T)", "hit_given_teacher_hit"), ("PG all", "all/pointing_game"),
+                 ("AUC all", "all/auc"), ("PG T-ok", "teacher_correct/pointing_game"),
+                 ("AUC T-ok", "teacher_correct/auc"), ("PG paper", "pointing_game"),
+                 ("AUC paper", "auc"))
+TABLE_GAPS = (("PG", "pointing_game"), ("AUC", "auc"), ("rho", "spearman"))
+
+
 def format_table(results: dict, explainer: str = "gradcam") -> str:
-    """Plain-text results table: one row per run. ``top1``: share of images whose top-scored
-    class is one of their labels (top-1 accuracy; on unlabeled photos, agreement with the
-    teacher's top-1), when the results have it."""
+    """Plain-text results table: one row per run, agreement with the teacher first, then
+    pointing game / AUC on all ground-truth pairs and on the teacher's correct pairs, then the
+    paper-comparable pointing game / AUC (each model's own predicted pairs); under it, each
+    matched run's gap recovered on all pairs with its 95% interval, or "no gap". ``top1``:
+    share of images whose top-scored class is one of their labels (top-1 accuracy; on
+    unlabeled photos, agreement with the teacher's top-1), when the results have it."""
     top1 = any("top1" in r["task"] for r in results["runs"])
-    cols = ["run", "mAP", "F1", *(["top1"] if top1 else []), "PG", "PG15", "AUC", "rho", "topk",
-            "cos", "params", "MMACs", "ms"]
+    cols = ["run", "mAP", "F1", *(["top1"] if top1 else []),
+            *(h for h, _ in TABLE_COLUMNS), "params", "MMACs", "ms"]
     rows = [cols]
     for r in results["runs"]:
-        a = r["attribution"].get(explainer, {})
-        g = a.get("agreement", {})
         rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"],
-                     *([r["task"].get("top1")] if top1 else []), a.get("pointing_game"),
-                     a.get("pointing_game_std"), a.get("auc"), g.get("spearman"),
-                     g.get("topk_iou"), g.get("cosine"), r["cost"]["params"],
+                     *([r["task"].get("top1")] if top1 else []),
+                     *(metric(r, k, explainer) for _, k in TABLE_COLUMNS), r["cost"]["params"],
                      r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
     text = [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                               enumerate(zip(row, widths))) for row in text)
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))) for row in text]
+    gaps = [(r, r["attribution"].get(explainer, {}).get("gap_recovered"))
+            for r in results["runs"]]
+    gaps = [(r, g) for r, g in gaps if g]
+    if gaps:
+        lines.append("gap recovered = (run - naive) / (teacher - naive), all ground-truth pairs, "
+                     "pooled, 95% CI; no gap = the gap's interval includes 0")
+        width = max(len(r["name"]) for r, _ in gaps)
+        for r, g in gaps:
+            lines.append(f"  {r['name']:<{width}}  vs {g['naive']}: " + "; ".join(
+                f"{h} {gap_words(gap_entry(r, k, explainer))}" for h, k in TABLE_GAPS))
+    return "\n".join(lines)
 
 
 def _fmt(v) -> str:

@@ -18,20 +18,32 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator,  # noqa: E402
                                NullFormatter)
 
+from ..results_schema import SELF_AGREEMENT  # noqa: E402
 from .html import png  # noqa: E402
-from .words import (MATCHING_ORDER, MATCHING_WORDS, SELF_AGREEMENT, class_name,  # noqa: E402
-                    matching_of, metric, num, pct, recipe_groups, teacher_run)
+from .words import (MATCHING_ORDER, MATCHING_WORDS, class_name, matching_of, metric,  # noqa: E402
+                    num, pct, recipe_groups, teacher_run)
 
 __all__ = ["save_overlay", "save_overlays"]
 
 MATCHING_COLOURS = {"none": "#9e9e9e", "at": "#f28e2b", "wcam": "#4e79a7"}
 OTHER_COLOUR = "#76b7b2"
 
-PLOT_METRICS = (("mAP", "mAP"), ("pointing_game", "pointing game"),
-                ("pointing_game_std", "pointing game (15 px)"), ("auc", "localisation AUC"),
-                ("energy_pg", "energy pointing game"), ("spearman", "Spearman vs teacher"),
-                ("topk_iou", "top-k IoU vs teacher"), ("cosine", "cosine vs teacher"))
-SWEEP_METRICS = (("mAP", "mAP"), ("pointing_game", "pointing game"), ("auc", "localisation AUC"),
+# agreement with the teacher first, then localisation on fixed pair sets ("SET/KEY", see
+# words.metric), then the paper-comparable pointing game (each model's own predicted pairs)
+PLOT_METRICS = (("mAP", "mAP"), ("spearman", "Spearman vs teacher"),
+                ("topk_iou", "top-10% IoU vs teacher"),
+                ("hit_given_teacher_hit", "P(hit | teacher hit)"),
+                ("all/pointing_game", "pointing game, all pairs"),
+                ("all/auc", "localisation AUC, all pairs"),
+                ("teacher_correct/pointing_game", "pointing game, teacher-correct pairs"),
+                ("pointing_game", "pointing game (paper-comparable)"))
+# per-class table captions of keys the bars do not show
+TABLE_METRICS = (("auc", "localisation AUC (paper-comparable)"),
+                 ("pointing_game_std", "pointing game (15 px)"),
+                 ("energy_pg", "energy pointing game"), ("cosine", "cosine vs teacher"),
+                 ("peak_distance", "peak distance vs teacher (px)"))
+SWEEP_METRICS = (("mAP", "mAP"), ("pointing_game", "pointing game (paper-comparable)"),
+                 ("auc", "localisation AUC (paper-comparable)"),
                  ("spearman", "Spearman vs teacher"))
 
 

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["audit_headline", "gap_closed", "headline", "recipe_groups", "teacher_run"]
+__all__ = ["audit_headline", "gap_closed", "gap_entry", "headline", "naive_baselines",
+           "recipe_groups", "set_entry", "teacher_run"]
 
-NO_GAP = 0.02  # a naive run within this of the teacher has "no gap to close"
+NO_GAP = 0.02  # gap_closed's point-estimate rule (the headline uses the interval rule instead)
 
-# Key metrics of the headline: (key, words). All are higher-is-better.
-HEADLINE_METRICS = (("pointing_game", "pointing game"), ("auc", "localisation AUC"),
-                    ("spearman", "Spearman agreement"))
+# The fixed pair sets of results' pair_sets / gap_recovered, in words
+PAIR_SET_WORDS = {"all": "all ground-truth pairs",
+                  "teacher_correct": "the pairs the teacher predicts correctly"}
 
-# Agreement metrics compare a run's maps with the teacher's: the teacher itself scores 1.
-SELF_AGREEMENT = {"spearman": 1.0, "topk_iou": 1.0, "cosine": 1.0, "argmax_agree": 1.0}
+# Agreement with the teacher, first in the headline and the tables: (key, words, format)
+HEADLINE_AGREEMENT = (("spearman", "Spearman"), ("topk_iou", "top-10% IoU"),
+                      ("peak_distance", "peak distance"),
+                      ("hit_given_teacher_hit", "P(hit | teacher hit)"))
+
+# Gap recovered in the headline: (key, words), on fixed pair sets
+HEADLINE_GAPS = (("pointing_game", "pointing game"), ("auc", "localisation AUC"),
+                 ("spearman", "Spearman agreement"))
 
 RECIPE_WORDS = {"kd": "distillation", "structured": "structured pruning",
                 "unstructured": "unstructured pruning", "quantization": "quantization"}
@@ -75,7 +82,7 @@ def d3(v) -> str:
 
 
 def pct(share: float) -> str:
-    return f"{100 * share:.0f}%"
+    return f"{round(100 * share)}%"  # an int: no "-0%"
 
 
 def pct_or_dash(v) -> str:
@@ -93,7 +100,15 @@ def class_name(class_names: list[str], c: int) -> str:
 
 def metric(run: dict, key: str, explainer: str = "gradcam"):
     """One number of a run: a task metric (mAP, F1), an attribution or an agreement metric, a
-    cost; ``None`` when the run does not have it."""
+    cost, or ``"SET/KEY"``: the pooled mean of a metric on a fixed pair set ("all/auc",
+    "teacher_correct/pointing_game"; "all/balanced:auc" for the class-balanced mean);
+    ``None`` when the run does not have it."""
+    if "/" in key:
+        pair_set, key = key.split("/", 1)
+        how, _, key = key.rpartition(":")
+        entry = set_entry(run, pair_set, key, explainer,
+                          "class_balanced" if how == "balanced" else "pooled")
+        return num(entry["mean"]) if entry else None
     if key in ("mAP", "F1"):
         return num(run["task"][key])
     if key in COST_KEYS:
@@ -102,6 +117,40 @@ def metric(run: dict, key: str, explainer: str = "gradcam"):
     if key in att and not isinstance(att[key], dict):
         return num(att[key])
     return num(att.get("agreement", {}).get(key))
+
+
+def set_entry(run: dict, pair_set: str, key: str, explainer: str = "gradcam",
+              how: str = "pooled") -> dict | None:
+    """``{"mean", "ci_low", "ci_high"}`` of ``key`` on a fixed pair set ("all",
+    "teacher_correct"), pooled or class-balanced (``how``), or ``None``. Documents written
+    before pair sets existed still answer agreement on "all", pooled: the same definition
+    (``agreement`` with ``agreement_ci``)."""
+    att = run["attribution"].get(explainer, {})
+    entry = att.get("pair_sets", {}).get(pair_set, {}).get(how, {}).get(key)
+    if entry is not None or "pair_sets" in att:
+        return entry
+    if pair_set == "all" and how == "pooled" and key in att.get("agreement", {}):
+        ci = att.get("agreement_ci", {}).get(key, {})
+        return {"mean": att["agreement"][key], "ci_low": ci.get("ci_low"),
+                "ci_high": ci.get("ci_high")}
+    return None
+
+
+def gap_entry(run: dict, key: str, explainer: str = "gradcam", pair_set: str = "all",
+              how: str = "pooled") -> dict | None:
+    """A matched run's gap recovered of ``key`` (``evaluate.stats.gaps_recovered``'s entry:
+    status, teacher, naive, matched, gap and ratio with intervals), or ``None``."""
+    gaps = run["attribution"].get(explainer, {}).get("gap_recovered", {})
+    return gaps.get(pair_set, {}).get(how, {}).get(key)
+
+
+def pair_count(runs: list[dict], pair_set: str, explainer: str) -> int | None:
+    """How many pairs a fixed pair set holds (the same for every run), or ``None``."""
+    for run in runs:
+        n = run["attribution"].get(explainer, {}).get("pair_sets", {}).get(pair_set, {})
+        if "pairs" in n:
+            return n["pairs"]
+    return None
 
 
 def matching_of(run: dict) -> str:
@@ -142,6 +191,17 @@ def recipe_groups(results: dict) -> dict[str, list[dict]]:
     return groups
 
 
+def naive_baselines(results: dict) -> dict[str, str]:
+    """Each matched run's name -> the name of its recipe's naive run (matching "none"), for
+    the groups of :func:`recipe_groups` that have one: what gap recovered is measured
+    against."""
+    out = {}
+    for runs in recipe_groups(results).values():
+        naive = naive_run(runs)
+        out.update({r["name"]: naive["name"] for r in runs if naive and r is not naive})
+    return out
+
+
 def ordered_runs(results: dict) -> list[dict]:
     """Teacher first, then the runs recipe by recipe (naive, AT, WCAM)."""
     teacher = teacher_run(results)
@@ -161,7 +221,9 @@ def explainers_in(results: dict) -> list[str]:
 
 def gap_closed(teacher: float | None, naive: float | None, matched: float | None,
                tol: float = NO_GAP) -> float | None:
-    """Share of the naive run's gap to the teacher that the matched run wins back.
+    """Share of the naive run's gap to the teacher that the matched run wins back, as a bare
+    point estimate (no interval; the pages use results' ``gap_recovered`` instead, which
+    has the interval and the "no gap" rule).
 
     ``(matched - naive) / (teacher - naive)`` for higher-is-better metrics: 1 = back at the
     teacher, 0 = no better than naive, > 1 = beyond the teacher, < 0 = worse than naive. ``None``
@@ -170,13 +232,6 @@ def gap_closed(teacher: float | None, naive: float | None, matched: float | None
     if teacher is None or naive is None or matched is None or teacher - naive <= tol:
         return None
     return (matched - naive) / (teacher - naive)
-
-
-def reference_value(teacher: dict | None, key: str, explainer: str):
-    """The teacher's value of ``key`` (1 for agreement metrics: its maps match themselves)."""
-    if key in SELF_AGREEMENT:
-        return SELF_AGREEMENT[key]
-    return metric(teacher, key, explainer) if teacher else None
 
 
 def naive_run(runs: list[dict]) -> dict | None:
@@ -197,81 +252,182 @@ def _matching_words(run: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 def headline(results: dict, explainer: str = "gradcam") -> list[dict]:
-    """Plain-sentence answers per recipe: did compression move the explanations, and did
-    matching bring them back? Returns ``[{recipe, summary, sentences: [str]}]`` (plain text)."""
+    """Plain-sentence answers per recipe: how far do the compressed runs' maps agree with the
+    teacher's, and how much of the naive run's gap did matching bring back? Returns
+    ``[{recipe, summary, sentences: [str]}]`` (plain text).
+
+    Agreement comes first; gaps are read from each matched run's ``gap_recovered`` (fixed pair
+    sets, 95% intervals, "no gap" unless the gap's interval excludes 0). The paper-mode
+    numbers (each model's own predicted pairs) are never used here.
+    """
     teacher = teacher_run(results)
     out = []
     for recipe, runs in recipe_groups(results).items():
         naive = naive_run(runs)
         matched = [r for r in runs if r is not naive]
-        method = method_of(runs[0])
-        sentences = [_metric_sentence(teacher, naive, matched, key, words, method, explainer)
-                     for key, words in HEADLINE_METRICS]
-        out.append({"recipe": recipe, "summary": _summary(teacher, naive, matched, explainer,
-                                                          method),
+        what = _recipe_words(method_of(runs[0]))
+        sentences = [_agreement_sentence(runs, explainer)]
+        if naive is not None and matched and teacher is not None:
+            if any(gap_entry(r, k, explainer) for r in matched for k, _ in HEADLINE_GAPS):
+                sentences += [_gap_sentence(naive, matched, key, words, explainer)
+                              for key, words in HEADLINE_GAPS]
+                sentences.append(_teacher_correct_sentence(matched, explainer))
+            else:
+                sentences.append("Gap recovered is not in these results (written before "
+                                 "fixed pair sets existed): evaluate them again.")
+        out.append({"recipe": recipe,
+                    "summary": _summary(teacher, naive, matched, explainer, what),
                     "sentences": [s for s in sentences if s]})
     return out
 
 
-def _summary(teacher, naive, matched, explainer, method) -> str:
-    """One line per recipe: moved or not (by the key metrics), and the best matching."""
-    what = _recipe_words(method)
+RESULTS_CONFIDENCE = 0.95  # the evaluator's interval level (docs/metrics.md)
+
+
+def value_words(key: str, v) -> str:
+    """A metric's value: px for distances, 3 decimals otherwise."""
+    v = num(v)
+    if v is not None and key in ("peak_distance", "com_shift"):
+        return f"{v:.1f} px"
+    return f3(v)
+
+
+def interval_words(entry: dict | None, key: str = "") -> str:
+    """ "0.412 (95% CI 0.400 to 0.430)" for a ``{mean, ci_low, ci_high}`` entry."""
+    if entry is None:
+        return "–"
+    return ci_words(entry, RESULTS_CONFIDENCE, lambda v: value_words(key, v))
+
+
+def gap_words(entry: dict | None) -> str:
+    """A gap-recovered entry in words: "80% (95% CI 69% to 92%)", "no gap", or "–"."""
+    if entry is None or entry["status"] == "undefined":
+        return "–"
+    if entry["status"] == "no gap":
+        return "no gap"
+    lo, hi = num(entry["ci_low"]), num(entry["ci_high"])
+    ci = f" ({RESULTS_CONFIDENCE:.0%} CI {pct(lo)} to {pct(hi)})" if None not in (lo, hi) else ""
+    return pct_or_dash(entry["recovered"]) + ci
+
+
+def _first_gap(matched: list[dict], key: str, explainer: str, pair_set: str = "all"):
+    """The gap entry of ``key`` of the first matched run that has one (teacher, naive and the
+    gap are the same in every matched run's entry)."""
+    return next((e for e in (gap_entry(r, key, explainer, pair_set) for r in matched)
+                 if e is not None), None)
+
+
+def _gap_state(entry: dict, words: str) -> str:
+    """Where the naive run stands against the teacher (``words``: a higher-is-better metric):
+    lost, above, or no gap."""
+    t, n, gap = (num(entry[k]) for k in ("teacher", "naive", "gap"))
+    lo, hi = num(entry["gap_ci_low"]), num(entry["gap_ci_high"])
+    ci = (f"{RESULTS_CONFIDENCE:.0%} CI of the gap {d3(lo)} to {d3(hi)}"
+          if None not in (lo, hi) else "no interval")
+    if entry["status"] == "undefined" or gap is None:
+        return f"{words} gap undefined (teacher {f3(t)}, naive {f3(n)})"
+    if entry["status"] == "no gap":
+        return (f"no gap in {words}: naive {f3(n)} vs teacher {f3(t)} ({ci}, which includes "
+                f"0), so nothing to recover")
+    if gap > 0:
+        return f"naive lost {gap:.3f} {words} (teacher {f3(t)}, naive {f3(n)}; {ci})"
+    return (f"naive scores {-gap:.3f} more {words} than the teacher (teacher {f3(t)}, naive "
+            f"{f3(n)}; {ci}); recovered = share of the way back to the teacher")
+
+
+def _summary(teacher, naive, matched, explainer, what) -> str:
+    """One line per recipe: agreement of the naive run, its pointing-game gap, and the best
+    recovery."""
     if teacher is None:
         return f"{what.capitalize()}: no teacher run to compare with."
     if naive is None:
         return (f"{what.capitalize()}: no naive run, so the effect of matching cannot be "
                 f"separated from compression itself.")
-    gaps = {k: (reference_value(teacher, k, explainer), metric(naive, k, explainer))
-            for k, _ in HEADLINE_METRICS}
-    moved = [w for k, w in HEADLINE_METRICS
-             if None not in gaps[k] and gaps[k][0] - gaps[k][1] > NO_GAP]
-    if not moved:
-        if all(None in v for v in gaps.values()):
-            return f"Naive {what}: no {explainer} metrics to judge by."
-        return f"Naive {what} did not move the {explainer} explanations (all key metrics " \
-               f"within {NO_GAP} of the teacher)."
-    text = f"Naive {what} moved the {explainer} explanations ({', '.join(moved)} dropped)."
-    shares = [(gap_closed(*gaps["pointing_game"], metric(r, "pointing_game", explainer)), r)
-              for r in matched]
-    shares = [(s, r) for s, r in shares if s is not None]
+    parts = []
+    rho = set_entry(naive, "all", "spearman", explainer)
+    if rho is not None and num(rho["mean"]) is not None:
+        parts.append(f"its {explainer} maps agree with the teacher's at Spearman "
+                     f"{interval_words(rho)} on {PAIR_SET_WORDS['all']}")
+    pg = _first_gap(matched, "pointing_game", explainer)
+    if pg is not None:
+        parts.append(_gap_state(pg, "pointing game"))
+    subject = f"Naive {what} ({naive['name']})"
+    text = (f"{subject}: " + "; ".join(parts) + "." if parts
+            else f"{subject}: no {explainer} agreement or gap to judge by.")
+    shares = [(num(e["recovered"]), r, e) for r in matched
+              for e in [gap_entry(r, "pointing_game", explainer)] if e and e["status"] == "ok"]
+    shares = [x for x in shares if x[0] is not None]
     if shares:
-        s, r = max(shares, key=lambda sr: sr[0])
-        text += (f" Best at bringing them back: {_matching_words(r)} ({r['name']}), "
-                 f"{pct(s)} of the pointing-game gap closed.")
+        _, r, e = max(shares, key=lambda x: x[0])
+        text += (f" Best at bringing it back: {_matching_words(r)} ({r['name']}), "
+                 f"{gap_words(e)} of the pointing-game gap.")
     return text
 
 
-def _metric_sentence(teacher, naive, matched, key, words, method, explainer) -> str | None:
-    """E.g. "Naive distillation (kd) lost 0.313 pointing game (teacher 0.416, kd 0.103); WCAM
-    (kd+wcam) won back 73% of it (mAP 0.489 vs 0.384)."""
-    t = reference_value(teacher, key, explainer)
-    if naive is None:
-        if teacher is None:
-            return None
-        parts = [f"{r['name']} {f3(metric(r, key, explainer))}" for r in matched]
-        return f"{words.capitalize()}: teacher {f3(t)}; " + ", ".join(parts) + "."
-    n = metric(naive, key, explainer)
-    subject = f"Naive {_recipe_words(method)} ({naive['name']})"
-    ref = "the teacher's own maps 1.000" if key in SELF_AGREEMENT else f"teacher {f3(t)}"
-    if t is None or n is None:
-        return f"{subject}: {words} not measured ({ref}, {naive['name']} {f3(n)})."
-    if t - n <= NO_GAP:
-        return (f"{subject} kept its {words} ({f3(n)} vs {ref}): no gap to close.")
+def _agreement_sentence(runs: list[dict], explainer: str) -> str | None:
+    """E.g. "Agreement with the teacher's maps on all ground-truth pairs (1,093): kd Spearman
+    0.412 (95% CI ...), top-10% IoU 0.301, peak distance 6.1 px, P(hit | teacher hit) 0.550;
+    kd+wcam ..."."""
     parts = []
-    n_map = metric(naive, "mAP")
-    for r in matched:
-        m = metric(r, key, explainer)
-        who = f"{_matching_words(r)} ({r['name']})"
-        if m is None:
-            parts.append(f"{who}: not measured")
+    for r in runs:
+        values = [(key, words, set_entry(r, "all", key, explainer))
+                  for key, words in HEADLINE_AGREEMENT]
+        values = [(k, w, e) for k, w, e in values if e is not None and num(e["mean"]) is not None]
+        if not values:
             continue
-        share = gap_closed(t, n, m)
-        how = (f"won back {pct(share)} of it" if share >= 0 else
-               f"won none of it back ({pct(share)}: {n - m:.3f} worse than naive)")
-        parts.append(f"{who} {how} ({words} {f3(m)}; mAP {f3(metric(r, 'mAP'))} vs "
-                     f"{f3(n_map)})")
-    text = f"{subject} lost {t - n:.3f} {words} ({ref}, {naive['name']} {f3(n)})"
-    return text + ("; " + "; ".join(parts) if parts else "") + "."
+        (k0, w0, e0), rest = values[0], values[1:]
+        parts.append(f"{r['name']} {w0} {interval_words(e0, k0)}"
+                     + "".join(f", {w} {value_words(k, e['mean'])}" for k, w, e in rest))
+    if not parts:
+        return None
+    n = pair_count(runs, "all", explainer)
+    return (f"Agreement with the teacher's {explainer} maps on {PAIR_SET_WORDS['all']}"
+            + (f" ({f3(n)}; " if n is not None else " (") + "1 = identical, 0 px = same peak): "
+            + "; ".join(parts) + ".")
+
+
+def _gap_sentence(naive, matched, key, words, explainer, pair_set: str = "all") -> str | None:
+    """E.g. "Pointing game on all ground-truth pairs (1,093): naive lost 0.070 pointing game
+    (teacher 0.250, naive 0.180; 95% CI of the gap +0.040 to +0.100); WCAM (kd+wcam) 0.240,
+    recovered 86% (95% CI 70% to 98%), mAP 0.490 vs naive 0.380."."""
+    first = _first_gap(matched, key, explainer, pair_set)
+    if first is None:
+        return None
+    n = pair_count([naive, *matched], pair_set, explainer)
+    head = (f"{words[:1].upper() + words[1:]} on {PAIR_SET_WORDS[pair_set]}"
+            + (f" ({f3(n)})" if n is not None else "") + f": {_gap_state(first, words)}")
+    parts = []
+    for r in matched:
+        e = gap_entry(r, key, explainer, pair_set)
+        who = f"{_matching_words(r)} ({r['name']})"
+        if e is None:
+            parts.append(f"{who}: not measured")
+        elif e["status"] == "ok":
+            parts.append(f"{who} {f3(num(e['matched']))}, recovered {gap_words(e)}, mAP "
+                         f"{f3(metric(r, 'mAP'))} vs naive {f3(metric(naive, 'mAP'))}")
+        else:
+            parts.append(f"{who} {f3(num(e['matched']))}")
+    return head + ("; " + "; ".join(parts) if parts else "") + "."
+
+
+def _teacher_correct_sentence(matched: list[dict], explainer: str) -> str | None:
+    """Gap recovered on the teacher's correct pairs, compactly."""
+    parts = []
+    for key, words in HEADLINE_GAPS[:2]:
+        first = _first_gap(matched, key, explainer, "teacher_correct")
+        if first is None:
+            continue
+        if first["status"] != "ok":
+            parts.append(f"{words}: {gap_words(first)}")
+            continue
+        parts.append(f"{words}: " + ", ".join(
+            f"{_matching_words(r)} {gap_words(gap_entry(r, key, explainer, 'teacher_correct'))}"
+            for r in matched))
+    if not parts:
+        return None
+    n = pair_count(matched, "teacher_correct", explainer)
+    return (f"Gap recovered on {PAIR_SET_WORDS['teacher_correct']}"
+            + (f" ({f3(n)})" if n is not None else "") + ": " + "; ".join(parts) + ".")
 
 
 # --------------------------------------------------------------------------------------------
