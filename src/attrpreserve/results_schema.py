@@ -146,7 +146,7 @@ RUN = Record({
                    optional={"top1": METRIC, "top1_agreement": METRIC}),
     "attribution": MapOf(ATTRIBUTION),  # explainer -> scores
     "training": Record({"best_epoch": OrNull(INT), "best_val_mAP": METRIC}),
-})
+}, optional={"recipe_label": STR})  # the recipe's display label (recipes.RECIPES), if known
 
 SWEEP_ROW = Record(
     # one compressed point of a strength sweep (pipeline.sweep_rows)

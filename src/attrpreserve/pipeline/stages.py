@@ -25,7 +25,8 @@ from ..matching import create_matcher
 from ..models import create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
 from ..models.pretrained import is_pretrained
-from ..recipes import FineTuning, Loaders, deployed, deployed_file, export, fine_tuning_step
+from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,
+                       fine_tuning_step)
 from ..report.words import gap_entry, gap_words, metric, naive_baselines
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 
@@ -116,6 +117,11 @@ class Loaded(NamedTuple):
     source: str  # the checkpoint folder or ``pretrained:`` spec it came from
 
 
+def _recipe_label(method: str) -> dict:
+    """``{"recipe_label": ...}`` of a registered recipe (the report names runs by it)."""
+    return {"recipe_label": RECIPES[method].label} if method in RECIPES else {}
+
+
 def load_models(models: dict[str, str | Path | Loaded], device: str = "cpu"
                 ) -> dict[str, Loaded]:
     """Each checkpoint folder / ``pretrained:`` spec loaded (already loaded ones kept), on
@@ -143,7 +149,8 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     data = resolve_data(data, first.meta)
     loader = data.loader(split, adapt=labels_for(first.model, first.meta["classes"]))
     runs = [{"name": name, "role": "teacher" if name == teacher else meta.get("role"),
-             "checkpoint": source, "compression": meta["compression"]}
+             "checkpoint": source, "compression": meta["compression"],
+             **_recipe_label(meta["compression"]["method"])}
             for name, (_, meta, source) in loaded.items()]
     nets = {n: entry.model for n, entry in loaded.items()}
     # gap recovered: each matched run against its recipe's naive run (report.words' grouping)

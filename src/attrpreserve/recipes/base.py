@@ -5,8 +5,9 @@ A recipe turns a frozen teacher into a trained compressed student. It owns
 - ``Options``: a dataclass of its settings; each field is declared with :func:`option`, whose
   help text (and optional flag name and choices) the CLI turns into ``attrpreserve compress``
   flags, so a new option is written once;
-- ``label`` and ``summary``: how reports and ``--help`` name it; ``distils``: whether it trains a new student (the pipeline
-  then builds a distillation step) rather than fine-tuning a copy of the teacher;
+- ``label`` and ``summary``: how reports and ``--help`` name it; ``distils``: whether it
+  trains a new student (the pipeline then builds a distillation step) rather than fine-tuning
+  a copy of the teacher;
 - :meth:`Recipe.strength`: the option values that set its compression strength from one number
   (sweeps and the demo use it);
 - :meth:`Recipe.run`: ``(teacher, data, finetune, options) -> (student, history, settings)``,

@@ -20,7 +20,7 @@ from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator,  # noqa: 
 
 from ..results_schema import SELF_AGREEMENT  # noqa: E402
 from .html import png  # noqa: E402
-from .words import (MATCHING_ORDER, MATCHING_WORDS, class_name, matching_of, metric,  # noqa: E402
+from .words import (class_name, matching_of, matching_words, metric,  # noqa: E402
                     num, pct, recipe_groups, teacher_run)
 
 __all__ = ["save_overlay", "save_overlays"]
@@ -144,7 +144,7 @@ def metric_bars(results: dict, explainer: str) -> str:
                 m = matching_of(r)
                 ax.bar(x, v if v is not None else 0, width * 0.92,
                        color=MATCHING_COLOURS.get(m, OTHER_COLOUR),
-                       label=MATCHING_WORDS.get(m, m))
+                       label=matching_words(m))
                 ax.text(x, (v or 0) + 0.01, f"{v:.2f}" if v is not None else "n/a",
                         ha="center", va="bottom", fontsize=6.5)
         t = None if key in SELF_AGREEMENT else (metric(teacher, key, explainer) if teacher
@@ -185,7 +185,7 @@ def sweep_curves(sweeps: list[dict], size_key: str, teacher: dict[str, float | N
     for row, recipe in zip(axes, recipes):
         points = [s for s in sweeps if s["recipe"] == recipe]
         matchings = sorted({s["matching"] for s in points},
-                           key=lambda m: MATCHING_ORDER.get(m, 3))
+                           key=lambda m: (m != "none", m))
         # one size for every point (nothing to plot against size): plot against strength
         x_key = size_key if len({s.get(size_key) for s in points}) > 1 else "strength"
         for ax, (key, label) in zip(row, SWEEP_METRICS):
@@ -196,7 +196,7 @@ def sweep_curves(sweeps: list[dict], size_key: str, teacher: dict[str, float | N
                 if pts:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, "o-", color=MATCHING_COLOURS.get(m, OTHER_COLOUR),
-                            label=MATCHING_WORDS.get(m, m), ms=4)
+                            label=matching_words(m), ms=4)
             if teacher[key] is not None:
                 ax.axhline(teacher[key], color="k", ls="--", lw=1, label="teacher")
             if x_key == size_key:

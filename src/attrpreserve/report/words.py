@@ -29,10 +29,6 @@ HEADLINE_AGREEMENT = (("spearman", "Spearman"), ("topk_iou", "top-10% IoU"),
 HEADLINE_GAPS = (("pointing_game", "pointing game"), ("auc", "localisation AUC"),
                  ("spearman", "Spearman agreement"))
 
-RECIPE_WORDS = {"kd": "distillation", "structured": "structured pruning",
-                "unstructured": "unstructured pruning", "quantization": "quantization"}
-MATCHING_WORDS = {"none": "naive", "at": "AT", "wcam": "WCAM"}
-MATCHING_ORDER = {"none": 0, "at": 1, "wcam": 2}
 COST_KEYS = ("params", "nonzero_params", "macs", "bytes", "latency_ms")
 
 # (key, words, value when the two models' maps are identical) of the audit's agreement metrics
@@ -187,7 +183,7 @@ def recipe_groups(results: dict) -> dict[str, list[dict]]:
             key = name if matching_of(run) == "none" else method_of(run)
         groups.setdefault(key, []).append(run)
     for runs in groups.values():
-        runs.sort(key=lambda r: MATCHING_ORDER.get(matching_of(r), 3))
+        runs.sort(key=lambda r: matching_of(r) != "none")  # naive first, then as evaluated
     return groups
 
 
@@ -238,13 +234,18 @@ def naive_run(runs: list[dict]) -> dict | None:
     return next((r for r in runs if matching_of(r) == "none"), None)
 
 
-def _recipe_words(method: str) -> str:
-    return RECIPE_WORDS.get(method, method)
+def _recipe_words(run: dict) -> str:
+    """The recipe's label (written by the evaluation from the recipe registry), else its name."""
+    return run.get("recipe_label") or method_of(run)
+
+
+def matching_words(matching: str) -> str:
+    """How a matching is named: "naive" for none, else its name in capitals (AT, WCAM, LRP)."""
+    return "naive" if matching == "none" else matching.upper()
 
 
 def _matching_words(run: dict) -> str:
-    m = matching_of(run)
-    return MATCHING_WORDS.get(m, m.upper())
+    return matching_words(matching_of(run))
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def headline(results: dict, explainer: str = "gradcam") -> list[dict]:
     for recipe, runs in recipe_groups(results).items():
         naive = naive_run(runs)
         matched = [r for r in runs if r is not naive]
-        what = _recipe_words(method_of(runs[0]))
+        what = _recipe_words(runs[0])
         sentences = [_agreement_sentence(runs, explainer)]
         if naive is not None and matched and teacher is not None:
             if any(gap_entry(r, k, explainer) for r in matched for k, _ in HEADLINE_GAPS):
