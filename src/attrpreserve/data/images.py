@@ -1,15 +1,22 @@
 """Folders of photos (``images:FOLDER``), unlabeled or labeled, read lazily at a model's size.
 
-Layouts (docs/pretrained.md)::
+Layouts (docs/data.md, docs/pretrained.md)::
 
     FOLDER/*.jpg|png|...            unlabeled photos (the teacher supervises)
-    FOLDER/CLASS/*.jpg|png|...      labeled photos, one subfolder per class (ImageFolder style)
+    FOLDER/CLASS/*.jpg|png|...      labeled photos, one subfolder per class (ImageFolder style);
+                                    CLASS is a model class's name, index or ImageNet wnid
     FOLDER/train/..., FOLDER/val/..., FOLDER/test/...   either layout per split
 
 Without split subfolders the photos (sorted by path) are split deterministically: a share
 ``holdout`` (default 0.2, spread evenly: every fifth photo) is the val split, and test falls
 back to val; the rest is train. ``images:FOLDER,holdout=0.5`` changes the share (the path must
 not contain a comma); ``holdout=1`` puts every photo in val / test (an audit of a whole folder).
+With split subfolders each split is its folder (test falls back to val/ with a warning); an
+explicit ``holdout`` then carves the val split (the one that selects checkpoints) out of
+train/ instead, and val/ serves as test when there is no test/ (Imagenette: train/ and val/).
+``match=PATTERN`` keeps the photos whose file name matches the glob (Imagenette's photos unseen
+by ImageNet models: ``match=ILSVRC2012_val_*``). A size ``n`` takes n photos spread evenly over
+the split in path order, so each class folder keeps its share.
 
 Training items are random-resized crops (scale 0.25-1 of the area, aspect 3/4-4/3) with random
 horizontal flips; val / test items are resized (shorter side ``size / 0.875``) and center-cropped,
@@ -20,6 +27,7 @@ localisation. A file with an image suffix that cannot be read raises ``ValueErro
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -30,6 +38,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .imagenet import imagenet_names, is_wnid, wnid_index
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = ("train", "val", "test")
 HOLDOUT = 0.2
@@ -39,16 +49,24 @@ EVAL_RESIZE = 1 / 0.875
 VOID = 255
 
 
-def parse_spec(arg: str | None, name: str = "images") -> tuple[Path, dict]:
-    """``"FOLDER[,key=value...]"`` -> ``(folder, {"holdout": float})``, checked."""
+def spec_options(arg: str | None, name: str = "images",
+                 known: tuple[str, ...] = ("holdout",)) -> tuple[Path, dict]:
+    """``"FOLDER[,key=value...]"`` -> ``(folder, {key: value})`` with only the options given,
+    checked: ``holdout`` a number in (0, 1], ``match`` a file-name glob."""
     if not arg:
         raise ValueError(f"dataset '{name}' needs a folder: '{name}:FOLDER'")
     path, *opts = arg.split(",")
-    options = {"holdout": HOLDOUT}
+    options = {}
     for opt in opts:
-        key, _, value = opt.partition("=")
-        if key.strip() != "holdout":
-            raise ValueError(f"unknown option {key.strip()!r} in '{name}:{arg}' (known: holdout)")
+        key, _, value = (part.strip() for part in opt.partition("="))
+        if key not in known:
+            raise ValueError(f"unknown option {key!r} in '{name}:{arg}' "
+                             f"(known: {', '.join(known)})")
+        if key == "match":
+            if not value:
+                raise ValueError("match needs a file-name pattern, e.g. 'match=*.JPEG'")
+            options["match"] = value
+            continue
         try:
             options["holdout"] = float(value)
         except ValueError:
@@ -61,15 +79,23 @@ def parse_spec(arg: str | None, name: str = "images") -> tuple[Path, dict]:
     return root, options
 
 
+def parse_spec(arg: str | None, name: str = "images") -> tuple[Path, dict]:
+    """``"FOLDER[,holdout=S]"`` -> ``(folder, {"holdout": float})``, default 0.2, checked."""
+    root, options = spec_options(arg, name)
+    return root, {"holdout": HOLDOUT, **options}
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
 
 
-def scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+def scan_folder(folder: Path, match: str | None = None
+                ) -> tuple[list[Path], list[int], list[str]]:
     """Photos of one folder: ``(files, class index per file or -1, class names)``.
 
     Photos directly in ``folder`` are unlabeled; photos in its subfolders are labeled with the
-    subfolder's name. Mixing both, or a folder without photos, is an error.
+    subfolder's name. Mixing both, or a folder without photos, is an error. ``match``: keep
+    the photos whose file name matches this glob (every class folder stays a class).
     """
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     flat = [p for p in entries if _is_image(p)]
@@ -77,16 +103,24 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     if flat and dirs:
         raise ValueError(f"{folder} has both photos and subfolders ({dirs[0].name}/): put "
                          "unlabeled photos directly in it, or every photo in a class subfolder")
+
+    def keep(paths):
+        return [p for p in paths if match is None or fnmatch.fnmatchcase(p.name, match)]
+
     if flat:
-        return flat, [-1] * len(flat), []
-    files, targets = [], []
-    for k, d in enumerate(dirs):
-        photos = sorted(p for p in d.iterdir() if _is_image(p))
-        files += photos
-        targets += [k] * len(photos)
+        files, classes = keep(flat), []
+        targets = [-1] * len(files)
+    else:
+        files, targets, classes = [], [], [d.name for d in dirs]
+        for k, d in enumerate(dirs):
+            photos = keep(sorted(p for p in d.iterdir() if _is_image(p)))
+            files += photos
+            targets += [k] * len(photos)
     if not files:
-        raise ValueError(f"no photos ({'|'.join(e.lstrip('.') for e in IMAGE_EXTS)}) in {folder}")
-    return files, targets, [d.name for d in dirs]
+        which = f" matching {match!r}" if match is not None else ""
+        raise ValueError(f"no photos ({'|'.join(e.lstrip('.') for e in IMAGE_EXTS)}){which} "
+                         f"in {folder}")
+    return files, targets, classes
 
 
 def held_out(n: int, share: float) -> list[bool]:
@@ -94,24 +128,63 @@ def held_out(n: int, share: float) -> list[bool]:
     return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
 
 
-def split_folder(root: Path, split: str, holdout: float = HOLDOUT):
-    """``scan_folder`` of ``split``: its subfolder if there is one, else a deterministic share."""
-    if any((root / s).is_dir() for s in SPLIT_DIRS):
-        folder = root / split
-        if split == "test" and not folder.is_dir():
+def spread(total: int, n: int) -> list[int]:
+    """``min(n, total)`` indices of ``range(total)`` spread evenly (the first one included when
+    n < total): a subset that keeps each run of the sorted items in proportion."""
+    if n >= total:
+        return list(range(total))
+    return [i for i in range(total) if (i * n) % total < n]
+
+
+def has_split_folders(root: Path) -> bool:
+    """Whether ``root`` holds any of the split folders ``train/``, ``val/``, ``test/``."""
+    return any((root / s).is_dir() for s in SPLIT_DIRS)
+
+
+def split_folder(root: Path, split: str, holdout: float | None = None,
+                 match: str | None = None):
+    """``scan_folder`` of ``split`` (see the module docstring). Without split folders: a
+    deterministic share ``holdout`` (None: 0.2) of the photos is val and test. With them: the
+    split's folder when ``holdout`` is None (test falls back to val/, with a warning), else val
+    is that share of train/ and test is test/ or val/."""
+    if not has_split_folders(root):
+        return _share(*scan_folder(root, match), root, split, HOLDOUT if holdout is None
+                      else holdout)
+    if holdout is not None and split != "test":  # val carved out of train/
+        if not (root / "train").is_dir():
+            raise ValueError(f"missing split folder {root / 'train'} (holdout={holdout} "
+                             f"takes the val split from it)")
+        return _share(*scan_folder(root / "train", match), root / "train", split, holdout)
+    folder = root / split
+    if split == "test" and not folder.is_dir():
+        if holdout is None:  # val/ also selects checkpoints: say that test reuses it
             warnings.warn(f"no folder {folder}; using {root / 'val'} for split 'test'",
                           stacklevel=3)
-            folder = root / "val"
-        if not folder.is_dir():
-            raise ValueError(f"missing split folder {folder}")
-        return scan_folder(folder)
-    files, targets, classes = scan_folder(root)
+        folder = root / "val"
+    if not folder.is_dir():
+        raise ValueError(f"missing split folder {folder}")
+    return scan_folder(folder, match)
+
+
+def _share(files, targets, classes, root: Path, split: str, holdout: float):
+    """The train part (``split == "train"``) or the held-out part of one folder's photos."""
     out = held_out(len(files), holdout)
     keep = [i for i, o in enumerate(out) if o == (split != "train")]
     if not keep:
         raise ValueError(f"split {split!r} of {root} is empty ({len(files)} photos, "
                          f"holdout {holdout})")
     return [files[i] for i in keep], [targets[i] for i in keep], classes
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folder names of an ``images:`` folder, sorted (over its split folders, if it
+    has them): the label space its datasets use, e.g. to restrict a pretrained model to it."""
+    folders = [root / s for s in SPLIT_DIRS if (root / s).is_dir()] or [root]
+    names = {d.name for f in folders for d in f.iterdir()
+             if d.is_dir() and not d.name.startswith(".")}
+    if not names:
+        raise ValueError(f"{root} has no class folders")
+    return sorted(names)
 
 
 def open_rgb(path: Path) -> Image.Image:
@@ -167,19 +240,35 @@ def transform(img: Image.Image, box, flip: bool, size: int,
 
 def resolve_class(name: str, classes: list[str] | tuple[str, ...]) -> int:
     """Index of a folder name in ``classes``: exact, then ignoring case and ``_`` vs space,
-    then an integer index; ``ValueError`` when unknown or ambiguous."""
-    if name in classes and list(classes).count(name) == 1:
-        return list(classes).index(name)
+    then an ImageNet wnid (``n01440764``: the class's ImageNet name in ``classes``), then an
+    integer index; ``ValueError`` when unknown or ambiguous."""
+    classes = list(classes)
+    if name in classes and classes.count(name) == 1:
+        return classes.index(name)
     key = name.lower().replace("_", " ").strip()
     hits = [i for i, c in enumerate(classes) if c.lower().replace("_", " ") == key]
     if len(hits) == 1:
         return hits[0]
+    if is_wnid(name) and not hits:
+        index = wnid_index(name)
+        if index is None:
+            raise ValueError(f"class folder {name!r} is not one of the model's {len(classes)} "
+                             "classes, nor an ImageNet-1k wnid")
+        imagenet = imagenet_names()[index]
+        found = [i for i, c in enumerate(classes) if c == imagenet]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ValueError(f"class folder {name!r} ({imagenet!r}) is ambiguous "
+                             f"(indices {found}): name it by index")
+        raise ValueError(f"class folder {name!r} (ImageNet class {index}, {imagenet!r}) is not "
+                         f"one of the model's {len(classes)} classes")
     if name.isdigit() and int(name) < len(classes):
         return int(name)
     if hits:
         raise ValueError(f"class folder {name!r} is ambiguous (indices {hits}): name it by index")
     raise ValueError(f"class folder {name!r} is not one of the model's {len(classes)} classes "
-                     "(use its name or index)")
+                     "(use its name, index or ImageNet wnid)")
 
 
 @dataclass
@@ -251,9 +340,13 @@ class Relabeled(Dataset):
 
 def build_images(arg: str | None, split: str, size: int, n: int | None,
                  name: str = "images") -> ImageSet:
-    """The ``images:FOLDER`` builder: the split's photos (first ``n``), headers checked."""
-    root, options = parse_spec(arg, name)
-    files, targets, classes = split_folder(root, split, options["holdout"])
-    files, targets = files[:n], targets[:n]
+    """The ``images:FOLDER[,holdout=S][,match=GLOB]`` builder: the split's photos (``n`` of them
+    spread evenly), headers checked."""
+    root, options = spec_options(arg, name, known=("holdout", "match"))
+    files, targets, classes = split_folder(root, split, options.get("holdout"),
+                                           options.get("match"))
+    if n is not None:
+        keep = spread(len(files), n)
+        files, targets = [files[i] for i in keep], [targets[i] for i in keep]
     check_readable(files)
     return ImageSet(files, targets, classes, size, split == "train", f"{name}:{root.name}/{split}")

@@ -60,7 +60,11 @@ def mobilenet_v3_small(num_classes: int, input_size: int = 224, dropout: float =
 
 
 # ImageNet families (random weights here; ``loading.load_pretrained`` loads their weights).
+# Random-init students for distillation between architectures are these too
+# (``models.students``).
 MODELS.register("efficientnet_lite0", pretrained.efficientnet_lite0)
+MODELS.register("efficientnet_lite1", pretrained.efficientnet_lite1)
+MODELS.register("efficientnet_lite2", pretrained.efficientnet_lite2)
 MODELS.register("torchvision_imagenet", pretrained.torchvision_imagenet)
 
 
