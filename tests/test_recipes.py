@@ -124,3 +124,32 @@ def test_a_registered_recipe_runs_from_the_cli(teacher_dir, tmp_path):
         assert meta["config"]["options"] == {"scale": 0.25}
     finally:
         RECIPES.unregister("shrink")
+
+
+def test_kd_into_another_family():
+    """A single-label teacher distilled into a random-init student of another family, matched
+    at each model's own layer (maps of different sizes)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from attrpreserve.models.students import create_student
+    from attrpreserve.recipes import FineTuning, Loaders
+
+    teacher = create_student("mobilenet_v3_small", 3, input_size=64).eval()
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.rand(8, 3, 64, 64, generator=g),
+                                    torch.eye(3)[torch.arange(8) % 3]), batch_size=4)
+    step = fine_tuning_step(teacher, WCAM(), 10.0, distils=True)
+    assert type(step) is SoftmaxDistillStep
+    kd = RECIPES["kd"]
+    student, history, settings = kd.run(
+        teacher, Loaders(data, data), FineTuning(step, TrainConfig(epochs=1, progress=False)),
+        kd.options({"student": "resnet18"}))
+    assert student.spec["kwargs"]["arch"] == "resnet18"
+    assert student(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+    assert settings["student"] == "resnet18" and history["epochs"][0]["match"] > 0
+    with pytest.raises(ValueError, match="unknown student"):
+        kd.options({"student": "vit"})
+    multi = create_model("vgg", num_classes=3, width=4)
+    with pytest.raises(ValueError, match="single-label"):
+        kd.run(multi, Loaders(data, data), FineTuning(fine_tuning_step(multi, None, 0.0)),
+               kd.options({"student": "resnet18"}))
