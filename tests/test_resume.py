@@ -110,7 +110,7 @@ def test_sigkill_mid_epoch_then_resume(teacher, tmp_path, capsys):
     """The CLI killed with SIGKILL right after its first snapshot resumes to the same weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     args = ["compress", "--teacher", str(teacher), "--method", "unstructured", "--rounds", "2",
-            "--matching", "wcam", "--lambda", "10", "--width-divisor", "2", "--epochs", "2",
+            "--matching", "wcam", "--lambda", "10", "--epochs", "2",
             "--lr", "0.01", "--augment", "--checkpoint-every", "1", *TINY]
     cli = [sys.executable, "-m", "attrpreserve", *args]
 

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a teacher on the built-in scenes, compress it with "
                        "every recipe (distillation, structured and unstructured pruning, "
                        "quantization), each naive, with AT and with WCAM; evaluate all on held-out "
-                       "data, write OUT/results.json and OUT/report.html and print a table. "
+                       "data (Grad-CAM, EBP, LRP and RAP, the paper's explainers; --quick: "
+                       "Grad-CAM), write OUT/results.json and OUT/report.html and print a table. "
                        "Finished stages are reused when OUT already holds them.")
     p.add_argument("--quick", action="store_true",
                    help="the few-minute CPU setting: distillation only")
@@ -402,11 +403,11 @@ def run(args: argparse.Namespace) -> int:
             teacher = Path(args.teacher).name + (" (teacher)" if Path(args.teacher).name in models
                                                  else "")
             models = {teacher: args.teacher, **models}
-        explainers = _names(args.explainers)
+        explainers, device = _names(args.explainers), distributed.resolve_device(args.device)
         models = pipeline.load_models(models)  # once, for the evaluation and the report
         results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                     explainers, seed=args.seed, progress=not args.no_progress,
-                                    device=distributed.resolve_device(args.device))
+                                    device=device)
         pipeline.write_results(results, args.out)
         report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
                                  models)

@@ -267,7 +267,8 @@ def headline(results: dict, explainer: str = "gradcam") -> list[dict]:
         naive = naive_run(runs)
         matched = [r for r in runs if r is not naive]
         what = _recipe_words(runs[0])
-        sentences = [_agreement_sentence(runs, explainer)]
+        sentences = [_premise_sentence(teacher, naive, matched, explainer, what),
+                     _agreement_sentence(runs, explainer)]
         if naive is not None and matched and teacher is not None:
             if any(gap_entry(r, k, explainer) for r in matched for k, _ in HEADLINE_GAPS):
                 sentences += [_gap_sentence(naive, matched, key, words, explainer)
@@ -334,6 +335,35 @@ def _gap_state(entry: dict, words: str) -> str:
         return f"naive lost {gap:.3f} {words} (teacher {f3(t)}, naive {f3(n)}; {ci})"
     return (f"naive scores {-gap:.3f} more {words} than the teacher (teacher {f3(t)}, naive "
             f"{f3(n)}; {ci}); recovered = share of the way back to the teacher")
+
+
+PREMISE_MAP_POINTS = 0.02  # "keeps its accuracy": naive mAP within 2 points of the teacher's
+
+
+def _premise_sentence(teacher, naive, matched, explainer, what) -> str | None:
+    """Whether this recipe shows the paper's premise: the naive run keeps its accuracy (mAP
+    within 2 points of the teacher) while its maps move (a Spearman-agreement or pointing-game
+    gap whose 95% interval lies above 0)."""
+    if teacher is None or naive is None:
+        return None
+    t, n = num(teacher["task"]["mAP"]), num(naive["task"]["mAP"])
+    moved = [w for key, w in (("spearman", "Spearman agreement"), ("pointing_game",
+                                                                     "pointing game"))
+             for e in [_first_gap(matched, key, explainer)]
+             if e and e["status"] == "ok" and (num(e["gap_ci_low"]) or 0) > 0]
+    if t is None or n is None or not matched:
+        return None
+    kept = n >= t - PREMISE_MAP_POINTS
+    acc = f"mAP {f3(n)} vs the teacher's {f3(t)}"
+    if kept and moved:
+        return (f"The paper's premise holds for naive {what}: it kept its accuracy ({acc}) "
+                f"while its {explainer} maps moved ({' and '.join(moved)} gap above 0).")
+    why = [f"it lost accuracy ({acc}, more than {PREMISE_MAP_POINTS * 100:.0f} points)"] \
+        if not kept else []
+    if not moved:
+        why.append(f"its {explainer} maps did not move measurably (no Spearman or "
+                   f"pointing-game gap whose interval lies above 0)")
+    return f"The paper's premise does not hold for naive {what} here: " + " and ".join(why) + "."
 
 
 def _summary(teacher, naive, matched, explainer, what) -> str:
