@@ -486,18 +486,18 @@ def test_premise_sentence_needs_kept_accuracy_and_moved_maps():
     """The headline says whether naive compression kept mAP within 2 points while its maps
     moved (a gap whose interval lies above 0), and if not, which half failed."""
     results = _results()
-    first = headline(results)[0]["sentences"][0]
+    first = headline(results)[0]["sentences"][1]  # after the agreement sentence
     assert first.startswith("The paper's premise does not hold for naive kd here: it lost "
                             "accuracy (mAP 0.410 vs the teacher's 0.700")
     assert "did not move" not in first  # Spearman's gap (0.8, CI 0.75-0.85) is above 0
     results["runs"][1]["task"]["mAP"] = 0.69
-    first = headline(results)[0]["sentences"][0]
+    first = headline(results)[0]["sentences"][1]  # after the agreement sentence
     assert first.startswith("The paper's premise holds for naive kd: it kept its accuracy")
     assert "Spearman agreement and pointing game gap above 0" in first
     for run in results["runs"][2:4]:  # no gap anywhere: the maps did not move
         gaps = run["attribution"]["gradcam"]["gap_recovered"]["all"]["pooled"]
         for entry in gaps.values():
             entry.update(status="no gap", gap_ci_low=-0.1)
-    first = headline(results)[0]["sentences"][0]
+    first = headline(results)[0]["sentences"][1]  # after the agreement sentence
     assert first.endswith("its gradcam maps did not move measurably (no Spearman or "
                           "pointing-game gap whose interval lies above 0).")

@@ -267,8 +267,8 @@ def headline(results: dict, explainer: str = "gradcam") -> list[dict]:
         naive = naive_run(runs)
         matched = [r for r in runs if r is not naive]
         what = _recipe_words(runs[0])
-        sentences = [_premise_sentence(teacher, naive, matched, explainer, what),
-                     _agreement_sentence(runs, explainer)]
+        sentences = [_agreement_sentence(runs, explainer),
+                     _premise_sentence(teacher, naive, matched, explainer, what)]
         if naive is not None and matched and teacher is not None:
             if any(gap_entry(r, k, explainer) for r in matched for k, _ in HEADLINE_GAPS):
                 sentences += [_gap_sentence(naive, matched, key, words, explainer)
