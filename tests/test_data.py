@@ -125,7 +125,8 @@ def test_every_shape_fits_its_radius(kind):
 
 def test_classes_have_distinct_silhouettes_under_any_rotation():
     def silhouette(k, angle=0.0):
-        return sc.render_items([sc.Item(k, 1, 32, 32, 20, angle=angle)])[1] > 0
+        item = sc.Item(k, 1, 32, 32, 20, angle=angle)
+        return sc.render_items([item], config=SceneConfig(masks="shape"))[1] > 0
 
     angles = np.linspace(0, 2 * np.pi, 36, endpoint=False)
     for a in range(K):
@@ -134,6 +135,22 @@ def test_classes_have_distinct_silhouettes_under_any_rotation():
             rotated = [silhouette(b, t) for t in angles]
             iou = max((ref & r).sum() / (ref | r).sum() for r in rotated)
             assert iou < 0.9, (SCENE_CLASSES[a], SCENE_CLASSES[b], iou)  # circle/square: 0.84
+
+
+@pytest.mark.parametrize("name", ["ring", "crescent"])
+def test_extent_masks_fill_the_hole_and_the_bite_but_not_the_paint(name):
+    k = SCENE_CLASSES.index(name)
+    item = sc.Item(k, k + 1, 32, 32, 20)
+    image, extent = sc.render_items([item])
+    same, shape = sc.render_items([item], config=SceneConfig(masks="shape"))
+    assert np.array_equal(image, same)  # only the mask changes
+    assert extent[32, 32] == k + 1 and shape[32, 32] == 0  # the hole / the bite's edge
+    assert ((shape > 0) <= (extent > 0)).all()
+    ys, xs = np.nonzero(extent)  # the filled disc the shape is cut from (0.9-0.95 of r)
+    radius = {"ring": 0.95, "crescent": 0.9}[name] * 20
+    assert abs(len(ys) - np.pi * radius ** 2) < 2 * np.pi * radius
+    other = sc.Item(SCENE_CLASSES.index("circle"), 1, 32, 32, 8)  # painted on top, in the hole
+    assert sc.render_items([item, other])[1][32, 32] == 1
 
 
 def test_polygon_distance_matches_box_formula():

@@ -68,6 +68,10 @@ class SceneConfig:
         Blend colours over a one-pixel edge band (masks stay exact either way).
     max_tries : int
         Layout redraws allowed to satisfy ``min_visible``.
+    masks : str
+        ``"extent"``: a ring's mask is its filled disc and a crescent's the disc it is cut from,
+        so a peak-based score (pointing game) counts a map peaking in the hole as on the
+        object, as a person pointing at a ring would; ``"shape"``: only the painted pixels.
     """
 
     size: int = 64
@@ -87,6 +91,7 @@ class SceneConfig:
     noise: float = 6.0
     antialias: bool = True
     max_tries: int = 10
+    masks: str = "extent"
 
     def __post_init__(self):
         def bad(why):
@@ -105,6 +110,8 @@ class SceneConfig:
             bad(f"n_distractors must satisfy 0 <= lo <= hi, got {(lo, hi)}")
         if not all(0 <= x <= 1 for x in (self.texture, self.background, self.min_visible)):
             bad("texture, background and min_visible must lie in [0, 1]")
+        if self.masks not in ("extent", "shape"):
+            bad(f"masks must be 'extent' or 'shape', got {self.masks!r}")
         if self.max_tries < 1 or self.noise < 0 or self.margin < 0 or self.aspect_jitter < 0:
             bad("max_tries must be >= 1; noise, margin and aspect_jitter >= 0")
 
@@ -209,6 +216,9 @@ _DISTRACTOR_SDF = {
     "spike": lambda u, v, p: _polygon(u, v, _SPIKE),
 }
 _SDF = [_CLASS_SDF[k] for k in SCENE_CLASSES] + [_DISTRACTOR_SDF[k] for k in DISTRACTOR_KINDS]
+# The extent of shapes with a hole or a bite (``SceneConfig.masks="extent"``): the filled disc.
+_EXTENT_SDF = {SCENE_CLASSES.index("ring"): lambda u, v, p: np.hypot(u, v) - 0.95,
+               SCENE_CLASSES.index("crescent"): lambda u, v, p: np.hypot(u, v) - 0.9}
 _N_CLASSES = len(SCENE_CLASSES)
 
 
@@ -233,8 +243,11 @@ class Item:
     param: float = 0.5
 
 
-def item_sdf(item: Item, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
+def item_sdf(item: Item, size: int, extent: bool = False
+             ) -> tuple[tuple[slice, slice], np.ndarray]:
     """Signed distance (pixels) of ``item`` over its bounding box; returns (box slices, sdf).
+
+    ``extent``: of the item's extent (a ring's filled disc, see ``SceneConfig.masks``).
 
     Pixel ``(y, x)`` has its centre at ``(y + 0.5, x + 0.5)``. Only the bounding box is
     evaluated, which keeps rendering fast.
@@ -247,7 +260,8 @@ def item_sdf(item: Item, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
     c, s = math.cos(item.angle), math.sin(item.angle)
     sx, sy = item.r * item.aspect, item.r / item.aspect
     u, v = (c * x + s * y) / sx, (c * y - s * x) / sy
-    sdf = _SDF[item.kind](u, v, item.param) * item.r
+    shape = _EXTENT_SDF.get(item.kind, _SDF[item.kind]) if extent else _SDF[item.kind]
+    sdf = shape(u, v, item.param) * item.r
     return (slice(y0, y1), slice(x0, x1)), sdf.astype(np.float32)
 
 
@@ -304,7 +318,17 @@ def _layout(rng, cfg):
             break
     labels = np.array([0] + [it.label for it in items], dtype=np.uint8)
     labels[[j + 1 for j in weak]] = IGNORE
-    return items, sdfs, labels[owner + 1]
+    return items, sdfs, labels[_mask_owner(items, sdfs, owner, cfg) + 1]
+
+
+def _mask_owner(items, sdfs, owner, cfg):
+    """The item each mask pixel belongs to: ``owner`` (painted pixels), or with
+    ``cfg.masks == "extent"`` the last item whose extent covers it."""
+    if cfg.masks == "shape" or not any(it.kind in _EXTENT_SDF for it in items):
+        return owner
+    extents = [item_sdf(it, cfg.size, extent=True) if it.kind in _EXTENT_SDF else sd
+               for it, sd in zip(items, sdfs)]
+    return _ownership(extents, cfg.size)[0]
 
 
 # ----------------------------------------------------------------------------- painting
@@ -406,7 +430,7 @@ def render_items(items: list[Item], size: int = 64, seed: int = 0,
     cfg = config or SceneConfig(size=size)
     rng = np.random.default_rng(seed)
     sdfs = [item_sdf(it, cfg.size) for it in items]
-    owner, _ = _ownership(sdfs, cfg.size)
+    owner = _mask_owner(items, sdfs, _ownership(sdfs, cfg.size)[0], cfg)
     labels = np.array([0] + [it.label for it in items], dtype=np.uint8)
     canvas = _paint(rng, _background(rng, cfg), sdfs, cfg)
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), labels[owner + 1]

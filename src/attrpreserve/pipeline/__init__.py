@@ -18,13 +18,14 @@ the public names its callers use (the CLI, bench/, tests).
 
 from ..recipes import RECIPES
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
-from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, saved_sweeps, sweep,
-                          sweep_rows)
+from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, demo_teacher_config,
+                          saved_sweeps, sweep, sweep_rows)
 from .stages import (Loaded, audit, compress, evaluate, explain, format_table, is_finished,
                      load_models, report, train_teacher, versions, write_results)
 
 __all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_for",
-           "resolve_data", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo", "saved_sweeps",
+           "resolve_data", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo",
+           "demo_teacher_config", "saved_sweeps",
            "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
            "is_finished", "report", "train_teacher", "versions", "write_results", "Loaded",
            "load_models"]

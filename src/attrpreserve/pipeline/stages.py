@@ -305,9 +305,13 @@ def is_finished(directory: str | Path, cfg) -> bool:
     side = directory / "model.json"
     if not side.is_file() or not (directory / "model.safetensors").is_file():
         return False
-    saved = json.loads(side.read_text()).get("config", {})
-    wanted = json.loads(json.dumps(asdict(cfg), default=str))
-    return _settings(saved) == _settings(wanted)
+    return made_with(json.loads(side.read_text()).get("config", {}), cfg)
+
+
+def made_with(saved: dict, cfg) -> bool:
+    """True if a checkpoint's saved ``config`` is ``cfg`` in every setting that changes its
+    result."""
+    return _settings(saved) == _settings(json.loads(json.dumps(asdict(cfg), default=str)))
 
 
 def _settings(config: dict) -> dict:
