@@ -62,19 +62,19 @@ def main() -> None:
                                                      "quantization"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-val", type=int, default=FULL.n_val)
-    ap.add_argument("--n-train", type=int, help="fine-tune on the first N training images "
-                                                "(smoke runs; default: the teacher's)")
-    ap.add_argument("--epochs", type=int, default=FULL.finetune_epochs,
-                    help=f"fine-tuning epochs (default the full demo's {FULL.finetune_epochs})")
+    ap.add_argument("--n-train", type=int, default=FULL.compress_n_train,
+                    help="train each run on the first N training images (default the full "
+                         f"demo's {FULL.compress_n_train})")
+    ap.add_argument("--epochs", type=int, help="fine-tuning / distillation epochs (default the "
+                    f"full demo's: {FULL.finetune_epochs} / {FULL.student_epochs})")
     ap.add_argument("--out", default="runs/strengths")
     args = ap.parse_args()
-    cfg = replace(FULL, finetune_epochs=args.epochs, student_epochs=args.epochs)
+    cfg = replace(FULL, compress_n_train=args.n_train, **(
+        {"finetune_epochs": args.epochs, "student_epochs": args.epochs} if args.epochs else {}))
     chosen = {}
     for recipe in args.recipes:
         strengths = (2.0, 4.0, 8.0) if recipe == "kd" else cfg.sweep_strengths[recipe]
         base = cfg.compress_cfg(Path(args.teacher), recipe, "wcam", args.seed, False)
-        if args.n_train:
-            base = replace(base, data={"n_train": args.n_train})
         results = sweep(base, strengths, args.out, ("none", "wcam"), cfg.unstructured_rounds,
                         {"n_val": args.n_val}, split="val", seed=args.seed, progress=False)
         chosen[recipe] = choose(premise(results), strengths)

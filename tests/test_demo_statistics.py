@@ -8,8 +8,8 @@ from attrpreserve.results_schema import validate_results
 
 
 def test_tiny_demo_reports_fixed_pair_sets_and_gap_recovered(tmp_path):
-    cfg = pipeline.DemoConfig(teacher="train", width=4, teacher_epochs=1, student_epochs=1,
-                              n_train=32, n_val=16, n_test=16, matchings=("none", "wcam"))
+    cfg = pipeline.DemoConfig(teacher="train", recipes=("kd",), width=4, teacher_epochs=1,
+                              student_epochs=1, n_train=32, n_val=16, n_test=16, matchings=("none", "wcam"))
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
     saved = validate_results(json.loads((tmp_path / "results.json").read_text()))
     runs = {r["name"]: r["attribution"]["gradcam"] for r in saved["runs"]}

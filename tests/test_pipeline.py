@@ -175,8 +175,8 @@ def test_unknown_config_key_names_closest(tmp_path, capsys):
 
 
 def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
-    cfg = pipeline.DemoConfig(teacher="train", width=4, teacher_epochs=1, student_epochs=1,
-                              n_train=32, n_val=16, n_test=16, matchings=("none", "wcam"))
+    cfg = pipeline.DemoConfig(teacher="train", recipes=("kd",), width=4, teacher_epochs=1,
+                              student_epochs=1, n_train=32, n_val=16, n_test=16, matchings=("none", "wcam"))
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
     assert [r["name"] for r in res["runs"]] == ["teacher", "kd", "kd+wcam"]
     assert (tmp_path / "results.json").is_file()
