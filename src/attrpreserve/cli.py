@@ -123,20 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="teacher + every recipe x naive/AT/WCAM on built-in scenes",
-                       description="Train a teacher on the built-in scenes, compress it with "
+                       description="Start from the shipped teacher of the built-in scenes (it "
+                       "localises every class; bench/teacher.py retrains it), compress it with "
                        "every recipe (distillation, structured and unstructured pruning, "
                        "quantization), each naive, with AT and with WCAM; evaluate all on held-out "
                        "data (Grad-CAM, EBP, LRP and RAP, the paper's explainers; --quick: "
                        "Grad-CAM), write OUT/results.json and OUT/report.html and print a table. "
                        "Finished stages are reused when OUT already holds them.")
     p.add_argument("--quick", action="store_true",
-                   help="the few-minute CPU setting: distillation only")
+                   help="the few-minute CPU setting: 30%% filter pruning only, Grad-CAM")
     p.add_argument("--sweeps", action="store_true",
                    help="full demo only: also sweep each pruning / quantization recipe's "
                         "strength, naive vs WCAM (24 more fine-tuning runs), and draw the "
                         "curves in the report (OUT/sweep)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the compression runs and the bootstrap (the scenes and the "
+                        "shipped teacher stay those of seed 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("train", help="train a teacher", description="Train a teacher classifier "
@@ -371,7 +374,7 @@ def _say(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.sweeps and args.quick:
-            raise ValueError("--sweeps needs the full demo (the quick one only distils); "
+            raise ValueError("--sweeps needs the full demo (the quick one runs one recipe); "
                              "drop --quick")
         results = pipeline.demo(args.out, quick=args.quick, seed=args.seed,
                                 progress=not args.no_progress, sweeps=args.sweeps)

@@ -26,8 +26,8 @@ class DemoConfig:
 
     Every recipe in ``recipes`` runs once per matching in ``matchings`` against one teacher.
     Distillation trains a narrower student from scratch (``student_*``); the other recipes start
-    from the teacher and fine-tune (``finetune_*``) at the strength given here (chosen with
-    ``bench/sweep.py``, see docs/benchmarks.md).
+    from the teacher and fine-tune (``finetune_*``) at the strength given here (chosen on the
+    validation split with ``bench/demo_strengths.py``, see docs/benchmarks.md).
 
     ``teacher``: ``"shipped"`` installs the package's teacher (:mod:`.shipped`, trained with
     :meth:`teacher_cfg` at seed 0; the data keep seed 0 and ``seed`` varies the compression
@@ -55,7 +55,11 @@ class DemoConfig:
     drop: float = 0.3
     # AT's and WCAM's (lambda, drop) per recipe, tuned alike on the validation split
     # (bench/demo_tuning.py; docs/benchmarks.md, "Tuning AT and WCAM alike").
-    tuned: dict = field(default_factory=dict)
+    # Distillation is not tuned (no divisor shows the premise in its budget; STRENGTH_NOTE).
+    tuned: dict = field(default_factory=lambda: {
+        "structured": {"at": (10000.0, 0.0), "wcam": (10000.0, 0.3)},
+        "unstructured": {"at": (100.0, 0.0), "wcam": (10000.0, 0.0)},
+        "quantization": {"at": (10000.0, 0.0), "wcam": (10000.0, 0.0)}})
     target: str = "top1"
     matchings: tuple[str, ...] = DEMO_MATCHINGS
     # The quick demo prunes filters: distillation from scratch does not keep the teacher's mAP
@@ -68,9 +72,7 @@ class DemoConfig:
     # Every compression run (distillation included) trains on the first N training images (at
     # most n_train): the full demo's twelve runs then fit its 15-minute budget on 2 cores.
     compress_n_train: int | None = 4000
-    # From bench/sweep.py (docs/benchmarks.md): only 2-bit QAT makes naive compression lose
-    # >= 2 points (AUC) with mAP within 3 points; no filter rate or sparsity does at this scale,
-    # so those use the strongest setting that keeps mAP near the teacher's.
+    # Chosen on the validation split by bench/demo_strengths.py (STRENGTH_NOTE).
     strengths: dict = field(default_factory=lambda: {
         "structured": 0.3, "unstructured": 0.8, "quantization": 3})
     unstructured_rounds: int = 2
