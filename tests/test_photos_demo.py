@@ -80,8 +80,11 @@ def test_loader_serves_labeled_crops_reproducibly():
             seen.append(photo)
     assert sorted(seen) == list(range(n)) and seen != list(range(n))  # each once, shuffled
     assert 0 < flips < n and len(offsets) > 1
+    # training batches are cut where they go ("meta": a device without data), eval ones on CPU
+    images, labels, _ = next(iter(ds.loader(5, True, torch.Generator(), device="meta")))
+    assert images.device.type == labels.device.type == "meta" and images.shape == (5, 3, 8, 8)
     ds.train = False  # eval: the center crop, in order, never flipped
-    images, _, _ = next(iter(ds.loader(4)))
+    images, _, _ = next(iter(ds.loader(4, device="meta")))
     assert torch.equal((images * 255).round().to(torch.uint8), center_crop(coded(4, side), size))
 
 

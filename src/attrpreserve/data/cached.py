@@ -8,7 +8,8 @@ ImageNet eval resize), optionally saved to a cache file so that a rerun skips de
 come from that tensor on the device they are trained on (:meth:`CachedPhotos.loader`, moved
 there once): training batches are random ``size x size`` crops of the M-pixel photos with random
 horizontal flips, drawn from the loader's CPU generator (resumable) and cut on the device with
-one gather; val / test batches are the center crop (the ImageNet eval crop). Images come out
+one gather; val / test batches are the center crop (the ImageNet eval crop), on the CPU (their
+consumers move the images and keep the labels with the logits they bring back). Images come out
 float in [0, 1]; each model normalises its own inputs (``models.normalize``).
 
 Unlike ``images:``' random-resized crops (area 25-100%), the crops here keep the scale (the
@@ -226,7 +227,7 @@ class CachedPhotos(Dataset):
 
     def loader(self, batch_size: int, shuffle: bool = False,
                generator: torch.Generator | None = None, device="cpu") -> "CachedLoader":
-        """Batches on ``device``; training (``train``) batches augmented there."""
+        """Batches; a training split's on ``device``, augmented there (:class:`CachedLoader`)."""
         return CachedLoader(self, batch_size, shuffle, generator or torch.Generator(), device)
 
 
@@ -237,9 +238,10 @@ def _offsets(n: int, margin: int, generator) -> tuple[torch.Tensor, torch.Tensor
 
 class CachedLoader:
     """Batches ``(images float B x 3 x S x S, labels B x K, masks B x S x S)`` of a
-    :class:`CachedPhotos`, on ``device``: the order (shuffled with ``generator``), crop offsets
-    and flips are drawn on the CPU from ``generator`` (so a resumed run repeats them), the crop
-    and the conversion run on the device. Has what the training loop reads of a DataLoader:
+    :class:`CachedPhotos`; a training split's on ``device`` (the uint8 tensor moved there once),
+    val / test ones on the CPU. The order (shuffled with ``generator``), crop offsets and flips
+    are drawn on the CPU from ``generator`` (so a resumed run repeats them); the crop and the
+    conversion run where the batch goes. Has what the training loop reads of a DataLoader:
     ``dataset``, ``generator``, ``batch_size``, ``len``."""
 
     def __init__(self, dataset: CachedPhotos, batch_size: int, shuffle: bool,
@@ -252,20 +254,22 @@ class CachedLoader:
 
     def __iter__(self):
         ds, n, size = self.dataset, len(self.dataset), self.dataset.size
-        images = ds.store.on(self.device)
-        labels = ds.label_matrix().to(self.device)
+        # training batches on the device; val / test ones on the CPU, where their consumers
+        # (validation, the evaluator) keep labels next to the logits they bring back
+        device = self.device if ds.train else torch.device("cpu")
+        images = ds.store.on(device)
+        labels = ds.label_matrix().to(device)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        void = torch.full((1, size, size), VOID, dtype=torch.int64, device=self.device)
+        void = torch.full((1, size, size), VOID, dtype=torch.int64, device=device)
         for lo in range(0, n, self.batch_size):
-            idx = order[lo:lo + self.batch_size]
+            idx = order[lo:lo + self.batch_size].to(device)
             if ds.train:
                 tops, lefts = _offsets(len(idx), images.shape[-1] - size, self.generator)
                 flips = torch.rand(len(idx), generator=self.generator) < 0.5
-                x = crop_flip(images[idx.to(self.device)], size, tops, lefts, flips)
+                x = crop_flip(images[idx], size, tops, lefts, flips)
             else:
-                x = center_crop(images[idx.to(self.device)], size)
-            yield (x.float().div_(255), labels[idx.to(self.device)],
-                   void.expand(len(idx), size, size))
+                x = center_crop(images[idx], size)
+            yield x.float().div_(255), labels[idx], void.expand(len(idx), size, size)
 
 
 def build_cached(arg: str | None, split: str, size: int, n: int | None,
