@@ -183,6 +183,11 @@ def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -
     return results
 
 
+def write_summary(out: Path, rows: list, stopped, serve: dict, t_start: float) -> None:
+    stages.write_results({"rows": rows, "stopped": stopped, "serve": serve,
+                          "wall_seconds": time.perf_counter() - t_start}, out / "summary.json")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     device = "cpu" if args.smoke and args.device == "auto" else resolve_device(args.device)
@@ -197,6 +202,9 @@ def main(argv=None) -> int:
     out, t_start = Path(args.out), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     monitor = GpuMonitor(out / "gpu.csv")
+    serve = photos.serving_rate(photos.data_config(root, cfg, 0, device))
+    print(f"photo cache: serves {serve['images_per_s']:.0f} train img/s on {serve['device']} "
+          "(crop + flip + float, no model)", flush=True)
     rows, stopped = [], None
     try:
         for seed, recipe, value in plan(args):
@@ -208,13 +216,10 @@ def main(argv=None) -> int:
             results = run_group(args, cfg, root, seed, recipe, value, monitor,
                                 not args.no_progress, device)
             rows += summary_rows(results, seed, recipe, value)
-            stages.write_results({"rows": rows, "stopped": stopped,
-                                  "wall_seconds": time.perf_counter() - t_start},
-                                 out / "summary.json")
+            write_summary(out, rows, stopped, serve, t_start)
     finally:
         monitor.stop()
-    stages.write_results({"rows": rows, "stopped": stopped,
-                          "wall_seconds": time.perf_counter() - t_start}, out / "summary.json")
+    write_summary(out, rows, stopped, serve, t_start)
     print(f"{len(rows)} model rows in {out / 'summary.json'} "
           f"({time.perf_counter() - t_start:.0f} s)", flush=True)
     return 0

@@ -217,6 +217,22 @@ def evaluate_runs(root: Path, cfg: PhotosConfig, runs: dict[str, Path], seed: in
     return results, models
 
 
+def serving_rate(data: DataConfig, split: str = "train") -> dict:
+    """How fast the photo cache serves one epoch of ``split`` (batches cut, flipped and
+    converted on ``data.device``, no model): what loading costs a training step."""
+    loader = data.loader(split, shuffle=True)
+    loader_iter = iter(loader)
+    images, *_ = next(loader_iter)  # the first batch moves the cache to the device
+    t0, n = time.perf_counter(), 0
+    for images, *_ in loader_iter:
+        n += len(images)
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"images": n, "seconds": seconds, "images_per_s": n / max(seconds, 1e-9),
+            "device": str(images.device)}
+
+
 def unseen_note(unseen: dict) -> list[str]:
     if not unseen.get("top1"):
         return []
@@ -245,7 +261,8 @@ def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: Photos
     results, models = evaluate_runs(root, cfg, runs, seed, progress, device)
     results["photos"].update(preset=asdict(cfg), folder=str(root), train=timings,
                              cache={s: _cache_timing(root, cfg, seed, s)
-                                    for s in ("train", "val", "test")})
+                                    for s in ("train", "val", "test")},
+                             serve=serving_rate(data_config(root, cfg, seed, device)))
     results["notes"] = [
         f"Real photos ({root.name}): pretrained {cfg.teacher} restricted to the folder's "
         f"{len(results['dataset']['classes'])} classes; {RECIPES[cfg.recipe].label} at "
