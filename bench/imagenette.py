@@ -21,6 +21,11 @@ state); ``--time-limit`` stops before a group that would start after it. Each ru
 train images / s and, on CUDA, the GPU utilisation sampled by ``nvidia-smi`` while it trained
 (``OUT/gpu.csv``). ``OUT/summary.json`` holds one flat row per model of every finished group.
 
+GPU time is scarce (about 15 minutes for this work, start-up included, at most 10 minutes a
+call): the full plan is 21 groups (63 fine-tunings and 21 evaluations of 3,925 photos), more
+than one call holds, so run it with ``--time-limit 420`` and repeat the same command in the next
+call: finished groups and runs are reused. Seed 0 of every recipe comes first.
+
 Epochs: fine-tuning recipes start from the pretrained teacher and run ``--epochs`` (default 3);
 distillation trains a student from scratch and runs ``--kd-epochs`` (default 15). Whether that
 converged is read off the histories: each run prints its best epoch, and a best epoch equal to
@@ -46,9 +51,9 @@ from attrpreserve.pipeline import photos, stages
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 # 64 px: Lite0's last maps are 2 x 2 (at 32 px they are 1 x 1, and matching has no gradient)
-SMOKE = photos.with_overrides(photos.GPU, size=64, n_train=10, n_val=5, n_test=5, epochs=1,
+SMOKE = photos.with_overrides(photos.GPU, size=64, n_train=5, n_val=5, n_test=5, epochs=1,
                               batch_size=5, checkpoint_every=None, unseen=False,
-                              matchings=("none", "wcam"))
+                              matchings=("none", "wcam"), unstructured_rounds=1)
 
 
 class GpuMonitor:
@@ -101,8 +106,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/imagenette-gpu")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     p.add_argument("--smoke", action="store_true",
-                   help="10 photos at 64 px, 1 epoch, seed 0, first strength, naive and WCAM: "
-                        "tests the script on CPU")
+                   help="5 train photos at 64 px (one step), 5 test photos, seed 0, first strength "
+                        "of each recipe, naive and WCAM: tests the script on CPU")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning recipes' epochs")
@@ -166,7 +171,7 @@ def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -
         timings[name], runs[name] = info, group / name
         meta = json.loads((group / name / "model.json").read_text())
         gpu = f", GPU {info['gpu']['util_mean']:.0f}% mean" if info["gpu"] else ""
-        print(f"[{name} seed {seed}] {info['images_per_s']:.0f} train img/s over "
+        print(f"[{name} seed {seed}] {info['images_per_s']:.1f} train img/s over "
               f"{info['seconds']:.0f} s{gpu}{' (reused)' if info.get('reused') else ''}; "
               f"{best_epoch_words(meta, info['epochs'])}", flush=True)
     t0 = monitor.mark()
@@ -177,7 +182,7 @@ def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -
     stages.write_results(results, done)
     ev = results["photos"]["evaluate"]
     print(f"[{recipe}@{value:g} seed {seed}] evaluated {ev['images']} photos x {ev['models']} "
-          f"models at {ev['images_per_s']:.0f} img/s" +
+          f"models at {ev['images_per_s']:.1f} img/s" +
           (f", GPU {gpu['util_mean']:.0f}% mean" if gpu else ""), flush=True)
     print(stages.format_table(results), flush=True)
     return results

@@ -151,7 +151,7 @@ def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
     assert info["unseen"]["n"] == 134 and set(info["unseen"]["top1"]) == set(names)
     assert all(t["train_images"] == 10 and t["images_per_s"] > 0 for t in info["train"].values())
     assert info["evaluate"]["images_per_s"] > 0 and results["wall_seconds"] > 0
-    assert info["serve"]["images"] == 5 and info["serve"]["device"] == "cpu"  # 10 - 1st batch
+    assert info["serve"]["images"] == 10 and info["serve"]["device"] == "cpu"
 
     def never(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

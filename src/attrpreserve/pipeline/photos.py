@@ -221,10 +221,10 @@ def serving_rate(data: DataConfig, split: str = "train") -> dict:
     """How fast the photo cache serves one epoch of ``split`` (batches cut, flipped and
     converted on ``data.device``, no model): what loading costs a training step."""
     loader = data.loader(split, shuffle=True)
-    loader_iter = iter(loader)
-    images, *_ = next(loader_iter)  # the first batch moves the cache to the device
+    for _ in loader:  # the first epoch moves the cache to the device
+        pass
     t0, n = time.perf_counter(), 0
-    for images, *_ in loader_iter:
+    for images, *_ in loader:
         n += len(images)
     if images.device.type == "cuda":
         torch.cuda.synchronize()
