@@ -163,13 +163,16 @@ RESULTS = Record(
      "dataset": Record({"spec": STR, "size": INT, "seed": INT, "n_train": OrNull(INT),
                         "n_val": OrNull(INT), "n_test": OrNull(INT), "batch_size": INT,
                         "split": STR, "images": INT, "classes": ListOf(STR)},
-                       optional={"preprocess": STR, "workers": INT, "labels": STR}),
+                       optional={"preprocess": STR, "workers": INT, "labels": STR,
+                                 "device": STR}),
      "seed": INT,
      "versions": VERSIONS},
     optional={"demo": MapOf(ANY),  # DemoConfig's settings (demo only)
               "notes": ListOf(STR),  # sentences the report prints under its headline
               "sweeps": ListOf(SWEEP_ROW),
-              "wall_seconds": NUMBER})
+              "wall_seconds": NUMBER,
+              # the photo presets (pipeline.photos): settings, throughput, unseen-photo top-1
+              "photos": MapOf(ANY)})
 
 # --------------------------------------------------------------------------------------------
 # audit.json

@@ -4,7 +4,9 @@ A dataset is selected by a spec string, ``NAME`` or ``NAME:ARG``:
 
 - ``scenes`` : built-in synthetic shape scenes (``scenes:key=value,...`` overrides ``SceneConfig``);
 - ``masks:PATH`` : an image + mask folder (docs/data.md), or a VOC2012 folder as it is;
-- ``voc:PATH`` : a ``VOCdevkit/VOC2012`` folder (or its parent); splits in ``data.voc``.
+- ``voc:PATH`` : a ``VOCdevkit/VOC2012`` folder (or its parent); splits in ``data.voc``;
+- ``images:FOLDER`` / ``cached:FOLDER`` : photos read lazily (``data.images``) or decoded once
+  into a uint8 cache served in batches (``data.cached``); ``coco128:PATH`` COCO photos.
 
 Preprocessing presets (input size and normalisation, training augmentation) are in
 ``data.transforms``.
@@ -237,6 +239,14 @@ def _build_images(arg, split, size, seed, n):
     from .images import build_images
 
     return build_images(arg, split, size, n)
+
+
+@register_dataset("cached")
+def _build_cached(arg, split, size, seed, n):
+    """A folder of photos decoded once into a uint8 cache (``cached:FOLDER``; data.cached)."""
+    from .cached import build_cached
+
+    return build_cached(arg, split, size, n)
 
 
 @register_dataset("coco128")

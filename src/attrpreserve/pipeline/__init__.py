@@ -11,6 +11,9 @@ Which module owns what:
 - :mod:`.experiments`: ``DemoConfig`` with its presets ``QUICK`` / ``FULL`` and
   ``STRENGTH_NOTE``, ``demo``, strength sweeps (``sweep``, ``sweep_rows``, ``saved_sweeps``).
   They call the stages through the :mod:`.stages` module (patch stages there).
+- :mod:`.photos`: real photos (``attrpreserve demo --photos``, ``bench/imagenette.py``):
+  ``PhotosConfig`` with its presets ``CPU`` / ``GPU``, ``photos_demo``; a pretrained teacher
+  restricted to a class folder, compressed naive vs matched, through the uint8 photo cache.
 
 Configs import no stage code and stages nothing from the experiments. This package re-exports
 the public names its callers use (the CLI, bench/, tests).
@@ -20,6 +23,9 @@ from ..recipes import RECIPES
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, demo_teacher_config,
                           saved_sweeps, sweep, sweep_rows)
+from .photos import CPU as PHOTOS_CPU
+from .photos import GPU as PHOTOS_GPU
+from .photos import PhotosConfig, photos_demo
 from .stages import (Loaded, audit, compress, evaluate, explain, format_table, is_finished,
                      load_models, report, train_teacher, versions, write_results)
 
@@ -28,4 +34,4 @@ __all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_f
            "demo_teacher_config", "saved_sweeps",
            "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
            "is_finished", "report", "train_teacher", "versions", "write_results", "Loaded",
-           "load_models"]
+           "load_models", "PHOTOS_CPU", "PHOTOS_GPU", "PhotosConfig", "photos_demo"]

@@ -33,6 +33,9 @@ class DataConfig:
     batch_size: int = 64
     preprocess: str = "none"  # named preset (data.transforms): "none" or "paper"
     workers: int = 0  # DataLoader processes (0: the main one); not part of a run's identity
+    # where a uint8 photo cache (``cached:``) serves and augments its batches; not part of a
+    # run's identity either
+    device: str = "cpu"
 
     def __post_init__(self):
         _check(isinstance(self.spec, str) and bool(self.spec),
@@ -63,6 +66,8 @@ class DataConfig:
         gen = torch.Generator().manual_seed(seed)
         pre = get_preprocess(self.preprocess)
         collate = pre.collate(gen) if shuffle and pre.augments else None
+        if hasattr(ds, "loader") and not (shard and distributed.active()):
+            return ds.loader(self.batch_size, shuffle, gen, self.device)  # data.cached
         if shard and distributed.active():
             sampler = distributed.ShardedBatchSampler(len(ds), self.batch_size, shuffle, gen)
             return DataLoader(ds, batch_sampler=sampler, generator=gen, collate_fn=collate,

@@ -315,9 +315,10 @@ def made_with(saved: dict, cfg) -> bool:
 
 
 def _settings(config: dict) -> dict:
-    """A stage's config without what does not change its result (progress bars, workers)."""
+    """A stage's config without what does not change its result (progress bars, workers, the
+    device a photo cache serves batches on)."""
     return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k not in ("progress", "workers")}
+            if k not in ("progress", "workers", "device")}
 
 
 def write_results(results: dict, path: str | Path) -> None:
