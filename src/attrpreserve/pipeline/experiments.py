@@ -131,10 +131,10 @@ def matching_note(cfg: DemoConfig) -> str:
     parts = []
     for recipe in cfg.recipes:
         (a, _), (w, d) = cfg.matching_for(recipe, "at"), cfg.matching_for(recipe, "wcam")
-        parts.append(f"{recipe}: AT lambda {a:g}, WCAM lambda {w:g} drop {d:g}")
-    how = ("tuned alike on the validation split (bench/demo_tuning.py, docs/benchmarks.md)"
-           if all(r in cfg.tuned for r in cfg.recipes) else "not tuned for every recipe")
-    return f"Matching weights ({how}): " + "; ".join(parts) + "."
+        how = "" if recipe in cfg.tuned else " (not tuned)"
+        parts.append(f"{recipe}{how}: AT lambda {a:g}, WCAM lambda {w:g} drop {d:g}")
+    return ("Matching weights, tuned alike for AT and WCAM on the validation split "
+            "(bench/demo_tuning.py, docs/benchmarks.md): " + "; ".join(parts) + ".")
 
 
 def demo_teacher_config(progress: bool = True) -> TeacherConfig:
