@@ -9,7 +9,7 @@ validation split, all with the same budget. A setting's score is the mean over s
 share of the teacher-minus-naive gap it recovers in Grad-CAM pointing game and AUC on all
 ground-truth pairs (``gap_recovered``; "no gap" counts 0), among settings whose mean mAP stays
 >= naive - 1 point. The best setting per (recipe, matching) is printed and saved to
-``OUT/chosen.json``; the demo's ``lams`` take them. The test split is never read.
+``OUT/chosen.json``; ``DemoConfig.tuned`` records the chosen ones. The test split is never read.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from attrpreserve.pipeline import FULL, compress, evaluate, is_finished
+from attrpreserve.pipeline.shipped import SHIPPED_TEACHER
 
 MAP_SLACK = 0.01
 
@@ -74,7 +75,6 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=FULL.n_val)
     ap.add_argument("--out", default="runs/tuning")
     args = ap.parse_args()
-    from attrpreserve.pipeline.shipped import SHIPPED_TEACHER
     teacher = Path(args.teacher or SHIPPED_TEACHER)
     grid, chosen = settings(args.lams, args.drops), {}
     for recipe in args.recipes:

@@ -126,6 +126,7 @@ STRENGTH_NOTE = (
     "scratch reached mAP 0.30-0.35 at every width divisor (2, 4, 8) in the demo's budget, so no "
     "divisor shows the premise there; it runs at width/4.")
 
+
 def matching_note(cfg: DemoConfig) -> str:
     """What the report says about the matching weights the demo ran with."""
     parts = []
@@ -181,8 +182,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     results = stages.evaluate(models, "teacher", data, "test", cfg.explainers, seed=seed,
                               progress=progress)
     results["demo"] = asdict(cfg)
-    results["notes"] = [matching_note(cfg)]
-    results["notes"].append(STRENGTH_NOTE)
+    results["notes"] = [matching_note(cfg), STRENGTH_NOTE]
     sweeps = saved_sweeps(out)
     if sweeps:
         results["sweeps"] = sweeps

@@ -23,6 +23,7 @@ import torch
 
 from ..data.images import class_folders, has_split_folders
 from ..engine import TrainConfig, predict
+from ..evaluate.task import top1_accuracy
 from ..recipes import RECIPES
 from ..state import state_dir
 from . import stages
@@ -190,7 +191,7 @@ def unseen_top1(models: dict, root: Path, cfg: PhotosConfig, seed: int = 0,
     t0, out = time.perf_counter(), {}
     for name, entry in models.items():
         logits, labels = predict(entry.model, loader)
-        out[name] = float((logits.argmax(1) == labels.argmax(1)).float().mean())
+        out[name] = top1_accuracy(logits, labels)
     seconds = time.perf_counter() - t0
     n = len(loader.dataset)
     return {"n": n, "top1": out, "seconds": seconds,
