@@ -1,8 +1,15 @@
-"""The GPU preset of issue 16: every recipe naive / AT / WCAM on Imagenette, 3 seeds, one script.
+"""Issue 16's experiment: every recipe naive / AT / WCAM on Imagenette, 3 seeds, one script.
 
     python bench/imagenette.py --folder ../shared/data/imagenette --out runs/imagenette-gpu \
         --device cuda                       # the GPU preset (pipeline.photos.GPU)
+    python bench/imagenette.py --preset cpu --recipes unstructured,quantization \
+        --tune-lrs 1e-3,3e-4,1e-4 --tune 10,100,1000 --out runs/imagenette-cpu
+                                            # the CPU preset (photos.CPU + an AT arm), 2 cores
     python bench/imagenette.py --smoke --out /tmp/imagenette-smoke   # a handful of photos, CPU
+
+On the val photos held out of train/ (seed 0, each recipe's first strength; the test split is
+never read), ``--tune-lrs LRS`` first chooses each fine-tuning recipe's lr (:func:`choose_lr`),
+then ``--tune LAMS`` its AT and WCAM lambda (:func:`tune`); the groups run at the chosen values.
 
 The teacher is ``pretrained:efficientnet-lite0,classes=FOLDER`` (ImageNet Lite0 restricted to
 the folder's 10 classes). Each (seed, recipe, strength) group compresses it once per matching
@@ -54,6 +61,7 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imag
 SMOKE = photos.with_overrides(photos.GPU, size=64, n_train=5, n_val=5, n_test=5, epochs=1,
                               batch_size=5, checkpoint_every=None, unseen=False,
                               matchings=("none", "wcam"), unstructured_rounds=1)
+PRESETS = {"gpu": photos.GPU, "cpu": replace(photos.CPU, matchings=("none", "at", "wcam"))}
 
 
 class GpuMonitor:
@@ -108,15 +116,32 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="5 train photos at 64 px (one step), 5 test photos, seed 0, first strength "
                         "of each recipe, naive and WCAM: tests the script on CPU")
+    p.add_argument("--preset", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu: photos.GPU (every train photo at 224 px); cpu: photos.CPU (800 "
+                        "photos at 128 px, 2 epochs: sized for 2 cores) with an AT arm")
+    p.add_argument("--tune", default=None, metavar="LAMS",
+                   help="before the groups, choose each recipe's AT and WCAM lambda among LAMS "
+                        "(comma list) on the val photos held out of train/ (seed 0, the "
+                        "recipe's first strength); default: the preset's lambdas")
+    p.add_argument("--tune-lrs", default=None, metavar="LRS",
+                   help="first choose each fine-tuning recipe's lr among LRS (comma list) by the "
+                        "naive run's val top-1 (seed 0, first strength); default: the preset's")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
-    p.add_argument("--epochs", type=int, default=3, help="fine-tuning recipes' epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="fine-tuning recipes' epochs (default: the preset's, gpu 3, cpu 2)")
     p.add_argument("--kd-epochs", type=int, default=15, help="distillation's epochs (scratch)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="start no group after S seconds (what finished is kept)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--figures", metavar="DIR", default=None,
+                   help="write one figure per recipe (real-photos-RECIPE.png) into DIR")
     return p.parse_args(argv)
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
 
 
 def plan(args) -> list[tuple[int, str, float]]:
@@ -154,13 +179,104 @@ def summary_rows(results: dict, seed: int, recipe: str, value: float) -> list[di
     return rows
 
 
+def recipe_cfg(args, cfg, recipe: str, chosen: dict | None = None) -> photos.PhotosConfig:
+    """The preset for ``recipe``: distillation's epochs, and the lr (``choose_lr``) and
+    lambdas (``tune``) chosen for it."""
+    chosen = chosen or {}
+    cfg = replace(cfg, epochs=args.kd_epochs if recipe == "kd" else cfg.epochs)
+    if "lr" in chosen:
+        cfg = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: chosen["lr"]["lr"]})
+    lams = {"at_lam": chosen.get("at"), "lam": chosen.get("wcam")}
+    return photos.with_overrides(cfg, **{k: v["lam"] for k, v in lams.items() if v})
+
+
+def choose_lr(args, cfg, root, recipe, lrs, progress, device) -> dict:
+    """The fine-tuning lr of ``recipe``'s naive run, chosen on the val photos (seed 0, first
+    strength): the best top-1, a tie within one photo going to the larger lr (more room for
+    matching to act). The chosen run becomes seed 0's naive group run. Writes (and on rerun
+    reads) ``OUT/RECIPE@S/tune/lr.json``."""
+    value = photos.STRENGTHS[recipe][0]
+    out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
+    done = out / "lr.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    naive, paths = photos.run_name(recipe, value, "none"), {}
+    for lr in lrs:
+        c = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: lr})
+        paths[lr] = out / f"{naive}@lr{lr:g}"
+        photos.run_compress(photos.compress_config(root, c, "none", 0, progress, device, recipe,
+                                                   value), paths[lr], device, cfg.checkpoint_every)
+    models = stages.load_models({f"{lr:g}": path for lr, path in paths.items()}, device)
+    res = photos.top1_on(models, photos.data_config(root, cfg, 0, device), "val")
+    top1 = {lr: res["top1"][f"{lr:g}"] for lr in lrs}
+    lr = max(v for v in lrs if top1[v] >= max(top1.values()) - 1.5 / res["n"])
+    seed0 = Path(args.out) / f"{recipe}@{value:g}" / "seed0" / naive
+    if not seed0.exists():
+        shutil.copytree(paths[lr], seed0)
+    chosen = {"lr": lr, "val_top1": {f"{v:g}": top1[v] for v in lrs}, "n_val": res["n"]}
+    done.write_text(json.dumps(chosen, indent=1))
+    print(f"[tune {recipe}@{value:g}] lr: {chosen}", flush=True)
+    return chosen
+
+
+def agreement_recovered(run: dict) -> float:
+    """Share of the teacher-minus-naive Spearman-agreement gap a matched run recovers (all
+    pairs, pooled); 0 where the gap's interval includes 0."""
+    entry = run["attribution"]["gradcam"].get("gap_recovered") or {}
+    rho = entry.get("all", {}).get("pooled", {}).get("spearman", {})
+    return rho["recovered"] if rho.get("status") == "ok" else 0.0
+
+
+def tune(args, cfg, root, recipe, lams, progress, device) -> dict:
+    """AT's and WCAM's lambda for ``recipe``, chosen on the val photos (held out of train/;
+    the test split is never read) at seed 0 and the recipe's first strength: the lambda whose
+    run recovers the largest share of the Spearman-agreement gap (:func:`agreement_recovered`)
+    among those whose val top-1 stays >= naive - 1 point. The naive run is seed 0's group run.
+    Writes (and on rerun reads) ``OUT/RECIPE@S/tune/chosen.json``."""
+    value = photos.STRENGTHS[recipe][0]
+    out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
+    done = out / "chosen.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    naive = photos.run_name(recipe, value, "none")
+    runs = {naive: Path(args.out) / f"{recipe}@{value:g}" / "seed0" / naive}
+    photos.run_compress(photos.compress_config(root, cfg, "none", 0, progress, device, recipe,
+                                               value), runs[naive], device, cfg.checkpoint_every)
+    arms = [m for m in ("at", "wcam") if m in cfg.matchings]
+    for matching in arms:
+        for lam in lams:
+            c = replace(cfg, **{"at_lam" if matching == "at" else "lam": lam})
+            name = f"{photos.run_name(recipe, value, matching)}@{lam:g}"
+            ccfg = photos.compress_config(root, c, matching, 0, progress, device, recipe, value)
+            photos.run_compress(ccfg, out / name, device, cfg.checkpoint_every)
+            runs[name] = out / name
+            print(f"[tune {name}] trained", flush=True)
+    results, _ = photos.evaluate_runs(root, cfg, runs, 0, progress, device, split="val")
+    stages.write_results(results, out / "results.json")
+    rows = {r["name"]: r for r in results["runs"]}
+    floor = rows[naive]["task"]["top1"] - 0.01
+    chosen = {}
+    for matching in arms:
+        scored = [(agreement_recovered(rows[n]), rows[n]["task"]["top1"], lam) for lam in lams
+                  for n in [f"{photos.run_name(recipe, value, matching)}@{lam:g}"]]
+        for share, top1, lam in scored:
+            print(f"[tune {recipe}@{value:g}] {matching} lambda {lam:g}: val top-1 {top1:.3f} "
+                  f"(naive {floor + 0.01:.3f}), rho gap recovered {share:.0%}", flush=True)
+        ok = [t for t in scored if t[1] >= floor] or scored
+        share, top1, lam = max(ok)
+        chosen[matching] = {"lam": lam, "recovered": share, "top1": top1}
+    chosen["naive_top1"], chosen["split"] = floor + 0.01, "val"
+    done.write_text(json.dumps(chosen, indent=1))
+    print(f"[tune {recipe}@{value:g}] chosen: {chosen}", flush=True)
+    return chosen
+
+
 def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -> dict:
     group = Path(args.out) / f"{recipe}@{value:g}" / f"seed{seed}"
     done = group / "results.json"
     if done.is_file():
         print(f"[{recipe}@{value:g} seed {seed}] finished earlier: {done}", flush=True)
         return json.loads(done.read_text())
-    cfg = replace(cfg, epochs=args.kd_epochs if recipe == "kd" else cfg.epochs)
     runs, timings = {}, {}
     for matching in cfg.matchings:
         name = photos.run_name(recipe, value, matching)
@@ -188,6 +304,56 @@ def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -
     return results
 
 
+FIGURE_METRICS = (("spearman", "Grad-CAM agreement (Spearman)"),
+                  ("top1", "top-1, Imagenette val/"), ("top1_unseen", "top-1, unseen photos"))
+
+
+def figures(rows: list[dict], folder: Path) -> list[Path]:
+    """One PNG per recipe (``folder/real-photos-RECIPE.png``): each of :data:`FIGURE_METRICS`
+    against strength, one line per matching through the mean over seeds, bars from the lowest
+    to the highest seed, the teacher dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from attrpreserve.report.figures import MATCHING_COLOURS
+    from attrpreserve.report.words import matching_words
+
+    paths = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        fig, axes = plt.subplots(1, len(FIGURE_METRICS), figsize=(4 * len(FIGURE_METRICS), 3))
+        for ax, (key, label) in zip(axes, FIGURE_METRICS):
+            teacher = [r[key] for r in mine if r["run"] == "teacher" and r[key] is not None]
+            if teacher:
+                ax.axhline(sum(teacher) / len(teacher), color="k", ls="--", lw=1,
+                           label="teacher")
+            for m in ("none", "at", "wcam"):
+                pts = sorted({r["strength"] for r in mine if r["matching"] == m})
+                vals = [[r[key] for r in mine if r["matching"] == m and r["strength"] == x
+                         and r[key] is not None] for x in pts]
+                xs = [x for x, v in zip(pts, vals) if v]
+                vals = [v for v in vals if v]
+                if not xs:
+                    continue
+                mean = [sum(v) / len(v) for v in vals]
+                err = [[a - min(v) for a, v in zip(mean, vals)],
+                       [max(v) - a for a, v in zip(mean, vals)]]
+                ax.errorbar(xs, mean, yerr=err, fmt="o-", ms=4, capsize=3,
+                            color=MATCHING_COLOURS[m],
+                            label=f"{matching_words(m)} ({len(vals[0])} seeds)")
+            ax.set_title(f"{recipe}: {label}", fontsize=9.5)
+            ax.set_xlabel("strength (sparsity, filter share, bits, width)", fontsize=8)
+            ax.set_xticks(sorted({r["strength"] for r in mine}))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8, frameon=False)
+        fig.tight_layout()
+        path = folder / f"real-photos-{recipe}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def write_summary(out: Path, rows: list, stopped, serve: dict, t_start: float) -> None:
     stages.write_results({"rows": rows, "stopped": stopped, "serve": serve,
                           "wall_seconds": time.perf_counter() - t_start}, out / "summary.json")
@@ -196,8 +362,8 @@ def write_summary(out: Path, rows: list, stopped, serve: dict, t_start: float) -
 def main(argv=None) -> int:
     args = parse(argv)
     device = "cpu" if args.smoke and args.device == "auto" else resolve_device(args.device)
-    cfg = SMOKE if args.smoke else photos.GPU
-    cfg = replace(cfg, epochs=1 if args.smoke else args.epochs, amp=args.amp)
+    cfg = SMOKE if args.smoke else PRESETS[args.preset]
+    cfg = photos.with_overrides(cfg, epochs=1 if args.smoke else args.epochs, amp=args.amp)
     if args.smoke:
         args.kd_epochs = 1
     if device.startswith("cuda"):
@@ -210,21 +376,31 @@ def main(argv=None) -> int:
     serve = photos.serving_rate(photos.data_config(root, cfg, 0, device))
     print(f"photo cache: serves {serve['images_per_s']:.0f} train img/s on {serve['device']} "
           "(crop + flip + float, no model)", flush=True)
-    rows, stopped = [], None
+    rows, stopped, chosen = [], None, {r: {} for r in args.recipes.split(",")}
     try:
+        for recipe, settings in chosen.items():
+            if args.tune_lrs and recipe != "kd":
+                settings["lr"] = choose_lr(args, recipe_cfg(args, cfg, recipe), root, recipe,
+                                           floats(args.tune_lrs), not args.no_progress, device)
+            if args.tune:
+                settings.update(tune(args, recipe_cfg(args, cfg, recipe, settings), root, recipe,
+                                     floats(args.tune), not args.no_progress, device))
         for seed, recipe, value in plan(args):
             if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                 stopped = f"time limit {args.time_limit:g} s reached before {recipe}@{value:g} " \
                           f"seed {seed}"
                 print(stopped, flush=True)
                 break
-            results = run_group(args, cfg, root, seed, recipe, value, monitor,
-                                not args.no_progress, device)
+            results = run_group(args, recipe_cfg(args, cfg, recipe, chosen[recipe]), root,
+                                seed, recipe, value, monitor, not args.no_progress, device)
             rows += summary_rows(results, seed, recipe, value)
             write_summary(out, rows, stopped, serve, t_start)
     finally:
         monitor.stop()
     write_summary(out, rows, stopped, serve, t_start)
+    if args.figures:
+        for path in figures(rows, Path(args.figures)):
+            print(f"wrote {path}", flush=True)
     print(f"{len(rows)} model rows in {out / 'summary.json'} "
           f"({time.perf_counter() - t_start:.0f} s)", flush=True)
     return 0

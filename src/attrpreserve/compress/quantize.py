@@ -1,13 +1,13 @@
 """Quantization surgery: fake-quant (QAT) preparation, calibration, freezing, int8 conversion
 and export; the training around it is the ``quantization`` recipe (``recipes.quantization``).
 
-Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 engine; oneDNN for Lite0, see
-``_FAMILIES``).  It is deprecated in torch 2.14 but is the one path that (a) keeps the model an
-``nn.Module`` tree whose layer names survive, so ``LayerTap``, Grad-CAM and WCAM work on the
-fake-quant model unchanged, and (b) converts to real int8 CPU kernels (``quantized::conv2d``)
-without ``torch.compile``.  Its
-successor, torchao's PT2E flow (``prepare_qat_pt2e`` / ``convert_pt2e``), traces the model into a
-flat graph (the ReLU modules disappear, so the matched layer cannot be hooked by name), and without
+Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 engine; oneDNN for
+EfficientNet-Lite, see ``_FAMILIES``).  It is deprecated in torch 2.14 but is the one path that
+(a) keeps the model an ``nn.Module`` tree whose layer names survive, so ``LayerTap``, Grad-CAM
+and WCAM work on the fake-quant model unchanged, and (b) converts to real int8 CPU kernels
+(``quantized::conv2d``) without ``torch.compile``.  Its successor, torchao's PT2E flow
+(``prepare_qat_pt2e`` / ``convert_pt2e``), traces the model into a flat graph (the ReLU
+modules disappear, so the matched layer cannot be hooked by name), and without
 ``torch.compile`` its converted model runs quantize/dequantize + float convolutions: on the small
 VGG it was slower than the float model.  Everything backend-specific stays in this module behind
 :func:`prepare_qat`, :func:`convert_int8` and :func:`export_int8`; only there are torch.ao's
@@ -47,8 +47,8 @@ small :class:`_Family` entry selected by model type; everything else is one code
   weight the way the int8 kernel sees it); the old BN and ReLU names are kept as
   ``nn.Identity``, so the last ReLU's name still yields the block's (fake-quantized) post-ReLU
   output (so do the block's conv and BN names now).
-- EfficientNet-Lite0 (``pretrained:efficientnet-lite0``): see :func:`_lite_surgery`.  Conv-BN
-  pairs are fused, each ReLU6 use is its own ``nn.ReLU6`` module, residual adds go through a
+- EfficientNet-Lite0/1/2 (``pretrained:efficientnet-lite0`` ...): see :func:`_lite_surgery`.
+  Conv-BN pairs are fused, each ReLU6 use is its own ``nn.ReLU6`` module, residual adds go through a
   ``FloatFunctional`` per block, and the matched layer ``_head_act`` keeps its name.
 
 Observers follow the train/eval mode: they update in train mode only (so validation and
@@ -209,7 +209,7 @@ def _lite_check(model: nn.Module) -> None:
 
 @functools.cache
 def _lite_qat_classes() -> tuple[type, type]:
-    """``(model class, block class)`` of the fake-quant Lite0 (the package is imported lazily)."""
+    """``(model class, block class)`` of the fake-quant Lite (the package is imported lazily)."""
     from efficientnet_lite_pytorch.model import MBConvBlock
 
     class QATEfficientNetLite(QATModel, lite_class()):
@@ -319,7 +319,7 @@ def _check_supported(model: nn.Module) -> _Family:
     if family is None:
         raise ValueError(
             f"quantization-aware training supports the VGG family (attrpreserve.models.VGG) and "
-            f"EfficientNet-Lite0 (pretrained:efficientnet-lite0) only, got "
+            f"EfficientNet-Lite (pretrained:efficientnet-lite0/1/2) only, got "
             f"{type(model).__name__}: torchvision models (ResNet, MobileNet, ...) are not "
             f"handled (eager-mode int8 needs per-family module surgery: fusable Conv-BN blocks, "
             f"quantized residual adds, explicit quantize/dequantize points)")
@@ -393,11 +393,11 @@ def _check_bits(name: str, value: int) -> int:
 def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str | None = None,
                 reduce_range: bool = False, inplace: bool = False, calibration=None,
                 calibration_batches: int = 8, int16_safe: bool = True) -> QATModel:
-    """The fake-quant (QAT) form of a float VGG or EfficientNet-Lite0; a deep copy unless
+    """The fake-quant (QAT) form of a float VGG or EfficientNet-Lite; a deep copy unless
     ``inplace``.
 
     Applies the family's module surgery and fusion (module docstring; VGG: Conv-BN-ReLU blocks
-    fused, old BN/ReLU names become ``nn.Identity``, head max-pool made int8-friendly; Lite0:
+    fused, old BN/ReLU names become ``nn.Identity``, head max-pool made int8-friendly; Lite:
     :func:`_lite_surgery`) and inserts fake-quant modules (see the module docstring for the
     scheme).  ``calibration`` (images, or batches / a loader yielding ``(images, ...)``) is
     run through :func:`calibrate` so the ranges start from data rather than from the first
