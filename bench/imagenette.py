@@ -128,6 +128,8 @@ def parse(argv=None) -> argparse.Namespace:
                         "naive run's val top-1 (seed 0, first strength); default: the preset's")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
+    p.add_argument("--strengths", default=None, metavar="VALUES",
+                   help="comma list replacing the issue's strengths of every recipe named")
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning recipes' epochs (default: the preset's, gpu 3, cpu 2)")
     p.add_argument("--kd-epochs", type=int, default=15, help="distillation's epochs (scratch)")
@@ -151,8 +153,9 @@ def plan(args) -> list[tuple[int, str, float]]:
     for r in recipes:
         if r not in photos.STRENGTHS:
             raise SystemExit(f"unknown recipe {r!r}; known: {', '.join(photos.STRENGTHS)}")
+    strengths = floats(args.strengths) if args.strengths else None
     return [(seed, r, value) for seed in seeds for r in recipes
-            for value in photos.STRENGTHS[r][:1 if args.smoke else None]]
+            for value in strengths or photos.STRENGTHS[r][:1 if args.smoke else None]]
 
 
 def best_epoch_words(meta: dict, epochs: int) -> str:

@@ -57,9 +57,9 @@ class DemoConfig:
     # (bench/demo_tuning.py; docs/benchmarks.md, "Tuning AT and WCAM alike").
     # Distillation is not tuned (no divisor shows the premise in its budget; STRENGTH_NOTE).
     tuned: dict = field(default_factory=lambda: {
-        "structured": {"at": (10000.0, 0.0), "wcam": (10000.0, 0.3)},
-        "unstructured": {"at": (100.0, 0.0), "wcam": (10000.0, 0.0)},
-        "quantization": {"at": (10000.0, 0.0), "wcam": (10000.0, 0.0)}})
+        "structured": {"at": (1e6, 0.0), "wcam": (1e6, 0.0)},
+        "unstructured": {"at": (1000.0, 0.0), "wcam": (10000.0, 0.0)},
+        "quantization": {"at": (30000.0, 0.0), "wcam": (10000.0, 0.0)}})
     target: str = "top1"
     matchings: tuple[str, ...] = DEMO_MATCHINGS
     # The quick demo prunes filters: distillation from scratch does not keep the teacher's mAP
