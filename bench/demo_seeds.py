@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from attrpreserve.pipeline import FULL, QUICK, demo, format_table
+from attrpreserve.report.words import gap_entry
 
 METRICS = ("pointing_game", "auc", "spearman")
 TARGET_SHARE, TARGET_LOW, MAP_SLACK = 0.8, 0.5, 0.01
@@ -34,8 +35,7 @@ TARGET_SHARE, TARGET_LOW, MAP_SLACK = 0.8, 0.5, 0.01
 
 def gap(run: dict, explainer: str, metric: str) -> dict | None:
     """The run's all-pairs, pooled ``gap_recovered`` entry of ``metric`` (None if absent)."""
-    entry = run["attribution"].get(explainer, {}).get("gap_recovered") or {}
-    return (entry.get("all") or {}).get("pooled", {}).get(metric)
+    return gap_entry(run, metric, explainer)
 
 
 def seed_summary(res: dict) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from attrpreserve.pipeline import FULL, compress, evaluate, is_finished
 from attrpreserve.pipeline.shipped import SHIPPED_TEACHER
+from attrpreserve.report.words import gap_entry
 
 MAP_SLACK = 0.01
 
@@ -56,12 +57,11 @@ def _matched(naive, matching, lam, drop):
 
 def recovered(run: dict) -> float | None:
     """Mean share of the pointing-game and AUC gap recovered (all pairs; "no gap" is 0)."""
-    entry = run["attribution"]["gradcam"].get("gap_recovered")
-    if not entry:
+    entries = [gap_entry(run, m) for m in ("pointing_game", "auc")]
+    if not all(entries):
         return None
-    pooled = entry["all"]["pooled"]
-    return statistics.mean(pooled[m]["recovered"] or 0.0 if pooled[m]["status"] == "ok" else 0.0
-                           for m in ("pointing_game", "auc"))
+    return statistics.mean(e["recovered"] or 0.0 if e["status"] == "ok" else 0.0
+                           for e in entries)
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ import torch
 
 from attrpreserve.distributed import resolve_device
 from attrpreserve.pipeline import photos, stages
+from attrpreserve.report.words import gap_entry
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 # 64 px: Lite0's last maps are 2 x 2 (at 32 px they are 1 x 1, and matching has no gradient)
@@ -137,6 +138,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="start no group after S seconds (what finished is kept)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: summarise (and plot, with --figures) the groups that "
+                        "finished, with a markdown table of means over seeds")
     p.add_argument("--figures", metavar="DIR", default=None,
                    help="write one figure per recipe (real-photos-RECIPE.png) into DIR")
     return p.parse_args(argv)
@@ -173,12 +177,15 @@ def summary_rows(results: dict, seed: int, recipe: str, value: float) -> list[di
     for run in results["runs"]:
         g = run["attribution"].get("gradcam", {})
         agree = g.get("agreement", {})
+        rho = gap_entry(run, "spearman")
         rows.append({"seed": seed, "recipe": recipe, "strength": value, "run": run["name"],
                      "matching": run["compression"].get("matching"),
                      "top1": run["task"].get("top1"), "top1_unseen": unseen.get(run["name"]),
                      "spearman": agree.get("spearman"), "topk_iou": agree.get("topk_iou"),
                      "bytes": run["cost"]["bytes"], "latency_ms": run["cost"]["latency_ms"],
-                     "params": run["cost"]["params"]})
+                     "params": run["cost"]["params"],
+                     "rho_recovered": rho and (rho["recovered"], rho["ci_low"], rho["ci_high"],
+                                               rho["status"])})
     return rows
 
 
@@ -225,8 +232,7 @@ def choose_lr(args, cfg, root, recipe, lrs, progress, device) -> dict:
 def agreement_recovered(run: dict) -> float:
     """Share of the teacher-minus-naive Spearman-agreement gap a matched run recovers (all
     pairs, pooled); 0 where the gap's interval includes 0."""
-    entry = run["attribution"]["gradcam"].get("gap_recovered") or {}
-    rho = entry.get("all", {}).get("pooled", {}).get("spearman", {})
+    rho = gap_entry(run, "spearman") or {}
     return rho["recovered"] if rho.get("status") == "ok" else 0.0
 
 
@@ -324,6 +330,7 @@ def figures(rows: list[dict], folder: Path) -> list[Path]:
     paths = []
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         mine = [r for r in rows if r["recipe"] == recipe]
+        runs = [r for r in mine if r["run"] != "teacher"]
         fig, axes = plt.subplots(1, len(FIGURE_METRICS), figsize=(4 * len(FIGURE_METRICS), 3))
         for ax, (key, label) in zip(axes, FIGURE_METRICS):
             teacher = [r[key] for r in mine if r["run"] == "teacher" and r[key] is not None]
@@ -331,8 +338,8 @@ def figures(rows: list[dict], folder: Path) -> list[Path]:
                 ax.axhline(sum(teacher) / len(teacher), color="k", ls="--", lw=1,
                            label="teacher")
             for m in ("none", "at", "wcam"):
-                pts = sorted({r["strength"] for r in mine if r["matching"] == m})
-                vals = [[r[key] for r in mine if r["matching"] == m and r["strength"] == x
+                pts = sorted({r["strength"] for r in runs if r["matching"] == m})
+                vals = [[r[key] for r in runs if r["matching"] == m and r["strength"] == x
                          and r[key] is not None] for x in pts]
                 xs = [x for x, v in zip(pts, vals) if v]
                 vals = [v for v in vals if v]
@@ -357,6 +364,32 @@ def figures(rows: list[dict], folder: Path) -> list[Path]:
     return paths
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Means over seeds per (recipe, strength, run) and, per matched run, each seed's share of
+    the Spearman-agreement gap recovered with its 95% interval."""
+    lines = ["| run | runs | top-1 val/ | top-1 unseen | Spearman | top-10% IoU | bytes | "
+             "ms | rho gap recovered per seed (95% CI) |", "|" + " --- |" * 9]
+    groups = {}
+    for row in rows:  # the teacher: one row over every group it was evaluated in
+        key = ("", 0, "teacher") if row["run"] == "teacher" else \
+            (row["recipe"], row["strength"], row["run"])
+        groups.setdefault(key, []).append(row)
+
+    def mean(group, key, fmt="{:.3f}"):
+        vals = [r[key] for r in group if r[key] is not None]
+        return fmt.format(sum(vals) / len(vals)) if vals else "-"
+
+    for (recipe, value, run), group in groups.items():
+        shares = [r["rho_recovered"] for r in group if r["rho_recovered"]]
+        gap = " / ".join(f"{v:.0%} ({lo:.0%}, {hi:.0%})" if status == "ok" else status
+                         for v, lo, hi, status in shares) or "-"
+        lines.append(f"| {run} | {len(group)} | {mean(group, 'top1')} | "
+                     f"{mean(group, 'top1_unseen')} | {mean(group, 'spearman')} | "
+                     f"{mean(group, 'topk_iou')} | {mean(group, 'bytes', '{:,.0f}')} | "
+                     f"{mean(group, 'latency_ms', '{:.1f}')} | {gap} |")
+    return "\n".join(lines)
+
+
 def write_summary(out: Path, rows: list, stopped, serve: dict, t_start: float) -> None:
     stages.write_results({"rows": rows, "stopped": stopped, "serve": serve,
                           "wall_seconds": time.perf_counter() - t_start}, out / "summary.json")
@@ -376,12 +409,16 @@ def main(argv=None) -> int:
     out, t_start = Path(args.out), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     monitor = GpuMonitor(out / "gpu.csv")
-    serve = photos.serving_rate(photos.data_config(root, cfg, 0, device))
-    print(f"photo cache: serves {serve['images_per_s']:.0f} train img/s on {serve['device']} "
-          "(crop + flip + float, no model)", flush=True)
+    serve = {} if args.report_only else \
+        photos.serving_rate(photos.data_config(root, cfg, 0, device))
+    if serve:
+        print(f"photo cache: serves {serve['images_per_s']:.0f} train img/s on "
+              f"{serve['device']} (crop + flip + float, no model)", flush=True)
     rows, stopped, chosen = [], None, {r: {} for r in args.recipes.split(",")}
     try:
         for recipe, settings in chosen.items():
+            if args.report_only:
+                break
             if args.tune_lrs and recipe != "kd":
                 settings["lr"] = choose_lr(args, recipe_cfg(args, cfg, recipe), root, recipe,
                                            floats(args.tune_lrs), not args.no_progress, device)
@@ -394,6 +431,11 @@ def main(argv=None) -> int:
                           f"seed {seed}"
                 print(stopped, flush=True)
                 break
+            if args.report_only:
+                done = out / f"{recipe}@{value:g}" / f"seed{seed}" / "results.json"
+                if done.is_file():
+                    rows += summary_rows(json.loads(done.read_text()), seed, recipe, value)
+                continue
             results = run_group(args, recipe_cfg(args, cfg, recipe, chosen[recipe]), root,
                                 seed, recipe, value, monitor, not args.no_progress, device)
             rows += summary_rows(results, seed, recipe, value)
@@ -404,6 +446,8 @@ def main(argv=None) -> int:
     if args.figures:
         for path in figures(rows, Path(args.figures)):
             print(f"wrote {path}", flush=True)
+    if args.report_only:
+        print(markdown_table(rows), flush=True)
     print(f"{len(rows)} model rows in {out / 'summary.json'} "
           f"({time.perf_counter() - t_start:.0f} s)", flush=True)
     return 0

@@ -104,6 +104,11 @@ def run_name(recipe: str, value: float, matching: str) -> str:
     return f"{recipe}@{value:g}" + ("" if matching == "none" else f"+{matching}")
 
 
+def learning_rate(cfg: PhotosConfig, recipe: str) -> float:
+    """The fine-tuning lr of ``recipe`` (distillation trains a student: ``student_lr``)."""
+    return cfg.student_lr if recipe == "kd" else cfg.recipe_lr.get(recipe, cfg.lr)
+
+
 def check_inputs(folder: str | Path, teacher: str = "efficientnet-lite0") -> Path:
     """The folder, if it is a class-folder layout and the pretrained extra is installed;
     ``ValueError`` saying what is wrong otherwise."""
@@ -152,11 +157,9 @@ def compress_config(root: Path, cfg: PhotosConfig, matching: str, seed: int = 0,
     recipe = recipe or cfg.recipe
     value = cfg.strength if strength is None else strength
     kd = recipe == "kd"
-    train = TrainConfig(epochs=cfg.epochs,
-                        lr=cfg.student_lr if kd else cfg.recipe_lr.get(recipe, cfg.lr),
-                        optimizer="adamw", weight_decay=cfg.weight_decay, seed=seed,
-                        progress=progress, freeze_bn=not kd, amp=cfg.amp,
-                        warmup_epochs=0.0)
+    train = TrainConfig(epochs=cfg.epochs, lr=learning_rate(cfg, recipe), optimizer="adamw",
+                        weight_decay=cfg.weight_decay, seed=seed, progress=progress,
+                        freeze_bn=not kd, amp=cfg.amp, warmup_epochs=0.0)
     lam = cfg.at_lam if matching == "at" else cfg.lam
     return CompressConfig(teacher=teacher_spec(root, cfg), method=recipe, matching=matching,
                           lam=lam, drop=cfg.drop, target="top1",
@@ -282,7 +285,8 @@ def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: Photos
     results["notes"] = [
         f"Real photos ({root.name}): pretrained {cfg.teacher} restricted to the folder's "
         f"{len(results['dataset']['classes'])} classes; {RECIPES[cfg.recipe].label} at "
-        f"{cfg.strength:g}, fine-tuned {cfg.epochs} epochs on "
+        f"{cfg.strength:g}, fine-tuned {cfg.epochs} epochs at lr "
+        f"{learning_rate(cfg, cfg.recipe):g} on "
         f"{next(iter(timings.values()))['train_images']} photos at {cfg.size} px with the "
         f"labels; WCAM at lambda {cfg.lam:g}, AT at {cfg.at_lam:g}.",
         *unseen_note(results["photos"].get("unseen", {}))]
