@@ -131,6 +131,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
     p.add_argument("--strengths", default=None, metavar="VALUES",
                    help="comma list replacing the issue's strengths of every recipe named")
+    p.add_argument("--matchings", default=None, metavar="NAMES",
+                   help="comma list replacing the preset's matchings (none,at,wcam); "
+                        "'--recipes unstructured --strengths 0 --matchings none' is the control: "
+                        "the teacher fine-tuned like every run, nothing compressed")
     p.add_argument("--epochs", type=int, default=None,
                    help="fine-tuning recipes' epochs (default: the preset's, gpu 3, cpu 2)")
     p.add_argument("--kd-epochs", type=int, default=15, help="distillation's epochs (scratch)")
@@ -399,7 +403,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     device = "cpu" if args.smoke and args.device == "auto" else resolve_device(args.device)
     cfg = SMOKE if args.smoke else PRESETS[args.preset]
-    cfg = photos.with_overrides(cfg, epochs=1 if args.smoke else args.epochs, amp=args.amp)
+    cfg = photos.with_overrides(cfg, epochs=1 if args.smoke else args.epochs, amp=args.amp,
+                                matchings=args.matchings and tuple(args.matchings.split(",")))
     if args.smoke:
         args.kd_epochs = 1
     if device.startswith("cuda"):
