@@ -221,4 +221,4 @@ def test_cli_quantization_on_photos(tmp_path, capsys):
                  "--method", "quantization", "--data", f"images:{root}", "--epochs", "1",
                  "--size", str(SIZE), "--no-progress", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "VGG family" in err and "EfficientNet-Lite0" in err and "torchvision models" in err
+    assert "VGG family" in err and "EfficientNet-Lite" in err and "torchvision models" in err
