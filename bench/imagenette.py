@@ -7,9 +7,10 @@
                                             # the CPU preset (photos.CPU + an AT arm), 2 cores
     python bench/imagenette.py --smoke --out /tmp/imagenette-smoke   # a handful of photos, CPU
 
-On the val photos held out of train/ (seed 0, each recipe's first strength; the test split is
-never read), ``--tune-lrs LRS`` first chooses each fine-tuning recipe's lr (:func:`choose_lr`),
-then ``--tune LAMS`` its AT and WCAM lambda (:func:`tune`); the groups run at the chosen values.
+On the val photos held out of train/ (seed 0, each recipe's first strength in the run: the first
+of ``--strengths``, else the issue's; the test split is never read), ``--tune-lrs LRS`` first
+chooses each fine-tuning recipe's lr (:func:`choose_lr`), then ``--tune LAMS`` its AT and WCAM
+lambda (:func:`tune`); the groups run at the chosen values.
 
 The teacher is ``pretrained:efficientnet-lite0,classes=FOLDER`` (ImageNet Lite0 restricted to
 the folder's 10 classes). Each (seed, recipe, strength) group compresses it once per matching
@@ -204,12 +205,17 @@ def recipe_cfg(args, cfg, recipe: str, chosen: dict | None = None) -> photos.Pho
     return photos.with_overrides(cfg, **{k: v["lam"] for k, v in lams.items() if v})
 
 
+def first_strength(args, recipe: str) -> float:
+    """The strength tuning runs at: the first of ``--strengths``, else the issue's first."""
+    return floats(args.strengths)[0] if args.strengths else photos.STRENGTHS[recipe][0]
+
+
 def choose_lr(args, cfg, root, recipe, lrs, progress, device) -> dict:
     """The fine-tuning lr of ``recipe``'s naive run, chosen on the val photos (seed 0, first
-    strength): the best top-1, a tie within one photo going to the larger lr (more room for
-    matching to act). The chosen run becomes seed 0's naive group run. Writes (and on rerun
+    strength of the run): the best top-1, a tie within one photo going to the larger lr (more
+    room for matching to act). The chosen run becomes seed 0's naive group run. Writes (and on rerun
     reads) ``OUT/RECIPE@S/tune/lr.json``."""
-    value = photos.STRENGTHS[recipe][0]
+    value = first_strength(args, recipe)
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "lr.json"
     if done.is_file():
@@ -242,11 +248,11 @@ def agreement_recovered(run: dict) -> float:
 
 def tune(args, cfg, root, recipe, lams, progress, device) -> dict:
     """AT's and WCAM's lambda for ``recipe``, chosen on the val photos (held out of train/;
-    the test split is never read) at seed 0 and the recipe's first strength: the lambda whose
+    the test split is never read) at seed 0 and the run's first strength: the lambda whose
     run recovers the largest share of the Spearman-agreement gap (:func:`agreement_recovered`)
     among those whose val top-1 stays >= naive - 1 point. The naive run is seed 0's group run.
     Writes (and on rerun reads) ``OUT/RECIPE@S/tune/chosen.json``."""
-    value = photos.STRENGTHS[recipe][0]
+    value = first_strength(args, recipe)
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "chosen.json"
     if done.is_file():
