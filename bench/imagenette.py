@@ -124,10 +124,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tune", default=None, metavar="LAMS",
                    help="before the groups, choose each recipe's AT and WCAM lambda among LAMS "
                         "(comma list) on the val photos held out of train/ (seed 0, the "
-                        "recipe's first strength); default: the preset's lambdas")
+                        "recipe's first strength in this run); default: the preset's lambdas")
     p.add_argument("--tune-lrs", default=None, metavar="LRS",
                    help="first choose each fine-tuning recipe's lr among LRS (comma list) by the "
-                        "naive run's val top-1 (seed 0, first strength); default: the preset's")
+                        "naive run's val top-1 (seed 0, first strength in this run); default: "
+                        "the preset's")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
     p.add_argument("--strengths", default=None, metavar="VALUES",
@@ -162,9 +163,16 @@ def plan(args) -> list[tuple[int, str, float]]:
     for r in recipes:
         if r not in photos.STRENGTHS:
             raise SystemExit(f"unknown recipe {r!r}; known: {', '.join(photos.STRENGTHS)}")
-    strengths = floats(args.strengths) if args.strengths else None
     return [(seed, r, value) for seed in seeds for r in recipes
-            for value in strengths or photos.STRENGTHS[r][:1 if args.smoke else None]]
+            for value in recipe_strengths(args, r)]
+
+
+def recipe_strengths(args, recipe: str) -> list[float]:
+    """``recipe``'s strengths in this run: ``--strengths``, else the issue's (the first only
+    with ``--smoke``). Tuning runs at the first of them."""
+    if args.strengths:
+        return floats(args.strengths)
+    return list(photos.STRENGTHS[recipe][:1 if args.smoke else None])
 
 
 def best_epoch_words(meta: dict, epochs: int) -> str:
@@ -205,17 +213,12 @@ def recipe_cfg(args, cfg, recipe: str, chosen: dict | None = None) -> photos.Pho
     return photos.with_overrides(cfg, **{k: v["lam"] for k, v in lams.items() if v})
 
 
-def first_strength(args, recipe: str) -> float:
-    """The strength tuning runs at: the first of ``--strengths``, else the issue's first."""
-    return floats(args.strengths)[0] if args.strengths else photos.STRENGTHS[recipe][0]
-
-
 def choose_lr(args, cfg, root, recipe, lrs, progress, device) -> dict:
     """The fine-tuning lr of ``recipe``'s naive run, chosen on the val photos (seed 0, first
     strength of the run): the best top-1, a tie within one photo going to the larger lr (more
-    room for matching to act). The chosen run becomes seed 0's naive group run. Writes (and on rerun
-    reads) ``OUT/RECIPE@S/tune/lr.json``."""
-    value = first_strength(args, recipe)
+    room for matching to act). The chosen run becomes seed 0's naive group run. Writes (and on
+    rerun reads) ``OUT/RECIPE@S/tune/lr.json``."""
+    value = recipe_strengths(args, recipe)[0]
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "lr.json"
     if done.is_file():
@@ -252,7 +255,7 @@ def tune(args, cfg, root, recipe, lams, progress, device) -> dict:
     run recovers the largest share of the Spearman-agreement gap (:func:`agreement_recovered`)
     among those whose val top-1 stays >= naive - 1 point. The naive run is seed 0's group run.
     Writes (and on rerun reads) ``OUT/RECIPE@S/tune/chosen.json``."""
-    value = first_strength(args, recipe)
+    value = recipe_strengths(args, recipe)[0]
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "chosen.json"
     if done.is_file():

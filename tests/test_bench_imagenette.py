@@ -1,0 +1,36 @@
+"""bench/imagenette.py's plan: which (seed, recipe, strength) groups run, and at which strength
+tuning runs (hand-written cases; no photos needed)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "bench_imagenette", Path(__file__).resolve().parents[1] / "bench" / "imagenette.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+def args(**kw):
+    return argparse.Namespace(**{"seeds": "0,1", "recipes": "quantization,kd",
+                                 "strengths": None, "smoke": False, **kw})
+
+
+def test_plan_runs_every_recipe_of_a_seed_before_the_next_seed():
+    assert bench.plan(args()) == [(0, "quantization", 8), (0, "quantization", 4), (0, "kd", 0.5),
+                                  (1, "quantization", 8), (1, "quantization", 4), (1, "kd", 0.5)]
+    assert bench.plan(args(smoke=True)) == [(0, "quantization", 8), (0, "kd", 0.5)]
+
+
+def test_tuning_runs_at_the_first_strength_given():
+    a = args(recipes="quantization", strengths="4,8", seeds="2")
+    assert bench.plan(a) == [(2, "quantization", 4.0), (2, "quantization", 8.0)]
+    assert bench.recipe_strengths(a, "quantization")[0] == 4.0
+    assert bench.recipe_strengths(args(), "quantization")[0] == 8
+
+
+def test_unknown_recipe_is_refused_by_name():
+    with pytest.raises(SystemExit, match="unknown recipe 'prune'"):
+        bench.plan(args(recipes="prune"))
