@@ -9,8 +9,10 @@
 
 On the val photos held out of train/ (seed 0, each recipe's first strength in the run: the first
 of ``--strengths``, else the issue's; the test split is never read), ``--tune-lrs LRS`` first
-chooses each fine-tuning recipe's lr (:func:`choose_lr`), then ``--tune LAMS`` its AT and WCAM
-lambda (:func:`tune`); the groups run at the chosen values.
+chooses each fine-tuning recipe's lr (and with ``--tune-bn`` its BatchNorm mode, kept,
+recalibrated or trained: ``photos.BN_MODES``; :func:`choose_lr`), then ``--tune LAMS`` its AT and WCAM lambda (:func:`tune`); the
+groups run at the chosen values. Pruning recipes re-estimate BatchNorm's statistics after the
+surgery by default (``photos.batchnorm_mode``).
 
 The teacher is ``pretrained:efficientnet-lite0,classes=FOLDER`` (ImageNet Lite0 restricted to
 the folder's 10 classes). Each (seed, recipe, strength) group compresses it once per matching
@@ -129,6 +131,11 @@ def parse(argv=None) -> argparse.Namespace:
                    help="first choose each fine-tuning recipe's lr among LRS (comma list) by the "
                         "naive run's val top-1 (seed 0, first strength in this run); default: "
                         "the preset's")
+    p.add_argument("--tune-bn", default=None, metavar="MODES",
+                   help="with --tune-lrs, also choose BatchNorm's mode while fine-tuning among "
+                        "MODES (comma list of kept, recalibrated, trained: the teacher's "
+                        "statistics frozen; re-estimated after the surgery, then frozen; "
+                        "re-estimated, then trained); default: the preset's mode only")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--recipes", default=",".join(photos.STRENGTHS))
     p.add_argument("--strengths", default=None, metavar="VALUES",
@@ -149,7 +156,12 @@ def parse(argv=None) -> argparse.Namespace:
                         "finished, with a markdown table of means over seeds")
     p.add_argument("--figures", metavar="DIR", default=None,
                    help="write one figure per recipe (real-photos-RECIPE.png) into DIR")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = set((args.tune_bn or "").split(",")) - set(photos.BN_MODES) - {""}
+    if bad:
+        p.error(f"--tune-bn: unknown mode {', '.join(sorted(bad))}; known: "
+                f"{', '.join(photos.BN_MODES)}")
+    return args
 
 
 def floats(text: str) -> list[float]:
@@ -203,43 +215,56 @@ def summary_rows(results: dict, seed: int, recipe: str, value: float) -> list[di
 
 
 def recipe_cfg(args, cfg, recipe: str, chosen: dict | None = None) -> photos.PhotosConfig:
-    """The preset for ``recipe``: distillation's epochs, and the lr (``choose_lr``) and
+    """The preset for ``recipe``: distillation's epochs, and the lr and BatchNorm mode
+    (``choose_lr``) and
     lambdas (``tune``) chosen for it."""
     chosen = chosen or {}
     cfg = replace(cfg, epochs=args.kd_epochs if recipe == "kd" else cfg.epochs)
     if "lr" in chosen:
-        cfg = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: chosen["lr"]["lr"]})
+        cfg = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: chosen["lr"]["lr"]},
+                      recipe_bn={**cfg.recipe_bn,
+                                 recipe: chosen["lr"].get("bn", photos.batchnorm_mode(cfg, recipe))})
     lams = {"at_lam": chosen.get("at"), "lam": chosen.get("wcam")}
     return photos.with_overrides(cfg, **{k: v["lam"] for k, v in lams.items() if v})
 
 
-def choose_lr(args, cfg, root, recipe, lrs, progress, device) -> dict:
-    """The fine-tuning lr of ``recipe``'s naive run, chosen on the val photos (seed 0, first
-    strength of the run): the best top-1, a tie within one photo going to the larger lr (more
-    room for matching to act). The chosen run becomes seed 0's naive group run. Writes (and on
-    rerun reads) ``OUT/RECIPE@S/tune/lr.json``."""
+def choose_lr(args, cfg, root, recipe, lrs, progress, device, bns=None) -> dict:
+    """The fine-tuning lr and BatchNorm mode (``photos.BN_MODES``) of ``recipe``'s naive run,
+    chosen on the val photos (seed 0, first strength of the run) over ``lrs`` x ``bns``: the
+    best top-1, a tie within one photo going to the larger lr (more room for matching to act),
+    then to the earlier mode in ``bns`` (default: the preset's mode). The chosen run becomes seed 0's naive group run.
+    Writes (and on rerun reads) ``OUT/RECIPE@S/tune/lr.json``."""
     value = recipe_strengths(args, recipe)[0]
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "lr.json"
     if done.is_file():
         return json.loads(done.read_text())
     naive, paths = photos.run_name(recipe, value, "none"), {}
-    for lr in lrs:
-        c = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: lr})
-        paths[lr] = out / f"{naive}@lr{lr:g}"
+    bns = bns or (photos.batchnorm_mode(cfg, recipe),)
+    grid = [(lr, bn) for lr in sorted(lrs, reverse=True) for bn in bns]  # preference order
+    for lr, bn in grid:
+        c = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: lr},
+                    recipe_bn={**cfg.recipe_bn, recipe: bn})
+        paths[lr, bn] = out / f"{naive}@lr{lr:g}-bn{bn}"
         photos.run_compress(photos.compress_config(root, c, "none", 0, progress, device, recipe,
-                                                   value), paths[lr], device, cfg.checkpoint_every)
-    models = stages.load_models({f"{lr:g}": path for lr, path in paths.items()}, device)
+                                                   value), paths[lr, bn], device,
+                            cfg.checkpoint_every)
+    models = stages.load_models({_key(*k): path for k, path in paths.items()}, device)
     res = photos.top1_on(models, photos.data_config(root, cfg, 0, device), "val")
-    top1 = {lr: res["top1"][f"{lr:g}"] for lr in lrs}
-    lr = max(v for v in lrs if top1[v] >= max(top1.values()) - 1.5 / res["n"])
+    top1 = {k: res["top1"][_key(*k)] for k in grid}
+    lr, bn = next(k for k in grid if top1[k] >= max(top1.values()) - 1.5 / res["n"])
     seed0 = Path(args.out) / f"{recipe}@{value:g}" / "seed0" / naive
     if not seed0.exists():
-        shutil.copytree(paths[lr], seed0)
-    chosen = {"lr": lr, "val_top1": {f"{v:g}": top1[v] for v in lrs}, "n_val": res["n"]}
+        shutil.copytree(paths[lr, bn], seed0)
+    chosen = {"lr": lr, "bn": bn, "val_top1": {_key(*k): top1[k] for k in grid},
+              "n_val": res["n"]}
     done.write_text(json.dumps(chosen, indent=1))
-    print(f"[tune {recipe}@{value:g}] lr: {chosen}", flush=True)
+    print(f"[tune {recipe}@{value:g}] lr and BatchNorm: {chosen}", flush=True)
     return chosen
+
+
+def _key(lr: float, bn: str) -> str:
+    return f"{lr:g} {bn}"
 
 
 def agreement_recovered(run: dict) -> float:
@@ -435,7 +460,8 @@ def main(argv=None) -> int:
                 break
             if args.tune_lrs and recipe != "kd":
                 settings["lr"] = choose_lr(args, recipe_cfg(args, cfg, recipe), root, recipe,
-                                           floats(args.tune_lrs), not args.no_progress, device)
+                                           floats(args.tune_lrs), not args.no_progress, device,
+                                           args.tune_bn and tuple(args.tune_bn.split(",")))
             if args.tune:
                 settings.update(tune(args, recipe_cfg(args, cfg, recipe, settings), root, recipe,
                                      floats(args.tune), not args.no_progress, device))

@@ -34,3 +34,12 @@ def test_tuning_runs_at_the_first_strength_given():
 def test_unknown_recipe_is_refused_by_name():
     with pytest.raises(SystemExit, match="unknown recipe 'prune'"):
         bench.plan(args(recipes="prune"))
+
+
+def test_unknown_batchnorm_mode_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse(["--tune-bn", "kept,warm"])
+    assert "--tune-bn: unknown mode warm; known: kept, recalibrated, trained" in \
+        capsys.readouterr().err
+    assert bench.parse(["--tune-bn", "trained,kept"]).tune_bn == "trained,kept"
+    assert bench.parse([]).tune_bn is None

@@ -152,6 +152,7 @@ def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
     names = [r["name"] for r in saved["runs"]]
     assert names == ["teacher", "unstructured@0.5", "unstructured@0.5+wcam"]
     assert (out / "report.html").is_file() and saved["dataset"]["images"] == 5
+    assert "BatchNorm frozen after recalibrating it on 25 batches" in saved["notes"][0]
     runs = {r["name"]: r for r in saved["runs"]}
     assert runs["unstructured@0.5+wcam"]["compression"]["matching"] == "wcam"
     pruned = runs["unstructured@0.5"]["cost"]
@@ -172,3 +173,26 @@ def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
         ccfg = photos.compress_config(root, TOY, matching, progress=False)
         reused = photos.run_compress(ccfg, out / photos.run_name("unstructured", 0.5, matching))
         assert reused["reused"] and reused["train_images"] == 10
+
+
+def test_batchnorm_per_recipe_reaches_the_training_config(tmp_path):
+    """Pruning recalibrates BatchNorm after its surgery by default and keeps it frozen unless the
+    preset says it trains; QAT keeps the teacher's statistics; distillation's student always
+    trains its own; "kept" turns recalibration off."""
+    cfg = photos.with_overrides(photos.CPU, recipe_bn={"structured": "trained"},
+                                recalibrate_bn=7)
+
+    def settings(c):
+        return {r: (t.freeze_bn, t.recalibrate_bn) for r, s in
+                (("structured", 0.3), ("unstructured", 0.5), ("quantization", 8), ("kd", 0.5))
+                for t in [photos.compress_config(tmp_path, c, "none", recipe=r, strength=s).train]}
+
+    assert settings(cfg) == {"structured": (False, 7), "unstructured": (True, 7),
+                             "quantization": (True, 0), "kd": (False, 0)}
+    kept = photos.with_overrides(cfg, recipe_bn={"structured": "kept", "quantization":
+                                                 "recalibrated", "kd": "kept"})
+    assert settings(kept) == {"structured": (True, 0), "unstructured": (True, 7),
+                              "quantization": (True, 7), "kd": (False, 0)}
+    with pytest.raises(ValueError, match="recipe_bn.*kept, recalibrated, trained"):
+        photos.compress_config(tmp_path, photos.with_overrides(cfg, recipe_bn={
+            "structured": "warm"}), "none", recipe="structured", strength=0.3)

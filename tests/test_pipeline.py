@@ -223,10 +223,11 @@ def test_structured_compress_cli(teacher_dir, tmp_path, capsys):
     out = tmp_path / "filters"
     assert main(["compress", "--teacher", str(teacher_dir), "--method", "structured",
                  "--rate", "0.5", "--matching", "wcam", "--lambda", "10", "--epochs", "1",
-                 *TINY, "--data", "scenes", "--out", str(out)]) == 0
+                 "--recalibrate-bn", "2", *TINY, "--data", "scenes", "--out", str(out)]) == 0
     model, meta = load_checkpoint(out)  # rebuilt from the checkpoint alone
     teacher, _ = load_checkpoint(teacher_dir)
     assert meta["compression"]["method"] == "structured"
+    assert meta["config"]["train"]["recalibrate_bn"] == 2
     assert model.cfg == [c if c == "M" else c // 2 for c in teacher.cfg]  # width 4: 4 -> 2, ...
     assert meta["compression"]["params"] == sum(p.numel() for p in model.parameters())
     model(torch.rand(2, 3, 64, 64)).sum().backward()

@@ -114,6 +114,7 @@ BAD = [
     (["train", "--checkpoint-every", "0"], "--checkpoint-every must be a positive"),
     (["train", "--device", "tpu"], "--device must be cpu or cuda"),
     (["train", "--workers", "-1"], "workers must be a non-negative integer"),
+    (["train", "--recalibrate-bn", "-1"], "recalibrate_bn must be a number of batches >= 0"),
     (["evaluate", "--model", "m", "--out", "o.json", "--device", "tpu"],
      "--device must be cpu or cuda"),
     (["audit", "--reference", "a", "--candidate", "b", "--out", "o", "--device", "gpu"],

@@ -87,6 +87,9 @@ def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--freeze-bn", action="store_true",
                    help="BatchNorm keeps its running statistics while fine-tuning "
                         "(pretrained models on a few photos)")
+    g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics from N training batches before "
+                        "fine-tuning starts (after pruning surgery; 0 = keep them)")
     g.add_argument("--milestones", default="",
                    help="--schedule multistep: comma-separated epochs where the lr is multiplied by "
                         "--gamma (e.g. 10,30,40)")
@@ -341,7 +344,8 @@ def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                        optimizer=args.optimizer, augment=args.augment,
-                       freeze_bn=args.freeze_bn, progress=not args.no_progress,
+                       freeze_bn=args.freeze_bn, recalibrate_bn=args.recalibrate_bn,
+                       progress=not args.no_progress,
                        milestones=_ints(args.milestones, "--milestones"), gamma=args.gamma,
                        max_steps=args.max_steps, amp=args.amp)
 

@@ -55,6 +55,10 @@ class PhotosConfig:
     lr: float = 0.001
     # fine-tuning lr per recipe where it differs from ``lr`` (chosen on val: docs/real-photos.md)
     recipe_lr: dict = field(default_factory=dict)
+    # BatchNorm while fine-tuning, per recipe (``BN_MODES``; default: "recalibrated" for the
+    # ``SURGERY`` recipes, "kept" for QAT); distillation's student always trains its own
+    recipe_bn: dict = field(default_factory=dict)
+    recalibrate_bn: int = 25  # training batches that re-estimate the statistics (``BN_MODES``)
     student_lr: float = 0.003
     weight_decay: float = 1e-4
     lam: float = 10.0
@@ -69,23 +73,26 @@ class PhotosConfig:
 
 
 # CPU (2 cores, <= 15 minutes): unstructured pruning of Lite0 to 50% sparsity in one shot, the
-# recipe that moves something here: at 128 px it drops the restricted teacher's val top-1 from
-# 0.95 to 0.44 before fine-tuning, and one epoch on 640 photos at lr 1e-3 brought it back to
-# 0.87 (structured pruning of Lite0 loses every decision at 10% of the filters and needs tens of
-# epochs: docs/pretrained.md; a student from scratch learns little in minutes). 800 train photos
-# (80 a class) at 128 px (a third of 224 px's cost) for 2 epochs, 200 selection photos, 400 test
-# photos from val/. Fine-tuning lr per recipe chosen on the naive run's val top-1 (seed 0,
-# ``bench/imagenette.py --tune-lrs``): unstructured 50% 3e-4 (val top-1 0.935; 1e-3 0.925, 1e-4
-# 0.915); QAT 8-bit 3e-4 (0.950; 1e-4 0.945; 1e-3 0.745: it wrecks the quantized copy of a
-# converged teacher).
-CPU_LRS = {"unstructured": 3e-4, "quantization": 3e-4}
-CPU = PhotosConfig(recipe_lr=CPU_LRS)
+# recipe that keeps top-1 here while it moves the maps. 800 train photos (80 a class) at 128 px
+# (a third of 224 px's cost) for 2 epochs, 200 selection photos, 400 test photos from val/.
+# Pruning re-estimates BatchNorm's statistics after the surgery (25 batches: the 800 photos
+# once); without it one-shot pruning left chance-level models (docs/real-photos.md). Fine-tuning
+# lr and BatchNorm mode per recipe chosen on the naive run's selection top-1 (seed 0, the
+# recipe's first strength, ``bench/imagenette.py --tune-lrs 1e-3,3e-4 --tune-bn
+# recalibrated,trained``; "kept" from the earlier runs): unstructured 50% 3e-4 recalibrated
+# (0.95; kept 0.935; 1e-3 0.875; trained 0.87-0.895); filter pruning 30% 1e-3 trained (0.545;
+# recalibrated 0.10-0.28; kept 0.105-0.215); QAT 8-bit 3e-4, statistics kept (0.950; 1e-4
+# 0.945; 1e-3 0.745: it wrecks the quantized copy of a converged teacher).
+CPU_LRS = {"unstructured": 3e-4, "structured": 1e-3, "quantization": 3e-4}
+CPU_BN = {"structured": "trained"}
+CPU = PhotosConfig(recipe_lr=CPU_LRS, recipe_bn=CPU_BN)
 # GPU: every train photo but the 5% selection share, native 224 px, naive / AT / WCAM, 3 epochs
 # of fine-tuning (bench/imagenette.py runs every recipe; distillation gets --kd-epochs). The
-# per-recipe lrs are the CPU preset's (not measured at 224 px: --tune-lrs re-chooses them).
+# per-recipe lrs and BatchNorm modes are the CPU preset's (not measured at 224 px: --tune-lrs
+# and --tune-bn re-choose them).
 GPU = PhotosConfig(size=224, n_train=None, n_val=None, n_test=None, batch_size=128, epochs=3,
                    matchings=("none", "at", "wcam"), unstructured_rounds=2,
-                   checkpoint_every=200, recipe_lr=CPU_LRS)
+                   checkpoint_every=200, recipe_lr=CPU_LRS, recipe_bn=CPU_BN)
 # The issue's strengths per recipe (bench/imagenette.py runs them all).
 STRENGTHS = {"kd": (0.5,), "structured": (0.3, 0.5), "unstructured": (0.5, 0.8),
              "quantization": (8, 4)}
@@ -100,6 +107,13 @@ def strength_options(recipe: str, value: float, rounds: int = 1) -> dict:
     return RECIPES[recipe].strength(value, rounds)
 
 
+SURGERY = ("structured", "unstructured")  # recipes whose surgery changes what BatchNorm sees
+# "kept": the teacher's running statistics, frozen; "recalibrated": re-estimated from
+# ``recalibrate_bn`` training batches after the surgery (``engine.recalibrate_batchnorm``), then
+# frozen; "trained": re-estimated, then updated by every training batch.
+BN_MODES = ("kept", "recalibrated", "trained")
+
+
 def run_name(recipe: str, value: float, matching: str) -> str:
     return f"{recipe}@{value:g}" + ("" if matching == "none" else f"+{matching}")
 
@@ -107,6 +121,33 @@ def run_name(recipe: str, value: float, matching: str) -> str:
 def learning_rate(cfg: PhotosConfig, recipe: str) -> float:
     """The fine-tuning lr of ``recipe`` (distillation trains a student: ``student_lr``)."""
     return cfg.student_lr if recipe == "kd" else cfg.recipe_lr.get(recipe, cfg.lr)
+
+
+def batchnorm_mode(cfg: PhotosConfig, recipe: str) -> str:
+    """``recipe``'s BatchNorm mode (``BN_MODES``): ``recipe_bn``'s, else "recalibrated" after
+    surgery and "kept" otherwise; distillation's student trains its statistics from scratch."""
+    if recipe == "kd":
+        return "trained"
+    mode = cfg.recipe_bn.get(recipe, "recalibrated" if recipe in SURGERY else "kept")
+    if mode not in BN_MODES:
+        raise ValueError(f"recipe_bn[{recipe!r}] must be one of {', '.join(BN_MODES)}, "
+                         f"got {mode!r}")
+    return mode
+
+
+def batchnorm_settings(cfg: PhotosConfig, recipe: str) -> dict:
+    """``TrainConfig``'s BatchNorm fields for ``recipe``'s mode."""
+    mode = batchnorm_mode(cfg, recipe)
+    return {"freeze_bn": mode != "trained",
+            "recalibrate_bn": cfg.recalibrate_bn if mode != "kept" and recipe != "kd" else 0}
+
+
+def batchnorm_words(cfg: PhotosConfig, recipe: str) -> str:
+    mode = batchnorm_mode(cfg, recipe)
+    return {"kept": "BatchNorm statistics kept", "trained": "BatchNorm trained",
+            "recalibrated": "BatchNorm frozen"}[mode] + (
+        f" after recalibrating it on {cfg.recalibrate_bn} batches"
+        if batchnorm_settings(cfg, recipe)["recalibrate_bn"] else "")
 
 
 def check_inputs(folder: str | Path, teacher: str = "efficientnet-lite0") -> Path:
@@ -156,10 +197,9 @@ def compress_config(root: Path, cfg: PhotosConfig, matching: str, seed: int = 0,
     """One run: ``recipe`` at ``strength`` (default the preset's) with ``matching``."""
     recipe = recipe or cfg.recipe
     value = cfg.strength if strength is None else strength
-    kd = recipe == "kd"
     train = TrainConfig(epochs=cfg.epochs, lr=learning_rate(cfg, recipe), optimizer="adamw",
                         weight_decay=cfg.weight_decay, seed=seed, progress=progress,
-                        freeze_bn=not kd, amp=cfg.amp, warmup_epochs=0.0)
+                        amp=cfg.amp, warmup_epochs=0.0, **batchnorm_settings(cfg, recipe))
     lam = cfg.at_lam if matching == "at" else cfg.lam
     return CompressConfig(teacher=teacher_spec(root, cfg), method=recipe, matching=matching,
                           lam=lam, drop=cfg.drop, target="top1",
@@ -288,7 +328,8 @@ def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: Photos
         f"{cfg.strength:g}, fine-tuned {cfg.epochs} epochs at lr "
         f"{learning_rate(cfg, cfg.recipe):g} on "
         f"{next(iter(timings.values()))['train_images']} photos at {cfg.size} px with the "
-        f"labels; WCAM at lambda {cfg.lam:g}, AT at {cfg.at_lam:g}.",
+        f"labels ({batchnorm_words(cfg, cfg.recipe)}); WCAM at lambda {cfg.lam:g}, AT at "
+        f"{cfg.at_lam:g}.",
         *unseen_note(results["photos"].get("unseen", {}))]
     results["wall_seconds"] = time.perf_counter() - t0
     stages.write_results(results, out / "results.json")

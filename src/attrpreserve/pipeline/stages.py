@@ -314,11 +314,17 @@ def made_with(saved: dict, cfg) -> bool:
     return _settings(saved) == _settings(json.loads(json.dumps(asdict(cfg), default=str)))
 
 
+# Settings added after checkpoints were written, with the value those checkpoints were made
+# with: a config holding that value matches a checkpoint that lacks the key.
+ADDED_SETTINGS = {"recalibrate_bn": 0}
+
+
 def _settings(config: dict) -> dict:
     """A stage's config without what does not change its result (progress bars, workers, the
-    device a photo cache serves batches on)."""
+    device a photo cache serves batches on) or keys at their ``ADDED_SETTINGS`` value."""
     return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k not in ("progress", "workers", "device")}
+            if k not in ("progress", "workers", "device")
+            and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
 def write_results(results: dict, path: str | Path) -> None:
