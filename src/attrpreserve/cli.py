@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped teacher stay those of seed 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g = p.add_argument_group(
-        "real photos", "--photos FOLDER runs the CPU preset instead (pipeline.photos; about two "
+        "real photos", "--photos FOLDER runs the CPU preset instead (pipeline.photos; about three "
         "minutes on 2 free cores): a pretrained EfficientNet-Lite0 restricted to the folder's "
         "classes, compressed by one recipe naive vs WCAM on 800 of its photos at 128 px, "
         "evaluated on 400 (Grad-CAM agreement, top-1, also on unseen photos)")
