@@ -127,6 +127,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="before the groups, choose each recipe's AT and WCAM lambda among LAMS "
                         "(comma list) on the val photos held out of train/ (seed 0, the "
                         "recipe's first strength in this run); default: the preset's lambdas")
+    p.add_argument("--lambdas-from", type=float, default=None, metavar="S",
+                   help="instead of --tune: the AT and WCAM lambdas chosen earlier at strength S "
+                        "of the same recipe (OUT/RECIPE@S/tune/chosen.json)")
     p.add_argument("--tune-lrs", default=None, metavar="LRS",
                    help="first choose each fine-tuning recipe's lr among LRS (comma list) by the "
                         "naive run's val top-1 (seed 0, first strength in this run); default: "
@@ -318,6 +321,16 @@ def tune(args, cfg, root, recipe, lams, progress, device) -> dict:
     return chosen
 
 
+def chosen_lambdas(out: Path, recipe: str, value: float) -> dict:
+    """The lambdas :func:`tune` chose for ``recipe`` at strength ``value`` (``--lambdas-from``)."""
+    path = out / f"{recipe}@{value:g}" / "tune" / "chosen.json"
+    if not path.is_file():
+        raise SystemExit(f"--lambdas-from {value:g}: no {path}; tune {recipe} at {value:g} first "
+                         f"(--strengths {value:g} --tune LAMS)")
+    chosen = json.loads(path.read_text())
+    return {m: chosen[m] for m in ("at", "wcam") if m in chosen}
+
+
 def run_group(args, cfg, root, seed, recipe, value, monitor, progress, device) -> dict:
     group = Path(args.out) / f"{recipe}@{value:g}" / f"seed{seed}"
     done = group / "results.json"
@@ -462,7 +475,9 @@ def main(argv=None) -> int:
                 settings["lr"] = choose_lr(args, recipe_cfg(args, cfg, recipe), root, recipe,
                                            floats(args.tune_lrs), not args.no_progress, device,
                                            args.tune_bn and tuple(args.tune_bn.split(",")))
-            if args.tune:
+            if args.lambdas_from is not None:
+                settings.update(chosen_lambdas(Path(args.out), recipe, args.lambdas_from))
+            elif args.tune:
                 settings.update(tune(args, recipe_cfg(args, cfg, recipe, settings), root, recipe,
                                      floats(args.tune), not args.no_progress, device))
         for seed, recipe, value in plan(args):

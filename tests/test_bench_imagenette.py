@@ -43,3 +43,16 @@ def test_unknown_batchnorm_mode_is_refused(capsys):
         capsys.readouterr().err
     assert bench.parse(["--tune-bn", "trained,kept"]).tune_bn == "trained,kept"
     assert bench.parse([]).tune_bn is None
+
+
+def test_lambdas_from_reads_an_earlier_choice(tmp_path):
+    tune = tmp_path / "unstructured@0.5" / "tune"
+    tune.mkdir(parents=True)
+    (tune / "chosen.json").write_text('{"at": {"lam": 10.0}, "wcam": {"lam": 100.0}, '
+                                      '"naive_top1": 0.95, "split": "val"}')
+    chosen = bench.chosen_lambdas(tmp_path, "unstructured", 0.5)
+    assert chosen == {"at": {"lam": 10.0}, "wcam": {"lam": 100.0}}
+    cfg = bench.recipe_cfg(args(kd_epochs=15), bench.PRESETS["cpu"], "unstructured", chosen)
+    assert (cfg.at_lam, cfg.lam) == (10.0, 100.0)
+    with pytest.raises(SystemExit, match="no .*unstructured@0.8/tune/chosen.json; tune"):
+        bench.chosen_lambdas(tmp_path, "unstructured", 0.8)
