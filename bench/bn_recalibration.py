@@ -4,11 +4,11 @@
 
 The CPU photo preset's teacher (pretrained EfficientNet-Lite0 restricted to the folder's
 classes, 128 px) is pruned without any fine-tuning, by filters (L1, every conv: 10%, 30%,
-50%) and by weight magnitude (global: 50%, 80%), and scored on the photos held out of train/
-(the preset's "val" split, 200 photos), and the unpruned teacher alike, twice: with the statistics it had before the surgery,
-and after ``engine.recalibrate_batchnorm`` on the preset's training photos (25 batches of 32,
-random crops and flips, as fine-tuning sees them). Prints a markdown table and writes
-OUT/bn_recalibration.json.
+50%) and by weight magnitude (global: 50%, 80%); each pruned model and the unpruned teacher are
+scored on the photos held out of train/ (the preset's "val" split, 200 photos) twice: with the
+statistics from before the surgery, and after ``engine.recalibrate_batchnorm`` on the preset's
+training photos (25 batches of 32, random crops and flips, as fine-tuning sees them). Prints a
+markdown table and writes OUT/bn_recalibration.json.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     train = data.loader("train", shuffle=True, adapt=lambda ds: ds.with_classes(classes))
 
     def top1(model) -> float:
-        return photos.top1_on({"m": stages.Loaded(model, loaded.meta, "pruned")}, data, "val")["top1"]["m"]
+        scored = {"m": stages.Loaded(model, loaded.meta, "pruned")}
+        return photos.top1_on(scored, data, "val")["top1"]["m"]
 
     rows = []
     for kind, amount in SURGERIES:

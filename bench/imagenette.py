@@ -10,7 +10,8 @@
 On the val photos held out of train/ (seed 0, each recipe's first strength in the run: the first
 of ``--strengths``, else the issue's; the test split is never read), ``--tune-lrs LRS`` first
 chooses each fine-tuning recipe's lr (and with ``--tune-bn`` its BatchNorm mode, kept,
-recalibrated or trained: ``photos.BN_MODES``; :func:`choose_lr`), then ``--tune LAMS`` its AT and WCAM lambda (:func:`tune`); the
+recalibrated or trained: ``photos.BN_MODES``; :func:`choose_lr`), then ``--tune LAMS`` its AT
+and WCAM lambda (:func:`tune`; ``--lambdas-from S`` reuses those chosen at strength S); the
 groups run at the chosen values. Pruning recipes re-estimate BatchNorm's statistics after the
 surgery by default (``photos.batchnorm_mode``).
 
@@ -219,14 +220,13 @@ def summary_rows(results: dict, seed: int, recipe: str, value: float) -> list[di
 
 def recipe_cfg(args, cfg, recipe: str, chosen: dict | None = None) -> photos.PhotosConfig:
     """The preset for ``recipe``: distillation's epochs, and the lr and BatchNorm mode
-    (``choose_lr``) and
-    lambdas (``tune``) chosen for it."""
+    (``choose_lr``) and lambdas (``tune``) chosen for it."""
     chosen = chosen or {}
     cfg = replace(cfg, epochs=args.kd_epochs if recipe == "kd" else cfg.epochs)
     if "lr" in chosen:
+        bn = chosen["lr"].get("bn", photos.batchnorm_mode(cfg, recipe))  # older lr.json: none
         cfg = replace(cfg, recipe_lr={**cfg.recipe_lr, recipe: chosen["lr"]["lr"]},
-                      recipe_bn={**cfg.recipe_bn,
-                                 recipe: chosen["lr"].get("bn", photos.batchnorm_mode(cfg, recipe))})
+                      recipe_bn={**cfg.recipe_bn, recipe: bn})
     lams = {"at_lam": chosen.get("at"), "lam": chosen.get("wcam")}
     return photos.with_overrides(cfg, **{k: v["lam"] for k, v in lams.items() if v})
 
@@ -235,8 +235,8 @@ def choose_lr(args, cfg, root, recipe, lrs, progress, device, bns=None) -> dict:
     """The fine-tuning lr and BatchNorm mode (``photos.BN_MODES``) of ``recipe``'s naive run,
     chosen on the val photos (seed 0, first strength of the run) over ``lrs`` x ``bns``: the
     best top-1, a tie within one photo going to the larger lr (more room for matching to act),
-    then to the earlier mode in ``bns`` (default: the preset's mode). The chosen run becomes seed 0's naive group run.
-    Writes (and on rerun reads) ``OUT/RECIPE@S/tune/lr.json``."""
+    then to the earlier mode in ``bns`` (default: the preset's mode). The chosen run becomes
+    seed 0's naive group run. Writes (and on rerun reads) ``OUT/RECIPE@S/tune/lr.json``."""
     value = recipe_strengths(args, recipe)[0]
     out = Path(args.out) / f"{recipe}@{value:g}" / "tune"
     done = out / "lr.json"

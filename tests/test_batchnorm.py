@@ -33,7 +33,8 @@ def _expected(model, loader, batches):
 def test_recalibration_averages_the_first_batches_statistics():
     model, loader = _model(), _loader()
     model.eval()
-    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if "running" not in k and "num_batches" not in k}
     mean, var = _expected(model, loader, 2)
     assert recalibrate_batchnorm(model, loader, 2) == 10
     bn = model[1]

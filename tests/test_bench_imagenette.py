@@ -1,5 +1,5 @@
-"""bench/imagenette.py's plan: which (seed, recipe, strength) groups run, and at which strength
-tuning runs (hand-written cases; no photos needed)."""
+"""bench/imagenette.py's plan (which (seed, recipe, strength) groups run, at which strength
+tuning runs), its BatchNorm-mode and lambda-reuse flags (hand-written cases; no photos needed)."""
 
 import argparse
 import importlib.util

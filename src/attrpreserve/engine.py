@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import time
@@ -442,9 +443,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, batches: int) ->
     model.train()
     n = 0
     try:
-        for i, (images, *_) in enumerate(loader):
-            if i >= batches:
-                break
+        for images, *_ in itertools.islice(loader, batches):  # no batch loaded beyond them
             model(images.to(device))
             n += len(images)
     finally:
