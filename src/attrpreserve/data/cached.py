@@ -18,8 +18,9 @@ pretrained model fine-tuned for a few epochs needs, and what keeps a GPU fed fro
 
 Cache files live in ``$ATTRPRESERVE_CACHE`` (default ``~/.cache/attrpreserve``; ``off`` keeps
 the cache in memory only), one per (folder, split, options, size, n, file list), named by a hash
-of those: a changed folder gets a new file. Items keep the ``(image, labels, void mask)`` shape
-of ``images:`` (no localisation).
+of those: a changed folder gets a new file. Items keep the ``(image, labels, mask)`` shape of
+``images:``: val / test masks are the photos' object boxes under the eval crop (``data.boxes``,
+``FOLDER/boxes.csv`` or ``boxes=FILE``; void without boxes), training masks are void.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .images import (EVAL_RESIZE, VOID, resolve_class, spec_options, split_folder,
-                     spread)
+from .boxes import VOID, box_mask, load_boxes, to_window
+from .images import EVAL_RESIZE, resolve_class, spec_options, split_folder, spread
 
 CACHE_ENV = "ATTRPRESERVE_CACHE"
 FORMAT = 1  # bump when the stored layout or the decoding changes
@@ -179,6 +180,8 @@ class CachedPhotos(Dataset):
     train: bool = False
     name: str = ""
     timing: dict = field(default_factory=dict)
+    # per photo, its boxes normalised to the stored square (``data.boxes``); None: no box file
+    boxes: list | None = None
     labeled: bool = field(init=False)
 
     def __post_init__(self):
@@ -198,10 +201,20 @@ class CachedPhotos(Dataset):
         y[rows, [self.targets[i] for i in rows]] = 1.0
         return y
 
+    def eval_mask(self, i: int) -> torch.Tensor:
+        """Photo ``i``'s box mask under the center crop (void without boxes)."""
+        boxes = self.boxes[i] if self.boxes else []
+        if boxes:
+            side = self.images.shape[-1]
+            lo, hi = (side - self.size) // 2 / side, ((side - self.size) // 2 + self.size) / side
+            boxes = [to_window(b, (lo, lo, hi, hi)) for b in boxes]
+        return box_mask(boxes, self.targets[i], self.size)
+
     def __getitem__(self, i):
-        """Photo ``i``: a random crop + flip (torch's global RNG) if ``train``, else the center
-        crop; float in [0, 1]."""
+        """Photo ``i``: a random crop + flip (torch's global RNG) if ``train`` (void mask), else
+        the center crop with its box mask; float in [0, 1]."""
         x = self.images[i:i + 1]
+        void = torch.full((self.size, self.size), VOID, dtype=torch.int64)
         if self.train:
             tops, lefts = _offsets(1, x.shape[-1] - self.size, None)
             x = crop_flip(x, self.size, tops, lefts, torch.rand(1) < 0.5)
@@ -210,8 +223,14 @@ class CachedPhotos(Dataset):
         y = torch.zeros(len(self.classes))
         if self.targets[i] >= 0:
             y[self.targets[i]] = 1.0
-        return (x[0].float().div_(255), y,
-                torch.full((self.size, self.size), VOID, dtype=torch.int64))
+        return x[0].float().div_(255), y, void if self.train else self.eval_mask(i)
+
+    def subset(self, keep: list[int]) -> "CachedPhotos":
+        """The photos ``keep`` (indices, in that order), their tensor copied out."""
+        index = torch.as_tensor(keep, dtype=torch.long)
+        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        return replace(self, store=_Store(self.store.images[index]), files=pick(self.files),
+                       targets=pick(self.targets), boxes=pick(self.boxes))
 
     def with_classes(self, classes) -> "CachedPhotos":
         """The same photos (the tensor shared) labeled in ``classes`` (each class folder a name,
@@ -267,23 +286,45 @@ class CachedLoader:
                 tops, lefts = _offsets(len(idx), images.shape[-1] - size, self.generator)
                 flips = torch.rand(len(idx), generator=self.generator) < 0.5
                 x = crop_flip(images[idx], size, tops, lefts, flips)
+                masks = void.expand(len(idx), size, size)
             else:
                 x = center_crop(images[idx], size)
-            yield x.float().div_(255), labels[idx], void.expand(len(idx), size, size)
+                masks = torch.stack([ds.eval_mask(int(i)) for i in idx]) if ds.boxes else \
+                    void.expand(len(idx), size, size)
+            yield x.float().div_(255), labels[idx], masks
 
 
 def build_cached(arg: str | None, split: str, size: int, n: int | None,
                  progress: bool = True) -> CachedPhotos:
-    """The ``cached:FOLDER[,holdout=S][,match=GLOB]`` builder: ``images:``' split of the folder
-    (``n`` photos spread evenly), decoded once (or read from its cache file)."""
-    root, options = spec_options(arg, "cached", known=("holdout", "match"))
+    """The ``cached:FOLDER[,holdout=S][,match=GLOB][,boxes=FILE]`` builder: ``images:``' split of
+    the folder (``n`` photos spread evenly), decoded once (or read from its cache file), with
+    the boxes of its photos in the stored square's coordinates."""
+    root, options = spec_options(arg, "cached", known=("holdout", "match", "boxes"))
     files, targets, classes = split_folder(root, split, options.get("holdout"),
                                            options.get("match"))
     if n is not None:
         keep = spread(len(files), n)
         files, targets = [files[i] for i in keep], [targets[i] for i in keep]
     side = stored_side(size)
-    key = cache_key(root, split, options, side, files)
+    key = cache_key(root, split, {k: v for k, v in options.items() if k != "boxes"}, side, files)
     images, timing = load_or_decode(files, side, key, f"{root.name}-{split}", progress)
     return CachedPhotos(_Store(images), files, targets, classes, size, split == "train",
-                        f"cached:{root.name}/{split}", timing)
+                        f"cached:{root.name}/{split}", timing, square_boxes(root, options, files))
+
+
+def square_boxes(root: Path, options: dict, files: list[Path]) -> list | None:
+    """The files' boxes (``data.boxes``) in the coordinates of the center square they are
+    stored as (each boxed photo's header read for its size); None without a box file."""
+    boxes = load_boxes(root, options.get("boxes"), files)
+    if boxes is None:
+        return None
+    out = []
+    for f, bs in zip(files, boxes):
+        if bs:
+            with Image.open(f) as img:
+                w, h = img.size
+            c = min(w, h)
+            bs = [to_window(b, ((w - c) / 2 / w, (h - c) / 2 / h, (w + c) / 2 / w,
+                                (h + c) / 2 / h)) for b in bs]
+        out.append(bs)
+    return out

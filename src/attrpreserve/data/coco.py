@@ -173,4 +173,4 @@ def build_coco(arg: str | None, split: str, size: int, n: int | None) -> CocoSet
     masks = [(root / "masks" / f"{f.stem}.png") for f in keep]
     masks = [m if m.is_file() else None for m in masks]
     return CocoSet(keep, [-1] * len(keep), [], size, split == "train",
-                   f"coco128:{root.name}/{split}", masks)
+                   f"coco128:{root.name}/{split}", masks=masks)

@@ -15,14 +15,16 @@ With split subfolders each split is its folder (test falls back to val/ with a w
 explicit ``holdout`` then carves the val split (the one that selects checkpoints) out of
 train/ instead, and val/ serves as test when there is no test/ (Imagenette: train/ and val/).
 ``match=PATTERN`` keeps the photos whose file name matches the glob (Imagenette's photos unseen
-by ImageNet models: ``match=ILSVRC2012_val_*``). A size ``n`` takes n photos spread evenly over
+by ImageNet models: ``match=ILSVRC2012_val_*``). Object boxes (``data.boxes``: ``FOLDER/boxes.csv``
+when present, or ``boxes=FILE``) become the masks of the photos they name, so localisation runs
+on those photos; the others have none. A size ``n`` takes n photos spread evenly over
 the split in path order, so each class folder keeps its share.
 
 Training items are random-resized crops (scale 0.25-1 of the area, aspect 3/4-4/3) with random
 horizontal flips; val / test items are resized (shorter side ``size / 0.875``) and center-cropped,
 the usual ImageNet evaluation. Items are ``(image float 3 x S x S in [0, 1], labels float K,
-mask int64 S x S)``; the mask is all 255 (void: no localisation), so the evaluator skips
-localisation. A file with an image suffix that cannot be read raises ``ValueError`` naming it.
+mask int64 S x S)``; the mask is the photo's boxes under the same crop, or all 255 (void: no
+localisation) for a photo without boxes. A file with an image suffix that cannot be read raises ``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -38,21 +40,21 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .boxes import SPLITS as SPLIT_DIRS
+from .boxes import VOID, box_mask, load_boxes, to_window
 from .imagenet import imagenet_names, is_wnid, wnid_index
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-SPLIT_DIRS = ("train", "val", "test")
 HOLDOUT = 0.2
 CROP_SCALE = (0.25, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 EVAL_RESIZE = 1 / 0.875
-VOID = 255
 
 
 def spec_options(arg: str | None, name: str = "images",
                  known: tuple[str, ...] = ("holdout",)) -> tuple[Path, dict]:
     """``"FOLDER[,key=value...]"`` -> ``(folder, {key: value})`` with only the options given,
-    checked: ``holdout`` a number in (0, 1], ``match`` a file-name glob."""
+    checked: ``holdout`` a number in (0, 1], ``match`` a file-name glob, ``boxes`` a file."""
     if not arg:
         raise ValueError(f"dataset '{name}' needs a folder: '{name}:FOLDER'")
     path, *opts = arg.split(",")
@@ -62,10 +64,11 @@ def spec_options(arg: str | None, name: str = "images",
         if key not in known:
             raise ValueError(f"unknown option {key!r} in '{name}:{arg}' "
                              f"(known: {', '.join(known)})")
-        if key == "match":
+        if key in ("match", "boxes"):
             if not value:
-                raise ValueError("match needs a file-name pattern, e.g. 'match=*.JPEG'")
-            options["match"] = value
+                raise ValueError(f"{key} needs a value, e.g. "
+                                 + ("'match=*.JPEG'" if key == "match" else "'boxes=boxes.csv'"))
+            options[key] = value
             continue
         try:
             options["holdout"] = float(value)
@@ -285,6 +288,7 @@ class ImageSet(Dataset):
     size: int = 224
     train: bool = False
     name: str = ""
+    boxes: list | None = None  # per photo, its normalised boxes (``data.boxes``); None: no file
     labeled: bool = field(init=False)
 
     def __post_init__(self):
@@ -292,6 +296,16 @@ class ImageSet(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def object_mask(self, i: int, crop, flip: bool) -> torch.Tensor:
+        """Photo ``i``'s box mask under the crop ``(left, top, right, bottom)`` px and flip."""
+        boxes = self.boxes[i] if self.boxes else []
+        if boxes and self.targets[i] >= 0:
+            with Image.open(self.files[i]) as img:
+                w, h = img.size
+            window = (crop[0] / w, crop[1] / h, crop[2] / w, crop[3] / h)
+            boxes = [to_window(b, window) for b in boxes]
+        return box_mask(boxes, self.targets[i], self.size, flip)
 
     def load(self, i: int) -> tuple[torch.Tensor, tuple, bool]:
         """Photo ``i`` transformed: ``(image float 3 x S x S, crop box, flip)``."""
@@ -307,8 +321,8 @@ class ImageSet(Dataset):
         return y
 
     def __getitem__(self, i):
-        image, _, _ = self.load(i)
-        return image, self.label(i), torch.full((self.size, self.size), VOID, dtype=torch.int64)
+        image, crop, flip = self.load(i)
+        return image, self.label(i), self.object_mask(i, crop, flip)
 
     def with_classes(self, classes) -> "ImageSet":
         """The same photos labeled in the label space ``classes`` (e.g. a model's 1000
@@ -340,13 +354,14 @@ class Relabeled(Dataset):
 
 def build_images(arg: str | None, split: str, size: int, n: int | None,
                  name: str = "images") -> ImageSet:
-    """The ``images:FOLDER[,holdout=S][,match=GLOB]`` builder: the split's photos (``n`` of them
-    spread evenly), headers checked."""
-    root, options = spec_options(arg, name, known=("holdout", "match"))
+    """The ``images:FOLDER[,holdout=S][,match=GLOB][,boxes=FILE]`` builder: the split's photos
+    (``n`` of them spread evenly), headers checked, with their boxes."""
+    root, options = spec_options(arg, name, known=("holdout", "match", "boxes"))
     files, targets, classes = split_folder(root, split, options.get("holdout"),
                                            options.get("match"))
     if n is not None:
         keep = spread(len(files), n)
         files, targets = [files[i] for i in keep], [targets[i] for i in keep]
     check_readable(files)
-    return ImageSet(files, targets, classes, size, split == "train", f"{name}:{root.name}/{split}")
+    return ImageSet(files, targets, classes, size, split == "train", f"{name}:{root.name}/{split}",
+                    load_boxes(root, options.get("boxes"), files))

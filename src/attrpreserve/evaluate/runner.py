@@ -95,9 +95,19 @@ DEFINITIONS = {
 }
 
 
+def _unlocalized(rec: dict[str, torch.Tensor], valid) -> dict[str, torch.Tensor]:
+    """``rec`` with NaN for the pairs whose image has no valid pixel (a photo without a box
+    beside boxed ones in its batch): no localisation there, never a miss."""
+    none = ~valid.flatten(1).any(1)
+    if bool(none.any()):
+        for v in rec.values():
+            v[none] = float("nan")
+    return rec
+
+
 def _pair_metrics(maps, masks, valid) -> dict[str, torch.Tensor]:
     # hits as float64 so that NaN can mark pairs without masks
-    return {
+    return _unlocalized({
         "hit": loc.pointing_hits(maps, masks, valid).to(torch.float64),
         "hit_std": loc.pointing_hits_tolerance(maps, masks, STD_TOLERANCE, valid).to(
             torch.float64),
@@ -105,7 +115,7 @@ def _pair_metrics(maps, masks, valid) -> dict[str, torch.Tensor]:
         "energy": loc.energy_pointing_game(maps, masks, valid),
         "relevance_mass": loc.relevance_mass_accuracy(maps, masks, valid),
         "relevance_rank": loc.relevance_rank_accuracy(maps, masks, valid),
-    }
+    }, valid)
 
 
 def _no_localization(n: int) -> dict[str, torch.Tensor]:
@@ -182,9 +192,9 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
             any_masks = True
             obj = masks[img_idx] == (cls + 1)[:, None, None]
             valid = masks[img_idx] != 255
-            center.append(loc.pointing_hits_tolerance(
+            center.append(_unlocalized({"hit": loc.pointing_hits_tolerance(
                 loc.center_point_maps(len(cls), *size), obj, STD_TOLERANCE, valid
-            ).to(torch.float64))
+            ).to(torch.float64)}, valid)["hit"])
         else:
             center.append(torch.full((len(cls),), float("nan"), dtype=torch.float64))
         labels_all.append(labels)
