@@ -219,3 +219,89 @@ def test_gpu_matches_cpu():
 
 def test_layer_resolution_registry():
     assert EXPLAINERS.names(resolution="layer") == ["gradcam"]
+
+
+# torchvision classifiers as users have them (no matched_layer): the default is Grad-CAM at
+# the last block's output, never a conv inside a residual block
+TORCHVISION_DEFAULTS = {"resnet18": "layer4", "vgg11": "features.19",
+                        "mobilenet_v3_small": "features.12", "efficientnet_b0": "features.8"}
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_DEFAULTS))
+def test_default_is_gradcam_at_the_last_block_of_torchvision_models(arch):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=10)
+    images = torch.rand(2, 3, 64, 64)
+    assert default_layer(model) == TORCHVISION_DEFAULTS[arch]
+    maps = explain(model, images, [3, 7])
+    layer = TORCHVISION_DEFAULTS[arch]
+    torch.testing.assert_close(maps, explain(model, images, [3, 7], method="gradcam",
+                                             layer=layer), rtol=0, atol=0)
+    assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+
+
+class Block(nn.Module):
+    """A residual block: a map tapped at its conv misses the skip path."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+class Custom(nn.Module):
+    """An architecture without a rule: a stem, two residual blocks, a BatchNorm, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.BatchNorm2d(8))
+        self.blocks = nn.ModuleList([Block(8), Block(8)])
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_unknown_architecture_defaults_to_its_last_block_output():
+    torch.manual_seed(0)
+    model = Custom().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert default_layer(model) == "blocks.1"  # not blocks.1.conv, the last conv
+    assert model.training and all(torch.equal(v, before[k])
+                                  for k, v in model.state_dict().items())
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(explain(model, images, [1, 2]),
+                               explain(model, images, [1, 2], layer="blocks.1"))
+
+
+class OnlyResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 5)
+
+    def forward(self, x):
+        return self.head((x + self.conv(x)).mean((2, 3)))
+
+
+class FixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 32 * 32, 5)
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1))
+
+
+@pytest.mark.parametrize("model", [OnlyResidual(), FixedSize()], ids=lambda m: type(m).__name__)
+def test_no_default_layer_asks_for_one(model):
+    with pytest.raises(ValueError, match=r"layer="):
+        explain(model, torch.rand(1, 3, 32, 32), 0)

@@ -1,6 +1,7 @@
 """The top-level Python API: ``attrpreserve.explain(model, images, targets, method=...)``.
 
->>> maps = explain(model, images, targets=[3, 0], method="rap")         # one class per image
+>>> maps = explain(model, images, targets=[3, 0])    # Grad-CAM, one class per image, any CNN
+>>> maps = explain(model, images, targets=[3, 0], method="rap")
 >>> maps = explain(model, images, targets=[[0, 2], [1]], method="gradcam",
 ...                resolution="layer")                                    # pairs, layer maps
 >>> maps = explain(model, images, targets=labels.bool(), method="rise", n_masks=500)
@@ -14,18 +15,11 @@ from numbers import Integral
 import torch
 from torch import nn
 
+from ..models.layers import eval_mode, model_device
 from .explainers import EXPLAINERS
 from .gradcam import upsample
 
 RESOLUTIONS = ("input", "layer")
-
-
-def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
-    """Device of the model's first parameter (or buffer); ``default`` for a model with neither
-    (e.g. a converted int8 model whose weights are packed)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device(default)
 
 
 def _as_class(value) -> int:
@@ -89,24 +83,7 @@ def _multi_hot_pairs(mask: torch.Tensor, n_images: int, device) -> tuple:
     return index.to(device), classes.to(device)
 
 
-class eval_mode:
-    """Context manager: every module of ``model`` in eval mode inside, each one's own training
-    flag restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.flags = {m: m.training for m in model.modules()}
-
-    def __enter__(self):
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags.items():
-            m.training = flag
-
-
-def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "lrp",
+def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "gradcam",
             layer: str | None = None, resolution: str = "input", **options) -> torch.Tensor:
     """Attribution maps of ``model`` for (image, class) pairs, batched.
 
@@ -116,11 +93,12 @@ def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "lrp"
     images : B x C x H x W (or one C x H x W image), moved to the model's device.
     targets : which classes to explain, see ``pairs_from_targets`` (an int, one class per
         image, per-image lists of classes, or a B x K bool mask).
-    method : a registered explainer (``attrpreserve.attribution.EXPLAINERS``): "gradcam",
-        "gradient", "input_x_gradient", "ig", "lrp", "lrp_a1b0", "ebp", "rap", "occlusion",
+    method : a registered explainer (``attrpreserve.attribution.EXPLAINERS``): "gradcam"
+        (default), "gradient", "input_x_gradient", "ig", "lrp", "lrp_a1b0", "ebp", "rap", "occlusion",
         "rise".
-    layer : the layer of CAM-type methods ("gradcam"; default: the model's matched layer, see
-        ``models.default_layer``). Ignored by the other methods.
+    layer : the layer of CAM-type methods ("gradcam"; default: the output of the model's last
+        feature block, e.g. ``layer4`` of a ResNet, see ``models.default_layer``). Ignored by the
+        other methods.
     resolution : "input" (default; CAM maps are bilinearly upsampled to H x W) or "layer"
         (CAM-type methods only: the maps at the layer's resolution).
     **options : passed to the explainer (e.g. ``steps`` for "ig", ``composite`` for "lrp",

@@ -12,9 +12,35 @@ model in eval mode, and for residual models tapped at their last stage).
 from __future__ import annotations
 
 import difflib
+import weakref
 
 import torch
 from torch import nn
+
+
+def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """Device of the model's first parameter (or buffer); ``default`` for a model with neither
+    (e.g. a converted int8 model whose weights are packed)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device(default)
+
+
+class eval_mode:
+    """Context manager: every module of ``model`` in eval mode inside, each one's own training
+    flag restored after."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.flags = {m: m.training for m in model.modules()}
+
+    def __enter__(self):
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags.items():
+            m.training = flag
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -28,15 +54,101 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def default_layer(model: nn.Module) -> str:
-    """The layer matched and explained when none is named: the last conv block's output."""
+    """The layer matched and explained when none is named: the last feature block's output.
+
+    ``model.matched_layer`` when set (the shipped families), else the family's rule for
+    torchvision classifiers (``FAMILY_LAYERS``: ResNet ``layer4``, VGG the last ReLU of
+    ``features``, MobileNet / EfficientNet / ConvNeXt the last block of ``features``, ...), else
+    what :func:`probe_layer` finds. Never a module inside a residual block: a map tapped there
+    misses the skip path (and Grad-CAM's extra per-pair rows break the residual add).
+    """
     if getattr(model, "matched_layer", None):
         return model.matched_layer
     if hasattr(model, "last_relu_name"):
         return model.last_relu_name()
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("model has no Conv2d layer; name the layer to tap explicitly")
-    return convs[-1]
+    rule = FAMILY_LAYERS.get(type(model).__name__)
+    if rule is not None:
+        return rule(model)
+    if model not in _PROBED:
+        _PROBED[model] = probe_layer(model)
+    return _PROBED[model]
+
+
+def _last_relu(model: nn.Module) -> str:
+    return f"features.{max(i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU))}"
+
+
+def _last_feature_block(model: nn.Module) -> str:
+    return f"features.{len(model.features) - 1}"
+
+
+# torchvision classifiers by class name: the last feature block's output (after its residual
+# add and activation), Grad-CAM's usual layer
+FAMILY_LAYERS = {
+    "ResNet": lambda m: "layer4", "VGG": _last_relu, "AlexNet": _last_relu,
+    "MobileNetV2": _last_feature_block, "MobileNetV3": _last_feature_block,
+    "EfficientNet": _last_feature_block, "ConvNeXt": _last_feature_block,
+    "DenseNet": lambda m: "features", "SqueezeNet": lambda m: "features",
+    "RegNet": lambda m: "trunk_output", "ShuffleNetV2": lambda m: "conv5",
+    "MNASNet": lambda m: "layers",
+}
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+PROBE_SIZE = 224
+
+
+def probe_layer(model: nn.Module, size: int = PROBE_SIZE) -> str:
+    """The default layer of an architecture without a rule, found by running it on one random
+    ``size`` px image: the last module called once whose output is a 4-D map of more than one
+    pixel and through which all of the output flows (the output has no gradient with respect to
+    the input once that map is detached, so the module is not inside a residual block).
+    ``ValueError`` asking for an explicit layer when there is none or the probe cannot run."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    channels = convs[0].in_channels if convs else 3
+    x = torch.rand(1, channels, size, size, device=model_device(model))
+    ask = "; name the layer to tap (layer=...)"
+    calls, handles = {}, []
+
+    def record(name):
+        def hook(_module, _inputs, out):
+            calls.setdefault(name, []).append(tuple(out.shape)
+                                              if isinstance(out, torch.Tensor) else None)
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(record(name)))
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # any architecture: its own error says why it cannot run
+        raise ValueError(f"could not find {type(model).__name__}'s last feature map by running "
+                         f"it on a {size} px image ({exc}){ask}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{type(model).__name__} does not return a tensor of logits{ask}")
+    maps = [n for n, shapes in calls.items()  # dicts keep insertion order: the order of calls
+            if len(shapes) == 1 and shapes[0] is not None and len(shapes[0]) == 4
+            and shapes[0][2] * shapes[0][3] > 1]
+    for name in reversed(maps):
+        if _is_cut(model, get_layer(model, name), x):
+            return name
+    raise ValueError(f"{type(model).__name__} has no 4-D feature map outside a residual block"
+                     f"{ask}")
+
+
+def _is_cut(model: nn.Module, module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether all of ``model``'s output depends on ``x`` through ``module``'s output."""
+    handle = module.register_forward_hook(lambda _m, _i, out: out.detach())
+    try:
+        with eval_mode(model), torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            out = model(x)
+            return not out.requires_grad or \
+                torch.autograd.grad(out.sum(), x, allow_unused=True)[0] is None
+    finally:
+        handle.remove()
 
 
 class LayerTap:

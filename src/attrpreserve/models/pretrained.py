@@ -20,9 +20,10 @@ rows of those classes only, so its logits are the full model's logits of those c
 The models take images in [0, 1], like every model of the project: the input normalisation of
 the weights (ImageNet mean / std for torchvision, [-1, 1] for the TF-trained Lite weights) is a
 forward pre-hook with non-persistent buffers, so state dicts keep the original key layout. Class
-names are ImageNet's 1000 (from torchvision's weight metadata, offline). ``model.matched_layer``
-is the last conv block's output; ``model.single_label`` marks softmax classifiers, which the
-compression recipes fine-tune with softmax distillation.
+names are ImageNet's 1000 (from torchvision's weight metadata, offline). The matched layer is
+the last conv block's output (the Lite models' ``matched_layer``, the family's rule of
+``layers.default_layer`` for torchvision's); ``model.single_label`` marks softmax classifiers,
+which the compression recipes fine-tune with softmax distillation.
 
 The builders here make random-weight models; ``models.registry`` registers them
 (``efficientnet_lite0`` / ``_lite1`` / ``_lite2``, ``torchvision_imagenet``), so a compressed
@@ -54,17 +55,6 @@ LITE0 = "efficientnet-lite0"
 LITE = {"efficientnet-lite0": ("efficientnet_lite0", 224, 0.2),
         "efficientnet-lite1": ("efficientnet_lite1", 240, 0.2),
         "efficientnet-lite2": ("efficientnet_lite2", 260, 0.3)}
-
-# Grad-CAM's usual layer (the last conv stage's output) of torchvision families; an
-# architecture not listed falls back to its last Conv2d (see ``layers.default_layer``).
-TORCHVISION_LAYERS = {
-    "resnet": "layer4", "wide_resnet": "layer4", "resnext": "layer4",
-    "mobilenet_v2": "features.18", "mobilenet_v3_small": "features.12",
-    "mobilenet_v3_large": "features.16", "efficientnet_b": "features.8",
-    "convnext": "features.7", "densenet": "features", "regnet": "trunk_output",
-    "shufflenet": "conv5", "squeezenet": "features",
-}
-
 
 def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet class names in index order (torchvision's names, from the class table
@@ -165,11 +155,7 @@ def torchvision_imagenet(arch: str, num_classes: int = 1000, input_size: int = 2
     if not callable(builder) or arch.startswith("_") or arch[:1].isupper():
         raise ValueError(f"unknown torchvision model {arch!r}")
     model = builder(weights=None, num_classes=num_classes)
-    layer = next((v for k, v in TORCHVISION_LAYERS.items() if arch.startswith(k)), None)
-    if layer is None and arch.startswith("vgg"):
-        relus = [i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
-        layer = f"features.{relus[-1]}"
-    model.matched_layer, model.single_label = layer, True
+    model.single_label = True  # its matched layer: the family's rule (``layers.default_layer``)
     return with_input_normalization(model, IMAGENET_MEAN, IMAGENET_STD)
 
 

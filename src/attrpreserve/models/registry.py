@@ -34,29 +34,24 @@ def vgg16(num_classes: int, width_divisor: float = 1.0, input_size: int = 227,
     return VGG(cfg or scaled(VGG16, width_divisor), num_classes, input_size, dropout, head)
 
 
-def _torchvision(builder: str, num_classes: int, layer: str, **kwargs) -> nn.Module:
-    """A torchvision classifier with random weights (nothing is downloaded).
-
-    ``layer`` (the last conv stage's output, after its residual add / activation) becomes the
-    model's ``matched_layer``: the default for Grad-CAM and matching.
-    """
+def _torchvision(builder: str, num_classes: int, **kwargs) -> nn.Module:
+    """A torchvision classifier with random weights (nothing is downloaded); its matched layer
+    (Grad-CAM's and matching's default) is its family's, ``layers.default_layer``."""
     import torchvision
 
-    model = getattr(torchvision.models, builder)(weights=None, num_classes=num_classes, **kwargs)
-    model.matched_layer = layer
-    return model
+    return getattr(torchvision.models, builder)(weights=None, num_classes=num_classes, **kwargs)
 
 
 @register_model("resnet18")
 def resnet18(num_classes: int, input_size: int = 224) -> nn.Module:
     """torchvision ResNet-18, random init; ``input_size`` is recorded for the data pipeline."""
-    return _torchvision("resnet18", num_classes, layer="layer4")
+    return _torchvision("resnet18", num_classes)
 
 
 @register_model("mobilenet_v3_small")
 def mobilenet_v3_small(num_classes: int, input_size: int = 224, dropout: float = 0.2) -> nn.Module:
     """torchvision MobileNetV3-Small, random init."""
-    return _torchvision("mobilenet_v3_small", num_classes, layer="features.12", dropout=dropout)
+    return _torchvision("mobilenet_v3_small", num_classes, dropout=dropout)
 
 
 # ImageNet families (random weights here; ``loading.load_pretrained`` loads their weights).
