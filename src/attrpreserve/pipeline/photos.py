@@ -66,6 +66,9 @@ class PhotosConfig:
     lam: float = 10.0
     at_lam: float = 100.0
     drop: float = 0.3
+    # the layer matched (and Grad-CAM's for the matched-layer scores); None: the model's own
+    # (``_head_act`` for Lite: 4 x 4 at 128 px); "_blocks.10" ends the stride-16 stage (8 x 8)
+    layer: str | None = None
     matchings: tuple[str, ...] = ("none", "wcam")
     explainers: tuple[str, ...] = ("gradcam",)
     unstructured_rounds: int = 1
@@ -204,7 +207,7 @@ def compress_config(root: Path, cfg: PhotosConfig, matching: str, seed: int = 0,
                         amp=cfg.amp, warmup_epochs=0.0, **batchnorm_settings(cfg, recipe))
     lam = cfg.at_lam if matching == "at" else cfg.lam
     return CompressConfig(teacher=teacher_spec(root, cfg), method=recipe, matching=matching,
-                          lam=lam, drop=cfg.drop, target="top1",
+                          lam=lam, drop=cfg.drop, target="top1", layer=cfg.layer,
                           options=strength_options(recipe, value, cfg.unstructured_rounds),
                           data=data_config(root, cfg, seed, device), train=train)
 

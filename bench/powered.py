@@ -1,0 +1,438 @@
+"""Issue 24's powered test on real photos: does matching keep a pretrained model's explanations
+through compression, beyond what fine-tuning alone moves them?
+
+    python bench/powered.py --out runs/powered               # tune, train, evaluate (resumable)
+    python bench/powered.py --out runs/powered --phase tune  # only the choice on held-out photos
+    python bench/powered.py --smoke --out /tmp/powered-smoke # a handful of photos: tests the script
+
+The teacher is ImageNet EfficientNet-Lite0 restricted to Imagenette's 10 classes
+(``pretrained:efficientnet-lite0,classes=FOLDER``); the recipe is unstructured pruning to
+``--strength`` sparsity in one shot (BatchNorm recalibrated after the surgery, then frozen), every
+run fine-tuned with the labels (cross entropy + distillation + lambda x matching) at 128 px.
+
+Phases (each reuses what an earlier call finished; an interrupted run continues from its
+training state):
+
+1. ``tune`` (seed 0, the ``--proxy-photos`` of train/ for 2 epochs, scored on the photos held out
+   of train/; the test split is never read): the naive run's lr among ``--lrs`` by held-out top-1,
+   then WCAM's lambda x drop jointly over ``--lams`` x ``--drops`` at the matched layer
+   (``--layer``). A candidate is admissible when its held-out top-1 is not below the naive run's
+   by more than the margin (the half-width of the 95% bootstrap interval of their paired
+   difference, so the margin comes from the photos, not a fixed point); the admissible candidate
+   with the highest held-out Spearman agreement at the matched layer wins. A winner at the
+   lambda grid's edge extends the grid by x10 that way (at most ``--extend`` times).
+2. ``train`` (seeds ``--seeds``, every train/ photo but the held-out 5%, ``--epochs``; at least
+   500 optimiser steps, printed per run): the control (the teacher fine-tuned exactly like the
+   pruned runs, nothing pruned), naive pruning, and pruning with the chosen WCAM.
+3. ``evaluate``: each seed's runs against the teacher on val/ (``--test-photos`` of its 3,925,
+   spread evenly over the classes, plus every val/ photo with an object box): Grad-CAM at the
+   matched layer and at the head, and LRP (a map the loss never saw); agreement with the
+   teacher, the gap recovered against the teacher and against the control (the
+   compression-caused gap), box localisation beside the centre baseline; the loss's own quantity
+   (map cosine to the teacher at the matched layer) on train and held-out photos.
+   ``OUT/summary.json`` and the markdown table (``--report-only`` prints it again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attrpreserve.evaluate.runner import collect_pairs
+from attrpreserve.data.images import spread
+from attrpreserve.evaluate.stats import delta_ci, gaps_recovered, mean_ci
+from attrpreserve.pipeline import photos, stages
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
+LAYER = "_blocks.10"  # Lite0's stride-16 stage: 8 x 8 maps at 128 px (the head's are 4 x 4)
+POWERED = replace(
+    photos.CPU, strength=0.8, n_train=None, n_val=None, n_test=None, epochs=2, layer=LAYER,
+    matchings=("none", "wcam"), checkpoint_every=50)
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--folder", default=str(DEFAULT_FOLDER), help="Imagenette (class folders)")
+    p.add_argument("--out", default="runs/powered", help="output folder (default runs/powered)")
+    p.add_argument("--phase", choices=("tune", "train", "evaluate", "all"), default="all",
+                   help="which phase to run (default all, in order)")
+    p.add_argument("--strength", type=float, default=0.8, help="sparsity (default 0.8)")
+    p.add_argument("--layer", default=LAYER, help=f"matched layer (default {LAYER})")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
+    p.add_argument("--lrs", default="3e-4,1e-3", help="lrs tried (default 3e-4,1e-3)")
+    p.add_argument("--lams", default="100,1000,10000",
+                   help="WCAM lambdas tried (default 100,1000,10000)")
+    p.add_argument("--drops", default="0,0.3", help="WCAM drops tried (default 0,0.3)")
+    p.add_argument("--extend", type=int, default=2,
+                   help="times the lambda grid may grow past an edge winner (default 2)")
+    p.add_argument("--proxy-photos", type=int, default=1600,
+                   help="train photos of each tuning run, 2 epochs (default 1600: 100 steps)")
+    p.add_argument("--test-photos", type=int, default=1000,
+                   help="val/ photos scored, spread evenly (default 1000; box photos added)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--smoke", action="store_true", help="a handful of photos at 64 px, 1 seed")
+    p.add_argument("--report-only", action="store_true", help="print the table of OUT and stop")
+    return p.parse_args(argv)
+
+
+def say(*parts) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def base_config(args) -> photos.PhotosConfig:
+    cfg = replace(POWERED, strength=args.strength, layer=args.layer, epochs=args.epochs)
+    if args.smoke:
+        cfg = replace(cfg, size=64, n_train=8, n_val=6, epochs=1, batch_size=4,
+                      checkpoint_every=None, recalibrate_bn=2)
+    return cfg
+
+
+def train_run(root: Path, cfg: photos.PhotosConfig, matching: str, strength: float, seed: int,
+              out: Path) -> dict:
+    """One compression run (reused when finished); prints its optimiser steps and speed."""
+    ccfg = photos.compress_config(root, cfg, matching, seed, progress=False, strength=strength)
+    n = len(ccfg.data.loader("train").dataset)
+    steps = -(-n // cfg.batch_size) * cfg.epochs
+    say(f"{out.name}: {matching} at {strength:g}, lambda {ccfg.lam:g}, drop {ccfg.drop:g}, "
+        f"lr {ccfg.train.lr:g}, {n} photos x {cfg.epochs} epochs = {steps} steps")
+    info = photos.run_compress(ccfg, out, checkpoint_every=cfg.checkpoint_every)
+    info["steps"] = steps
+    say(f"{out.name}: {'reused' if info.get('reused') else 'done'} "
+        f"({info['seconds']:.0f} s, {info['images_per_s']:.1f} photos/s)")
+    return info
+
+
+def loader(root: Path, cfg: photos.PhotosConfig, split: str, classes, n=None, boxed=False,
+           center=False):
+    """A split's batches in ``classes``; ``center``: eval crops even of train photos."""
+    data = photos.data_config(root, cfg, 0)
+    if split == "test":
+        data = replace(data, n_test=n)
+    elif split == "train":
+        data = replace(data, n_train=n)
+
+    def adapt(ds):
+        ds = ds.with_classes(classes)
+        if center:
+            ds = replace(ds, train=False)
+        if boxed:
+            ds = ds.with_boxed(n)
+        return ds
+
+    return data.loader(split, adapt=adapt)
+
+
+def score(models: dict, batches, layer: str | None, explainer: str = "gradcam") -> dict:
+    """Per-image correctness and per-pair agreement with ``models["teacher"]`` (as lists)."""
+    layers = {name: layer for name in models} if layer else None
+    data = collect_pairs({n: e.model for n, e in models.items()}, batches, "teacher",
+                         (explainer,), layers, progress=False)
+    labels = data["labels"].argmax(1)
+    out = {"image": data["image"].tolist(), "classes": data["classes"].tolist(),
+           "center_hit": data["center_hit"].tolist(), "models": {}}
+    for name, logits in data["logits"].items():
+        pairs = data["pairs"][name][explainer]
+        entry = {"correct": (logits.argmax(1) == labels).double().tolist(),
+                 "loc": {k: pairs[k].tolist() for k in ("hit_std", "auc", "energy")}}
+        if name != "teacher":
+            entry.update({k: pairs[k].tolist() for k in ("spearman", "cosine")})
+        out["models"][name] = entry
+    return out
+
+
+def cached_json(path: Path, make) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+    return value
+
+
+def heldout(root, cfg, run: Path, seed_cfg_layer: str | None) -> dict:
+    """``run`` and the teacher on the photos held out of train/ (``OUT/.../heldout.json``)."""
+    def make():
+        models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), "run": run})
+        classes = models["teacher"].meta["classes"]
+        return score(models, loader(root, cfg, "val", classes), seed_cfg_layer)
+    return cached_json(run / "heldout.json", make)
+
+
+def paired_top1(a: dict, b: dict, n_boot: int) -> dict:
+    """Top-1 of ``b`` minus ``a`` on the same photos, with its 95% bootstrap interval."""
+    x, y = torch.tensor(a["correct"]), torch.tensor(b["correct"])
+    d = delta_ci(x, y, torch.arange(len(x)), n_boot=n_boot, seed=0)
+    return {"delta": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+
+
+def mean(values) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def tune(args, root: Path, out: Path) -> dict:
+    """Phase 1: the naive lr, then WCAM's lambda x drop, on held-out photos (seed 0)."""
+    chosen_file = out / "tune" / "chosen.json"
+    if chosen_file.is_file():
+        return json.loads(chosen_file.read_text())
+    cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos)
+    table = []
+    naive = {}
+    for lr in floats(args.lrs):
+        run = out / "tune" / f"naive-lr{lr:g}"
+        c = replace(cfg, recipe_lr={"unstructured": lr})
+        train_run(root, c, "none", args.strength, 0, run)
+        naive[lr] = heldout(root, c, run, args.layer)
+        top1 = mean(naive[lr]["models"]["run"]["correct"])
+        table.append({"run": run.name, "lr": lr, "top1": top1})
+        say(f"  held-out top-1 {top1:.3f}")
+    lr = max(naive, key=lambda k: (mean(naive[k]["models"]["run"]["correct"]), -k))
+    base = naive[lr]["models"]["run"]
+    cfg = replace(cfg, recipe_lr={"unstructured": lr})
+    lams, drops, scores = floats(args.lams), floats(args.drops), {}
+
+    def candidate(lam, drop):
+        run = out / "tune" / f"wcam-l{lam:g}-d{drop:g}"
+        train_run(root, replace(cfg, lam=lam, drop=drop), "wcam", args.strength, 0, run)
+        s = heldout(root, cfg, run, args.layer)["models"]["run"]
+        top1 = paired_top1(base, s, args.n_boot)
+        margin = (top1["ci_high"] - top1["ci_low"]) / 2
+        row = {"run": run.name, "lam": lam, "drop": drop, "top1": mean(s["correct"]),
+               "top1_delta": top1, "margin": margin,
+               "admissible": top1["delta"] >= -margin,
+               "spearman": mean(s["spearman"]), "cosine": mean(s["cosine"])}
+        say(f"  held-out top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin {margin:.3f}),"
+            f" Spearman {row['spearman']:.3f}")
+        scores[(lam, drop)] = row
+        table.append(row)
+
+    for lam in lams:
+        for drop in drops:
+            candidate(lam, drop)
+    for _ in range(args.extend):
+        ok = [r for r in scores.values() if r["admissible"]]
+        if not ok:
+            break
+        best = max(ok, key=lambda r: r["spearman"])
+        grid = sorted({k[0] for k in scores})
+        if best["lam"] == grid[-1]:
+            new = grid[-1] * 10
+        elif best["lam"] == grid[0]:
+            new = grid[0] / 10
+        else:
+            break
+        for drop in drops:
+            candidate(new, drop)
+    ok = [r for r in scores.values() if r["admissible"]]
+    best = max(ok, key=lambda r: r["spearman"]) if ok else None
+    n_spear = mean(base.get("spearman", [])) if base.get("spearman") else None
+    chosen = {"lr": lr, "lam": best["lam"] if best else None,
+              "drop": best["drop"] if best else None, "naive_spearman": n_spear,
+              "table": table, "layer": args.layer, "proxy_photos": cfg.n_train}
+    cached_json(chosen_file, lambda: chosen)
+    return chosen
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    root, out = photos.check_inputs(args.folder), Path(args.out)
+    if args.smoke:
+        args.seeds, args.lrs, args.lams, args.drops, args.extend = "0", "1e-3", "100", "0", 0
+        args.n_boot, args.test_photos = 50, 8
+    if args.report_only:
+        print(report(out))
+        return 0
+    if args.phase in ("tune", "train", "all"):
+        chosen = tune(args, root, out)
+        say(f"chosen: lr {chosen['lr']:g}, lambda {chosen['lam']}, drop {chosen['drop']}")
+    if args.phase in ("train", "all"):
+        train(args, root, out, chosen)
+    if args.phase in ("evaluate", "all"):
+        evaluate(args, root, out)
+        print(report(out))
+    return 0
+
+
+def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, dict]]:
+    """(seed, name, matching, strength, overrides) of the train phase, seed-major."""
+    wcam = {"lam": chosen["lam"], "drop": chosen["drop"]}
+    return [(seed, name, matching, strength, extra)
+            for seed in (int(s) for s in args.seeds.split(","))
+            for name, matching, strength, extra in
+            (("control", "none", 0.0, {}), ("naive", "none", args.strength, {}),
+             ("wcam", "wcam", args.strength, wcam))
+            if matching == "none" or chosen["lam"] is not None]
+
+
+def train(args, root: Path, out: Path, chosen: dict) -> None:
+    """Phase 2: control, naive and WCAM per seed at the full budget."""
+    cfg = replace(base_config(args), recipe_lr={"unstructured": chosen["lr"]})
+    for seed, name, matching, strength, extra in run_plan(args, out, chosen):
+        train_run(root, replace(cfg, **extra), matching, strength, seed,
+                  out / f"seed{seed}" / name)
+
+
+# (name, explainer, layer): Grad-CAM where the loss matches and at the head (plain CAM), and LRP,
+# which the loss never saw (on the boxed photos only: it costs about five Grad-CAMs)
+VIEWS = (("matched layer", "gradcam", "matched"), ("head", "gradcam", None), ("LRP", "lrp", None))
+ROLES = ("control", "naive", "wcam")
+LOC = ("hit_std", "auc", "energy")
+
+
+def test_set(root: Path, cfg, classes, n: int | None, boxed_only: bool = False,
+             max_boxed: int | None = None):
+    """val/'s photos scored: ``n`` spread evenly plus every photo with a box (or those alone)."""
+    ds = photos.data_config(root, cfg, 0).loader("test", adapt=lambda d: d.with_classes(classes))
+    ds = ds.dataset
+    boxed = [i for i, b in enumerate(ds.boxes or []) if b][:max_boxed]
+    if boxed_only:
+        keep = boxed
+    else:
+        keep = sorted(set(spread(len(ds), n or len(ds))) | set(boxed))
+    return ds.subset(keep).loader(cfg.batch_size)
+
+
+def columns(data: dict, name: str, explainer: str) -> dict:
+    return {k: v.double() for k, v in data["pairs"][name][explainer].items()}
+
+
+def view_scores(data: dict, explainer: str, n_boot: int) -> dict:
+    """Top-1, agreement and box localisation of each model, and WCAM's gap recovered against
+    the teacher and against the control, from one ``collect_pairs`` pass."""
+    image, labels = data["image"], data["labels"].argmax(1)
+    cols = {n: columns(data, n, explainer) for n in data["pairs"]}
+    out = {"pairs": len(image), "boxed_pairs": int((~torch.isnan(cols["teacher"]["auc"])).sum()),
+           "models": {}}
+    center = data["center_hit"]
+    out["center_hit_std"] = mean(center.tolist())
+    for name, c in cols.items():
+        row = {"top1": float((data["logits"][name].argmax(1) == labels).double().mean())}
+        for k in ("spearman", "cosine") if name != "teacher" else ():
+            row[k] = mean_ci(c[k], image, n_boot=n_boot, seed=0)
+        for k in LOC:
+            row[k] = mean(c[k].tolist())
+        out["models"][name] = row
+    keys = ("spearman", "cosine", *LOC)
+    self_level = {"spearman": 1.0, "cosine": 1.0}
+    t = torch.stack([cols["teacher"][k] if k in cols["teacher"] else
+                     torch.full_like(image, self_level[k], dtype=torch.float64) for k in keys], 1)
+    n, m, c = (torch.stack([cols[r][k] for k in keys], 1) for r in ("naive", "wcam", "control"))
+    for ref, level in (("teacher", t), ("control", c)):
+        out[f"gap_vs_{ref}"] = dict(zip(keys, gaps_recovered(level, n, m, image, n_boot=n_boot,
+                                                             seed=0)))
+    return out
+
+
+def map_fit(root, cfg, models: dict, layer: str, classes, n: int = 400) -> dict:
+    """The loss's own quantity: mean Grad-CAM cosine with the teacher at the matched layer on
+    ``n`` training photos (eval crops) and on the held-out ones, per model."""
+    out = {}
+    for split, batches in (("train", loader(root, cfg, "train", classes, n=n, center=True)),
+                           ("held-out", loader(root, cfg, "val", classes))):
+        data = collect_pairs({k: e.model for k, e in models.items()}, batches, "teacher",
+                             ("gradcam",), {k: layer for k in models}, progress=False)
+        out[split] = {k: {"cosine": mean(data["pairs"][k]["gradcam"]["cosine"].tolist()),
+                          "spearman": mean(data["pairs"][k]["gradcam"]["spearman"].tolist())}
+                      for k in models if k != "teacher"}
+    return out
+
+
+def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
+    """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``, reused)."""
+    folder = out / f"seed{seed}"
+    runs = {r: folder / r for r in ROLES}
+    if not all((p / "timing.json").is_file() for p in runs.values()):
+        say(f"seed {seed}: runs not all finished; skipped")
+        return None
+
+    def make():
+        cfg = base_config(args)
+        models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), **runs})
+        classes = models["teacher"].meta["classes"]
+        nets = {k: e.model for k, e in models.items()}
+        result = {"seed": seed, "layer": args.layer, "views": {},
+                  "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in
+                            runs.items() if (p / "timing.json").is_file()}}
+        for view, explainer, layer in VIEWS:
+            t0 = time.perf_counter()
+            batches = test_set(root, cfg, classes, args.test_photos, explainer == "lrp",
+                               4 if args.smoke else None)
+            layers = {k: args.layer for k in nets} if layer == "matched" else None
+            data = collect_pairs(nets, batches, "teacher", (explainer,), layers, progress=False)
+            result["views"][view] = view_scores(data, explainer, args.n_boot)
+            say(f"seed {seed} {view}: {len(data['image'])} pairs, "
+                f"{time.perf_counter() - t0:.0f} s")
+        result["map_fit"] = map_fit(root, cfg, models, args.layer, classes,
+                                    8 if args.smoke else 400)
+        return result
+
+    return cached_json(folder / "eval.json", make)
+
+
+def evaluate(args, root: Path, out: Path) -> None:
+    """Phase 3: every seed whose runs are finished; ``OUT/summary.json``."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = [r for r in (evaluate_seed(args, root, out, s) for s in seeds) if r]
+    tmp = out / "summary.tmp"
+    tmp.write_text(json.dumps({"seeds": results}, indent=1))
+    tmp.replace(out / "summary.json")
+
+
+def pct(entry: dict) -> str:
+    if entry["status"] != "ok":
+        return entry["status"]
+    return f"{entry['recovered']:.0%} [{entry['ci_low']:.0%}, {entry['ci_high']:.0%}]"
+
+
+def report(out: Path) -> str:
+    """The markdown tables of ``OUT/summary.json``."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return f"(no {path} yet: run the evaluate phase)"
+    seeds = json.loads(path.read_text())["seeds"]
+    lines = []
+    for view, *_ in VIEWS:
+        lines += [f"\n**{view}**\n", "| seed | top-1 teacher / control / naive / WCAM | Spearman "
+                  "control / naive / WCAM | recovered of the gap to the teacher | recovered of "
+                  "the compression-caused gap (vs control) | box AUC teacher / control / naive /"
+                  " WCAM | energy PG teacher / control / naive / WCAM |", "|---" * 7 + "|"]
+        for r in seeds:
+            v = r["views"][view]
+            ms = v["models"]
+            order = ("teacher", *ROLES)
+            lines.append(
+                f"| {r['seed']} | " + " / ".join(f"{ms[k]['top1']:.3f}" for k in order)
+                + " | " + " / ".join(f"{ms[k]['spearman']['mean']:.3f}" for k in ROLES)
+                + f" | {pct(v['gap_vs_teacher']['spearman'])} | "
+                f"{pct(v['gap_vs_control']['spearman'])} | "
+                + " / ".join(f"{ms[k]['auc']:.3f}" for k in order) + " | "
+                + " / ".join(f"{ms[k]['energy']:.3f}" for k in order) + " |")
+    lines += ["\n**map fit at the matched layer (Grad-CAM cosine with the teacher)**\n",
+              "| seed | train control / naive / WCAM | held-out control / naive / WCAM |",
+              "|---|---|---|"]
+    for r in seeds:
+        f = r["map_fit"]
+        lines.append(f"| {r['seed']} | " + " / ".join(
+            f"{f['train'][k]['cosine']:.3f}" for k in ROLES) + " | " + " / ".join(
+            f"{f['held-out'][k]['cosine']:.3f}" for k in ROLES) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
