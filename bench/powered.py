@@ -186,6 +186,26 @@ def mean(values) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
+def best_admissible(rows) -> dict | None:
+    """The admissible candidate with the highest held-out Spearman agreement, or None."""
+    ok = [r for r in rows if r["admissible"]]
+    return max(ok, key=lambda r: r["spearman"]) if ok else None
+
+
+def grid_extension(rows: list[dict]) -> float | None:
+    """The lambda to try next when the best admissible one sits at the grid's edge (x10 past
+    it), else None: a choice at a grid's edge is not a choice."""
+    best = best_admissible(rows)
+    if best is None:
+        return None
+    grid = sorted({r["lam"] for r in rows})
+    if best["lam"] == grid[-1]:
+        return grid[-1] * 10
+    if best["lam"] == grid[0]:
+        return grid[0] / 10
+    return None
+
+
 def tune(args, root: Path, out: Path) -> dict:
     """Phase 1: the naive lr, then WCAM's lambda x drop, on held-out photos (seed 0)."""
     chosen_file = out / "tune" / "chosen.json"
@@ -226,21 +246,12 @@ def tune(args, root: Path, out: Path) -> dict:
         for drop in drops:
             candidate(lam, drop)
     for _ in range(args.extend):
-        ok = [r for r in scores.values() if r["admissible"]]
-        if not ok:
-            break
-        best = max(ok, key=lambda r: r["spearman"])
-        grid = sorted({k[0] for k in scores})
-        if best["lam"] == grid[-1]:
-            new = grid[-1] * 10
-        elif best["lam"] == grid[0]:
-            new = grid[0] / 10
-        else:
+        new = grid_extension(list(scores.values()))
+        if new is None:
             break
         for drop in drops:
             candidate(new, drop)
-    ok = [r for r in scores.values() if r["admissible"]]
-    best = max(ok, key=lambda r: r["spearman"]) if ok else None
+    best = best_admissible(scores.values())
     n_spear = mean(base.get("spearman", [])) if base.get("spearman") else None
     chosen = {"lr": lr, "lam": best["lam"] if best else None,
               "drop": best["drop"] if best else None, "naive_spearman": n_spear,

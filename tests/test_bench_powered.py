@@ -1,0 +1,44 @@
+"""bench/powered.py's choice rule: the best admissible candidate, and a grid that grows past an
+edge winner."""
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "powered", Path(__file__).resolve().parents[1] / "bench" / "powered.py")
+powered = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(powered)
+
+
+def row(lam, drop, spearman, admissible=True):
+    return {"lam": lam, "drop": drop, "spearman": spearman, "admissible": admissible}
+
+
+def test_the_best_admissible_candidate_wins():
+    rows = [row(100, 0, 0.70), row(1000, 0, 0.90, admissible=False), row(1000, 0.3, 0.80)]
+    assert powered.best_admissible(rows) == rows[2]
+    assert powered.best_admissible([row(10, 0, 0.9, admissible=False)]) is None
+
+
+def test_an_edge_winner_extends_the_grid_that_way():
+    inner = [row(100, 0, 0.7), row(1000, 0, 0.8), row(10000, 0, 0.75)]
+    assert powered.grid_extension(inner) is None
+    top = [row(100, 0, 0.7), row(1000, 0, 0.8), row(10000, 0.3, 0.85)]
+    assert powered.grid_extension(top) == 100000
+    bottom = [row(100, 0.3, 0.9), row(1000, 0, 0.8), row(10000, 0, 0.75, admissible=False)]
+    assert powered.grid_extension(bottom) == 10
+    # the winner among admissible ones counts: an inadmissible top edge does not extend
+    assert powered.grid_extension([row(100, 0, 0.7), row(1000, 0, 0.8),
+                                   row(10000, 0, 0.95, admissible=False)]) is None
+
+
+def test_the_plan_runs_control_naive_and_wcam_seed_by_seed():
+    class Args:
+        seeds, strength = "0,1", 0.8
+    plan = powered.run_plan(Args, Path("out"), {"lam": 1000.0, "drop": 0.0})
+    assert [(s, n) for s, n, *_ in plan] == [(0, "control"), (0, "naive"), (0, "wcam"),
+                                             (1, "control"), (1, "naive"), (1, "wcam")]
+    assert plan[0][3] == 0.0 and plan[1][3] == 0.8 and plan[2][4] == {"lam": 1000.0, "drop": 0.0}
+    # no admissible WCAM: the control and naive runs still run
+    assert [n for _, n, *_ in powered.run_plan(Args, Path("o"), {"lam": None, "drop": None})] \
+        == ["control", "naive"] * 2
