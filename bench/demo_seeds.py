@@ -1,10 +1,10 @@
 """The demo over several seeds: teacher vs naive vs AT vs WCAM per recipe, gap recovered, and
 issue 15's targets checked.
 
-    python bench/demo_seeds.py --seeds 0 1 2 --out runs/bench-demo          # quick (kd only)
+    python bench/demo_seeds.py --seeds 0 1 2 --out runs/bench-demo   # quick (filter pruning)
     python bench/demo_seeds.py --full --seeds 0 1 2 --out runs/bench-full   # every recipe
-    python bench/demo_seeds.py --recipes kd --matchings none wcam --lam 10 \
-        --reuse runs/bench-demo --out runs/tune/kd-lam10      # tuning: only WCAM retrains
+    python bench/demo_seeds.py --matchings none wcam --lam 1e5 --drop 0.3 \
+        --reuse runs/bench-demo --out runs/tune/s-lam1e5      # tuning: only WCAM retrains
 
 For each seed it runs ``attrpreserve demo`` and prints its table and wall time; then, per
 explainer, recipe and matched run, what results.json's ``gap_recovered`` says on the all-pairs
@@ -117,6 +117,19 @@ def reuse_stages(source: Path, out: Path) -> None:
             shutil.copytree(stage, out / stage.name)
 
 
+def wcam_override(cfg, lam: float | None, drop: float | None):
+    """``cfg`` whose WCAM runs use ``lam`` / ``drop`` where given, in the tuned recipes too
+    (``DemoConfig.tuned`` would otherwise win over ``cfg.lam`` / ``cfg.drop``)."""
+    if lam is None and drop is None:
+        return cfg
+    tuned = {}
+    for recipe, entries in cfg.tuned.items():
+        old_lam, old_drop = entries.get("wcam", (cfg.lam, cfg.drop))
+        tuned[recipe] = {**entries, "wcam": (old_lam if lam is None else lam,
+                                             old_drop if drop is None else drop)}
+    return replace(cfg, tuned=tuned)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -124,8 +137,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--recipes", nargs="+", help="override the preset's recipes")
     ap.add_argument("--matchings", nargs="+", help="override the preset's matchings")
-    ap.add_argument("--lam", type=float, help="WCAM's weight (default: the demo's 10)")
-    ap.add_argument("--drop", type=float, help="WCAM drop rate (default: the demo's 0.3)")
+    ap.add_argument("--lam", type=float,
+                    help="WCAM's weight in every recipe (default: the demo's, tuned per recipe: "
+                         "DemoConfig.tuned)")
+    ap.add_argument("--drop", type=float,
+                    help="WCAM's drop rate in every recipe (default: the demo's, tuned per "
+                         "recipe)")
     ap.add_argument("--reuse", metavar="DIR",
                     help="copy the stages of DIR/seedN first; a copied stage whose settings "
                          "differ from this run's is retrained, the others are reused")
@@ -133,7 +150,7 @@ def main() -> None:
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in
                  (("recipes", args.recipes), ("matchings", args.matchings), ("lam", args.lam),
                   ("drop", args.drop)) if v is not None}
-    cfg = replace(FULL if args.full else QUICK, **overrides)
+    cfg = wcam_override(replace(FULL if args.full else QUICK, **overrides), args.lam, args.drop)
     summary, all_results = [], []
     for seed in args.seeds:
         path = Path(args.out) / f"seed{seed}" / "results.json"

@@ -1,0 +1,21 @@
+"""bench/demo_seeds.py honours --lam / --drop in the recipes whose weights the demo tuned."""
+
+import importlib.util
+from pathlib import Path
+
+from attrpreserve.pipeline import QUICK
+
+spec = importlib.util.spec_from_file_location(
+    "demo_seeds", Path(__file__).resolve().parents[1] / "bench" / "demo_seeds.py")
+demo_seeds = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo_seeds)
+
+
+def test_lam_and_drop_reach_tuned_recipes():
+    tuned_lam, tuned_drop = QUICK.tuned["structured"]["wcam"]
+    cfg = demo_seeds.wcam_override(QUICK, 123.0, None)
+    assert cfg.tuned["structured"]["wcam"] == (123.0, tuned_drop)
+    assert cfg.tuned["structured"]["at"] == QUICK.tuned["structured"]["at"]  # AT untouched
+    cfg = demo_seeds.wcam_override(QUICK, None, 0.3)
+    assert cfg.tuned["structured"]["wcam"] == (tuned_lam, 0.3)
+    assert demo_seeds.wcam_override(QUICK, None, None) is QUICK
