@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from . import distributed, pipeline, state
+from . import distributed, logs, pipeline, state
 from .data import PREPROCESS, get_preprocess
 from .engine import TrainConfig
 from .matching import MATCHERS
@@ -100,7 +101,7 @@ def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 mixed precision for the training steps (CUDA only)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _progress_arg(g)
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +114,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "(default: after every epoch)")
     _device_arg(g, "under torchrun, cuda means cuda:LOCAL_RANK and the NCCL backend (gloo on "
                    "CPU)")
+
+
+def _progress_arg(p) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress reports (else: bars on a terminal; in a log or a pipe, one "
+                        "line per epoch and per long phase)")
 
 
 def _device_arg(p, what: str) -> None:
@@ -144,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the compression runs and the bootstrap (the scenes and the "
                         "shipped teacher stay those of seed 0)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _progress_arg(p)
     g = p.add_argument_group(
         "real photos", "--photos FOLDER runs the CPU preset instead (pipeline.photos; about three "
         "minutes on 2 free cores): a pretrained EfficientNet-Lite0 restricted to the folder's "
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _progress_arg(p)
     p.add_argument("--out", required=True, help="results JSON file to write")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")
     _device_arg(p, "where the explainers run (size and latency are always measured on the CPU)")
@@ -242,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness", action="store_true",
                    help="also compare deletion / insertion AUC (slower)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
@@ -445,9 +452,10 @@ def run(args: argparse.Namespace) -> int:
             models = {teacher: args.teacher, **models}
         explainers, device = _names(args.explainers), distributed.resolve_device(args.device)
         models = pipeline.load_models(models)  # once, for the evaluation and the report
-        results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
-                                    explainers, seed=args.seed, progress=not args.no_progress,
-                                    device=device)
+        with logs.phase("evaluate", not args.no_progress):
+            results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
+                                        explainers, seed=args.seed,
+                                        progress=logs.bars(not args.no_progress), device=device)
         pipeline.write_results(results, args.out)
         report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
                                  models)
@@ -456,11 +464,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} and {report}")
     elif args.command == "audit":
         explainers = _names(args.explainers)
-        result = pipeline.audit(args.reference, args.candidate, args.out, _data_overrides(args),
-                                args.split, explainers, n_boot=args.n_boot, top=args.top,
-                                seed=args.seed, faithfulness=args.faithfulness,
-                                progress=not args.no_progress,
-                                device=distributed.resolve_device(args.device))
+        with logs.phase("audit", not args.no_progress):
+            result = pipeline.audit(args.reference, args.candidate, args.out,
+                                    _data_overrides(args), args.split, explainers,
+                                    n_boot=args.n_boot, top=args.top, seed=args.seed,
+                                    faithfulness=args.faithfulness,
+                                    progress=logs.bars(not args.no_progress),
+                                    device=distributed.resolve_device(args.device))
         for e in explainers:
             print(f"[{e}] " + audit_headline(result, e)["summary"])
         print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")
@@ -475,6 +485,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    formatter, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         args = _apply_config(parser, argv)
         code = run(args)
@@ -482,14 +493,26 @@ def main(argv: list[str] | None = None) -> int:
         code = _error(exc, 2)
     except FloatingPointError as exc:  # training diverged; the last good state is kept
         code = _error(exc, 1)
+    finally:
+        warnings.formatwarning = formatter
     distributed.shutdown(wait=code == 0)
     return code
 
 
+def _prefix(kind: str) -> str:
+    """``"attrpreserve: error: "``, with the rank when there are several."""
+    rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
+    return f"attrpreserve: {rank}{kind}: "
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line (``warnings.formatwarning``): no file, line number or source."""
+    return f"{_prefix('warning')}{message}\n"
+
+
 def _error(exc: Exception, code: int) -> int:
     """One line on stderr (prefixed with the rank when there are several); returns ``code``."""
-    rank = f"[rank {distributed.rank()}] " if distributed.world_size() > 1 else ""
-    print(f"attrpreserve: {rank}error: {exc}", file=sys.stderr)
+    print(f"{_prefix('error')}{exc}", file=sys.stderr)
     return code
 
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from . import distributed, state
+from . import distributed, logs, state
 from .evaluate.task import mean_average_precision
 
 
@@ -48,7 +47,7 @@ class TrainConfig:
     augment: bool = False  # random 90-degree rotations and flips of each training batch
     warmup_epochs: float = 0.0
     seed: int = 0
-    progress: bool = True
+    progress: bool = True  # report progress (logs: bars on a terminal, else a line per epoch)
     freeze_bn: bool = False  # BatchNorm keeps its running statistics (fine-tuning pretrained nets)
     # before a phase's first step: BatchNorm statistics re-estimated from this many training
     # batches (0: kept). For fine-tuning after surgery: see ``recalibrate_batchnorm``.
@@ -158,6 +157,10 @@ def fit(model: nn.Module, train: DataLoader, val: DataLoader | None, step=bce_st
         _train_epoch(ctx, epoch)
         _end_epoch(ctx, epoch, val)
         if _steps_spent(ctx):
+            if loop.step < total:
+                logs.line(f"{desc}: stopped by max_steps (--max-steps) after {loop.step} of "
+                          f"{total} optimizer steps, in epoch {epoch + 1}/{cfg.epochs}",
+                          cfg.progress)
             break
     if loop.best_state is not None:
         _load(model, loop.best_state)
@@ -204,10 +207,6 @@ class _Context:
     def device(self):
         return next(self.model.parameters()).device
 
-    @property
-    def verbose(self) -> bool:
-        return self.cfg.progress and distributed.is_main()
-
 
 def _steps_spent(ctx: _Context) -> bool:
     """Whether the phase has taken its ``max_steps`` optimizer steps."""
@@ -228,8 +227,8 @@ def _train_epoch(ctx: _Context, epoch: int) -> None:
     model.train()
     if ctx.cfg.freeze_bn:
         freeze_batchnorm(model)
-    bar = tqdm(total=len(ctx.train), initial=loop.batch, leave=False, disable=not ctx.verbose,
-               desc=f"{ctx.desc} {epoch + 1}/{ctx.cfg.epochs}")
+    bar = logs.bar(len(ctx.train), f"{ctx.desc} {epoch + 1}/{ctx.cfg.epochs}", ctx.cfg.progress,
+                   initial=loop.batch)
     t0 = time.perf_counter()
     for images, labels, *_ in (_no_batches(ctx) if _steps_spent(ctx) else _epoch_batches(ctx)):
         if ctx.cfg.augment:
@@ -327,12 +326,20 @@ def _end_epoch(ctx: _Context, epoch: int, val: DataLoader | None) -> None:
             loop.best_state = copy.deepcopy(ctx.model.state_dict())
     history.epochs.append(row)
     loop.epoch, loop.batch, loop.sums, loop.count, loop.seconds = epoch + 1, 0, {}, 0, 0.0
-    if ctx.verbose:
-        tqdm.write(f"{ctx.desc} epoch {epoch + 1}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch",)))
+    logs.line(_epoch_line(ctx, row), ctx.cfg.progress)
     if ctx.run is not None and ctx.run.per_epoch and epoch + 1 < ctx.cfg.epochs \
             and not _steps_spent(ctx):
         _snapshot(ctx)
+
+
+def _epoch_line(ctx: _Context, row: dict) -> str:
+    """``"teacher epoch 2/5: loss 0.3100, bce 0.3100, val mAP 0.912, 42 s"``."""
+    terms = sorted(k for k in row if k not in ("epoch", "seconds", "val_mAP", "loss"))
+    terms = [f"{k} {row[k]:.4f}" for k in ["loss", *terms] if k in row]
+    if "val_mAP" in row:
+        terms.append(f"val mAP {row['val_mAP']:.3f}")
+    return (f"{ctx.desc} epoch {row['epoch']}/{ctx.cfg.epochs}: " + ", ".join(terms)
+            + f", {logs.duration(row['seconds'])}")
 
 
 def _snapshot(ctx: _Context, done: bool = False) -> None:

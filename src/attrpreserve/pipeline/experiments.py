@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import logs
 from ..engine import TrainConfig
 from . import stages
 from .configs import CompressConfig, DataConfig, TeacherConfig
@@ -179,8 +180,9 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
                   cfg.sweep_strengths[recipe], out / "sweep", ("none", "wcam"),
                   cfg.unstructured_rounds, data, seed=seed, progress=progress)
     models = stages.load_models(ckpts)  # once, for the evaluation and the report
-    results = stages.evaluate(models, "teacher", data, "test", cfg.explainers, seed=seed,
-                              progress=progress)
+    with logs.phase("evaluate", progress):
+        results = stages.evaluate(models, "teacher", data, "test", cfg.explainers, seed=seed,
+                                  progress=logs.bars(progress))
     results["demo"] = asdict(cfg)
     results["notes"] = [matching_note(cfg), STRENGTH_NOTE]
     sweeps = saved_sweeps(out)
@@ -211,7 +213,9 @@ def sweep(base: CompressConfig, strengths, out: str | Path, matchings=("none", "
             if not stages.is_finished(out / name, cfg):
                 stages.compress(cfg, out / name)
             ckpts[name], points[name] = out / name, (base.method, matching, value)
-    results = stages.evaluate(ckpts, "teacher", data, split, seed=seed, progress=progress)
+    with logs.phase(f"evaluate {base.method} sweep", progress):
+        results = stages.evaluate(ckpts, "teacher", data, split, seed=seed,
+                                  progress=logs.bars(progress))
     results["sweeps"] = sweep_rows(results, points)
     stages.write_results(results, out / "sweep.json")
     return results
