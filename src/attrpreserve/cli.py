@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import inspect
 import sys
 import warnings
 from dataclasses import fields
@@ -15,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from . import distributed, logs, pipeline, state
-from .data import PREPROCESS, get_preprocess
-from .engine import TrainConfig
+from .attribution import EXPLAINERS
+from .data import PREPROCESS, SCENES_DEFAULT_N, get_preprocess
+from .engine import OPTIMIZERS, TrainConfig
 from .matching import MATCHERS
 from .pipeline.photos import STRENGTHS as PHOTO_STRENGTHS
 from .recipes import option_flag
@@ -25,28 +28,36 @@ from .report.words import audit_headline
 MATCHINGS = tuple(MATCHERS)
 
 
-def _data_args(p: argparse.ArgumentParser, inherit: bool = False) -> None:
-    """Data flags; with ``inherit`` every unset flag keeps the teacher checkpoint's value."""
-    g = p.add_argument_group("data" + (" (unset flags: the teacher's data)" if inherit else ""))
-    g.add_argument("--data", default=None if inherit else "scenes",
-                   help="'scenes' (built-in synthetic scenes), 'masks:PATH' (image+mask folder), "
-                        "'images:FOLDER' (photos, unlabeled or in class subfolders) or "
-                        "'coco128:PATH' (COCO photos + masks); docs/pretrained.md")
-    g.add_argument("--size", type=int, default=None,
-                   help="input size in px (default: the preprocess preset's, else 64)")
-    g.add_argument("--preprocess", choices=tuple(PREPROCESS), default=None if inherit else "none",
-                   help="named preset (docs/data.md): 'none', or 'paper' = 227 px, VOC mean/std "
-                        "inside the model, random-resized crop + flip of training images")
-    g.add_argument("--data-seed", type=int, default=None if inherit else 0,
-                   help="seed of the generated scenes")
-    g.add_argument("--n-train", type=int, help="use only the first N training images")
-    g.add_argument("--n-val", type=int, help="use only the first N validation images")
-    g.add_argument("--n-test", type=int, help="use only the first N test images")
-    g.add_argument("--batch-size", type=int, default=None if inherit else 64)
-    g.add_argument("--workers", type=int, default=None if inherit else 0,
-                   help="DataLoader worker processes (default 0: load in the main process); "
-                        "photos decode in parallel, worth it on a GPU machine. Random crops "
-                        "differ between values, so resume with the same one")
+def _data_args(p: argparse.ArgumentParser, inherit: str = "") -> None:
+    """Data flags, defaults from ``DataConfig``; with ``inherit`` (whose, e.g. "the
+    teacher's") every unset flag keeps that checkpoint's value."""
+    d = pipeline.DataConfig()
+    g = p.add_argument_group("data" + (f" (unset flags: {inherit} data)" if inherit else ""))
+
+    def add(flag, default, help, unset=None, inherited=inherit, **kwargs):
+        """``unset``: what a default of None means; ``inherited``: the same with ``inherit``."""
+        unset = inherited if inherit else unset
+        g.add_argument(flag, default=None if inherit else default,
+                       help=help + (f" (default: {unset})" if unset else ""), **kwargs)
+
+    add("--data", d.spec, "'scenes' (built-in synthetic scenes), 'masks:PATH' (image+mask "
+        "folder), 'images:FOLDER' (photos, unlabeled or in class subfolders) or "
+        "'coco128:PATH' (COCO photos + masks); docs/pretrained.md")
+    add("--size", None, "input size in px", type=int,
+        unset=f"the --preprocess preset's size, else {d.size}",
+        inherited=f"{inherit}; a 'pretrained:' model's native size, e.g. 224 for Lite0")
+    add("--preprocess", d.preprocess, "named preset (docs/data.md): 'none', or 'paper' = 227 px, "
+        "VOC mean/std inside the model, random-resized crop + flip of training images",
+        choices=tuple(PREPROCESS))
+    add("--data-seed", d.seed, "seed of the generated scenes", type=int)
+    for split, n in SCENES_DEFAULT_N.items():
+        add(f"--n-{split}", None, f"use N {split} images: photo folders N spread evenly over the "
+            "split (each class keeping its share), other datasets the first N", type=int,
+            unset=f"all; scenes {n}", metavar="N")
+    add("--batch-size", d.batch_size, "images per batch (per optimizer step)", type=int)
+    add("--workers", d.workers, "DataLoader worker processes (0: load in the main process); "
+        "photos decode in parallel, worth it on a GPU machine. Random crops differ between "
+        "values, so resume with the same one", type=int)
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +69,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
             g.add_argument(option_flag(f), dest=f"{recipe.name}.{f.name}", type=type(f.default),
                            default=f.default, choices=f.metadata.get("choices"),
                            metavar=None if f.metadata.get("choices") else f.name.upper(),
-                           help=f"{f.metadata['help']} (default {f.default})")
+                           help=f.metadata["help"])
 
 
 def _recipe_options(args: argparse.Namespace) -> dict:
@@ -73,34 +84,41 @@ def _recipe_options(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f"{recipe.name}.{f.name}") for f in fields(recipe.Options)}
 
 
-def _train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    g = p.add_argument_group("optimisation (SGD with momentum)")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", choices=("cosine", "constant", "multistep"), default="cosine")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
-                   help="sgd (with momentum, the paper's) or adamw")
+def _train_args(p: argparse.ArgumentParser, t: TrainConfig) -> None:
+    """Optimiser flags, defaults from the command's ``TrainConfig`` ``t``."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=t.epochs,
+                   help="epochs of each training phase (each pruning round fine-tunes this many)")
+    g.add_argument("--lr", type=float, default=t.lr, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=t.momentum, help="SGD momentum (sgd only)")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay,
+                   help="weight decay (sgd: L2; adamw: decoupled)")
+    g.add_argument("--schedule", choices=("cosine", "constant", "multistep"), default=t.schedule,
+                   help="learning-rate schedule: cosine decay to 0, constant, or multistep "
+                        "(x --gamma at --milestones)")
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=t.optimizer,
+                   help="sgd (with --momentum, the paper's) or adamw")
     g.add_argument("--augment", action="store_true",
                    help="random 90-degree rotations and flips of each training batch (photo "
                         "folders get random-resized crops and flips without it)")
     g.add_argument("--freeze-bn", action="store_true",
                    help="BatchNorm keeps its running statistics while fine-tuning "
                         "(pretrained models on a few photos)")
-    g.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+    g.add_argument("--recalibrate-bn", type=int, default=t.recalibrate_bn, metavar="N",
                    help="re-estimate BatchNorm statistics from N training batches before "
                         "fine-tuning starts (after pruning surgery; 0 = keep them)")
-    g.add_argument("--milestones", default="",
-                   help="--schedule multistep: comma-separated epochs where the lr is multiplied by "
-                        "--gamma (e.g. 10,30,40)")
-    g.add_argument("--gamma", type=float, default=0.1, help="--schedule multistep: lr factor")
+    g.add_argument("--milestones",
+                   help="--schedule multistep: comma-separated epochs where the lr is multiplied "
+                        "by --gamma, e.g. 10,30,40 (default: none)")
+    g.add_argument("--gamma", type=float, default=t.gamma, help="--schedule multistep: lr factor")
     g.add_argument("--max-steps", type=int, metavar="N",
                    help="stop each training phase (teacher, student, pruning round) after N "
-                        "optimizer steps (smoke tests)")
+                        "optimizer steps, e.g. for smoke tests (default: no limit)")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 mixed precision for the training steps (CUDA only)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=t.seed,
+                   help="seed of training: initialisation, batch order, augmentation, WCAM's "
+                        "channel drop")
     _progress_arg(g)
 
 
@@ -122,9 +140,47 @@ def _progress_arg(p) -> None:
                         "line per epoch and per long phase)")
 
 
+MODEL_REF = ("a checkpoint folder, or an ImageNet model 'pretrained:efficientnet-lite0' / "
+             "'pretrained:ARCH=WEIGHTS.pth' (docs/pretrained.md)")
+
+
+def _config_arg(p) -> None:
+    p.add_argument("--config", help="YAML file whose keys are this command's long flags "
+                                    "(default: none, flags only)")
+
+
+def _split_arg(p, params) -> None:
+    p.add_argument("--split", default=params["split"].default, choices=("train", "val", "test"),
+                   help="the data split scored")
+
+
+def _explainers_arg(p, flag: str, default: tuple[str, ...]) -> None:
+    p.add_argument(flag, default=",".join(default),
+                   help="comma-separated explainers: " + ", ".join(EXPLAINERS))
+
+
+def _photo_strength(recipe: str) -> float:
+    """``demo --photos``'s strength of ``recipe`` when --strength is not given."""
+    return (pipeline.PHOTOS_CPU.strength if recipe == pipeline.PHOTOS_CPU.recipe
+            else PHOTO_STRENGTHS[recipe][0])
+
+
 def _device_arg(p, what: str) -> None:
     p.add_argument("--device", default="auto",
-                   help=f"auto (default: cuda when available, else cpu), cpu or cuda; {what}")
+                   help=f"cpu, cuda, or auto: cuda when available, else cpu; {what}")
+
+
+class _Help(argparse.HelpFormatter):
+    """Help showing each option's default as ``(default X)``, taken from the parser itself so it
+    cannot drift from the code. An option whose default is unset (None, "") says what that
+    means in its own help, as ``(default: ...)``; flags (store_true) are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, "", argparse.SUPPRESS) \
+                or not action.option_strings or action.nargs == 0:
+            return text
+        return f"{text} (default %(default)s)".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attrpreserve",
         description="Compress vision models without breaking their explanations, and prove it.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = functools.partial(sub.add_parser, formatter_class=_Help)
+    teacher, compressing = pipeline.TeacherConfig(), pipeline.CompressConfig()
+    demo, evaluate, audit, explain = (inspect.signature(f).parameters for f in (
+        pipeline.demo, pipeline.evaluate, pipeline.audit, pipeline.explain))
 
-    p = sub.add_parser("demo", help="teacher + every recipe x naive/AT/WCAM on built-in scenes",
+    p = command("demo", help="teacher + every recipe x naive/AT/WCAM on built-in scenes",
                        description="Start from the shipped teacher of the built-in scenes (it "
                        "localises every class; bench/teacher.py retrains it), compress it with "
                        "every recipe (distillation, structured and unstructured pruning, "
@@ -147,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full demo only: also sweep each pruning / quantization recipe's "
                         "strength, naive vs WCAM (24 more fine-tuning runs), and draw the "
                         "curves in the report (OUT/sweep)")
-    p.add_argument("--out", help="output folder (default runs/demo, with --photos runs/photos)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the compression runs and the bootstrap (the scenes and the "
-                        "shipped teacher stay those of seed 0)")
+    p.add_argument("--out", help=f"output folder (default: {demo['out'].default}; with --photos "
+                                 "runs/photos)")
+    p.add_argument("--seed", type=int, default=demo["seed"].default,
+                   help="seed of the compression runs (the scenes, the shipped teacher and the "
+                        "bootstrap stay those of seed 0)")
     _progress_arg(p)
     g = p.add_argument_group(
         "real photos", "--photos FOLDER runs the CPU preset instead (pipeline.photos; about three "
@@ -158,113 +219,118 @@ def build_parser() -> argparse.ArgumentParser:
         "classes, compressed by one recipe naive vs WCAM on 800 of its photos at 128 px, "
         "evaluated on 400 (Grad-CAM agreement, top-1, also on unseen photos)")
     g.add_argument("--photos", metavar="FOLDER",
-                   help="a class-folder layout (Imagenette: train/ and val/ with wnid folders)")
+                   help="a class-folder layout (Imagenette: train/ and val/ with wnid folders) "
+                        "(default: none, the scenes demo)")
     g.add_argument("--recipe", choices=sorted(pipeline.RECIPES),
-                   help="--photos: the recipe (default unstructured; kd: a half-width Lite0 "
-                        "from random init)")
+                   help="--photos: the recipe (kd: a half-width Lite0 from random init) "
+                        f"(default: {pipeline.PHOTOS_CPU.recipe})")
     g.add_argument("--strength", type=float,
-                   help="--photos: the recipe's strength (default: unstructured 0.5, "
-                        "structured 0.3, kd 0.5, quantization 8)")
+                   help="--photos: the recipe's strength (default: " + ", ".join(
+                       f"{r} {_photo_strength(r):g}" for r in sorted(pipeline.RECIPES)) + ")")
     _device_arg(g, "--photos only: where training, the photo cache and explainers run")
 
-    p = sub.add_parser("train", help="train a teacher", description="Train a teacher classifier "
+    p = command("train", help="train a teacher", description="Train a teacher classifier "
                        "(multi-label, BCE), keep the epoch with the best validation mAP.")
-    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    _config_arg(p)
     _data_args(p)
-    p.add_argument("--model", default="vgg", help="registered model name (vgg, vgg16)")
-    p.add_argument("--width", type=int, default=16, help="base width of the small VGG")
-    p.add_argument("--width-divisor", type=float, default=1.0,
+    p.add_argument("--model", default=teacher.model, help="registered model name (vgg, vgg16)")
+    p.add_argument("--width", type=int, default=teacher.width, help="base width of the small VGG")
+    p.add_argument("--width-divisor", type=float, default=teacher.width_divisor,
                    help="every width divided by R (vgg16: the paper's x2/x4/x8 layouts)")
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="dropout before the Linear head (default 0: it slowed the small VGG)")
+    p.add_argument("--dropout", type=float, default=teacher.dropout,
+                   help="dropout before the Linear head (0: it slowed the small VGG)")
     p.add_argument("--init", metavar="PATH",
                    help="initial weights: a state dict file (.safetensors, or .pt/.pth read "
-                        "with weights_only=True: code in a pickle is refused)")
-    _train_args(p, epochs=15, lr=0.05)
+                        "with weights_only=True: code in a pickle is refused) (default: random)")
+    _train_args(p, teacher.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
-    p = sub.add_parser("compress", help="compress a teacher, optionally matching attributions",
+    p = command("compress", help="compress a teacher, optionally matching attributions",
                        description="Compress a teacher checkpoint with a recipe (--method) "
                        "and optional attribution matching (none, AT, WCAM, LRP). Each recipe's "
                        "own flags are listed in its group below.")
-    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
-    p.add_argument("--teacher", required=True,
-                   help="teacher checkpoint folder, or 'pretrained:efficientnet-lite0' / "
-                        "'pretrained:ARCH=WEIGHTS.pth' (ImageNet; docs/pretrained.md)")
-    p.add_argument("--method", default="kd", choices=tuple(pipeline.RECIPES),
+    _config_arg(p)
+    p.add_argument("--teacher", required=True, help="teacher: " + MODEL_REF)
+    p.add_argument("--method", default=compressing.method, choices=tuple(pipeline.RECIPES),
                    help="; ".join(f"{r.name}: {r.summary}" for r in pipeline.RECIPES.values()))
-    p.add_argument("--matching", default="wcam", choices=MATCHINGS,
-                   help="attribution matching: none, at (attention transfer), wcam (the paper's "
-                   "Grad-CAM matching, default) or lrp (LRP-AlphaBeta(1,0) relevance at the "
-                   "matched layer)")
-    p.add_argument("--drop", type=float, default=0.3,
-                   help="WCAM: fraction of teacher channels dropped per step (default 0.3)")
-    p.add_argument("--lambda", dest="lam", type=float, default=100.0,
-                   help="weight of the matching loss (default 100, the paper's)")
-    p.add_argument("--target", choices=("top1", "labels"), default="top1",
+    p.add_argument("--matching", default=compressing.matching, choices=MATCHINGS,
+                   help="attribution matching: none (plain compression), at (attention "
+                        "transfer), wcam (the paper's Grad-CAM matching) or lrp "
+                        "(LRP-AlphaBeta(1,0) relevance at the matched layer)")
+    p.add_argument("--drop", type=float, default=compressing.drop,
+                   help="WCAM: fraction of teacher channels dropped per step")
+    p.add_argument("--lambda", dest="lam", type=float, default=compressing.lam,
+                   help="weight of the matching loss (100 is the paper's)")
+    p.add_argument("--target", choices=("top1", "labels"), default=compressing.target,
                    help="WCAM classes: teacher's top-1 (paper) or every positive label")
-    p.add_argument("--layer", help="matched layer name (default: last conv block's output)")
-    p.add_argument("--temperature", type=float, default=4.0, help="KD temperature T")
-    p.add_argument("--alpha", type=float, default=0.9, help="KD weight alpha")
+    p.add_argument("--layer", help="matched layer name (default: each model's last feature "
+                                   "block's output, models.default_layer)")
+    p.add_argument("--temperature", type=float, default=compressing.temperature,
+                   help="distillation temperature T")
+    p.add_argument("--alpha", type=float, default=compressing.alpha,
+                   help="weight of the distillation term; 1 - alpha weighs the task loss on "
+                        "labels")
     _recipe_args(p)
-    _data_args(p, inherit=True)
-    _train_args(p, epochs=15, lr=0.05)
+    _data_args(p, inherit="the teacher's")
+    _train_args(p, compressing.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
 
-    p = sub.add_parser("evaluate", help="score checkpoints: task, localisation, agreement, cost",
+    p = command("evaluate", help="score checkpoints: task, localisation, agreement, cost",
                        description="Evaluate one or more checkpoints on a split; agreement is "
                        "measured against --teacher.")
-    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    _config_arg(p)
     p.add_argument("--model", action="append", required=True,
-                   help="checkpoint folder (repeatable)")
-    p.add_argument("--teacher", help="reference checkpoint folder (or 'pretrained:...' spec) "
-                                      "for agreement metrics")
-    _data_args(p, inherit=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
-    p.add_argument("--seed", type=int, default=0)
+                   help=MODEL_REF + " (repeatable)")
+    p.add_argument("--teacher", help="reference for agreement metrics: " + MODEL_REF
+                                     + " (default: none, no agreement metrics)")
+    _data_args(p, inherit="the teacher's (else the first model's)")
+    _split_arg(p, evaluate)
+    _explainers_arg(p, "--explainers", evaluate["explainers"].default)
+    p.add_argument("--seed", type=int, default=evaluate["seed"].default,
+                   help="seed recorded in results.json")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="results JSON file to write")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")
     _device_arg(p, "where the explainers run (size and latency are always measured on the CPU)")
 
-    p = sub.add_parser("audit", help="how far one model's explanations moved from another's",
+    p = command("audit", help="how far one model's explanations moved from another's",
                        description="Compare the explanations of --candidate with those of "
                        "--reference on a data split: agreement with bootstrap CIs, localisation "
                        "deltas, per class and per image, the images whose explanations moved "
                        "most, and whether agreeing predictions hide disagreeing explanations. "
                        "Writes OUT/audit.json and OUT/audit.html.")
-    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
-    p.add_argument("--reference", required=True,
-                   help="reference checkpoint folder (A), or a 'pretrained:...' spec")
-    p.add_argument("--candidate", required=True, help="candidate checkpoint folder (B)")
-    _data_args(p, inherit=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--explainers", default="gradcam", help="comma-separated (default gradcam)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (0: no CIs)")
-    p.add_argument("--top", type=int, default=12, help="how many most-moved images to show")
+    _config_arg(p)
+    p.add_argument("--reference", required=True, help="reference (A): " + MODEL_REF)
+    p.add_argument("--candidate", required=True, help="candidate (B): " + MODEL_REF)
+    _data_args(p, inherit="the reference's")
+    _split_arg(p, audit)
+    _explainers_arg(p, "--explainers", audit["explainers"].default)
+    p.add_argument("--n-boot", type=int, default=audit["n_boot"].default,
+                   help="bootstrap replicates (0: no CIs)")
+    p.add_argument("--top", type=int, default=audit["top"].default,
+                   help="how many most-moved images to show")
     _device_arg(p, "where the explainers run")
     p.add_argument("--faithfulness", action="store_true",
                    help="also compare deletion / insertion AUC (slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=audit["seed"].default,
+                   help="seed of the bootstrap")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
 
-    p = sub.add_parser("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
+    p = command("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
                        description="Draw each explainer's map over an image file: one PNG per "
                        "method and class, named IMAGE_CLASS_METHOD.png.")
-    p.add_argument("--config", help="YAML file whose keys are this command's long flags")
+    _config_arg(p)
     p.add_argument("--model", action="append", required=True,
-                   help="checkpoint folder or 'pretrained:...' spec; repeat it to draw the "
-                        "models one under the other in each PNG (the first one's classes)")
+                   help=MODEL_REF + "; repeat it to draw the models one under the other in "
+                        "each PNG (the first one's classes)")
     p.add_argument("--image", required=True, help="image file (any size; resized to the model's)")
     p.add_argument("--class", dest="class_names", action="append",
-                   help="class name to explain (repeatable; default: every predicted class)")
-    p.add_argument("--methods", default="gradcam",
-                   help="comma-separated explainers (default gradcam): gradcam, gradient, "
-                        "input_x_gradient, ig, lrp, lrp_a1b0, ebp, rap, occlusion, rise")
+                   help="class name to explain, repeatable (default: every class the model "
+                        "predicts; a softmax model's top-1)")
+    _explainers_arg(p, "--methods", explain["methods"].default)
     p.add_argument("--out", required=True, help="folder for the PNG files")
     return parser
 
@@ -402,9 +468,7 @@ def _photos_demo(args) -> dict:
     if args.quick or args.sweeps:
         raise ValueError("--photos runs its own preset: drop --quick / --sweeps")
     recipe = args.recipe or pipeline.PHOTOS_CPU.recipe
-    strength = args.strength if args.strength is not None else (
-        pipeline.PHOTOS_CPU.strength if recipe == pipeline.PHOTOS_CPU.recipe
-        else PHOTO_STRENGTHS[recipe][0])
+    strength = args.strength if args.strength is not None else _photo_strength(recipe)
     cfg = pipeline.photos.with_overrides(pipeline.PHOTOS_CPU, recipe=recipe, strength=strength)
     return pipeline.photos_demo(args.photos, args.out or "runs/photos", cfg, seed=args.seed,
                                 progress=not args.no_progress,

@@ -16,7 +16,8 @@ class KDOptions:
     width_divisor: float = option(4.0, "student widths = teacher widths / R (a student of the "
                                        "teacher's own family)")
     student: str = option("", "a random-init student of another family instead: "
-                              + ", ".join(STUDENTS) + " (its own matched layer)")
+                              + ", ".join(STUDENTS) + " (its own matched layer) (default: none, "
+                              "a student of the teacher's own family)")
     student_width: float = option(1.0, "--student efficientnet-lite*: block width multiplier")
 
     def __post_init__(self):
