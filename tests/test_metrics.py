@@ -17,6 +17,7 @@ from torch.nn.utils import prune
 
 from attrpreserve.evaluate import (
     argmax_agreement,
+    cell_size,
     center_of_mass_shift,
     center_point_maps,
     cosine,
@@ -25,6 +26,7 @@ from attrpreserve.evaluate import (
     count_params,
     energy_pointing_game,
     file_bytes,
+    is_constant,
     latency_ms,
     mean_average_precision,
     per_class_mean,
@@ -289,12 +291,56 @@ def test_spearman_matches_scipy():
     b = a + 0.7 * torch.randn(5, 8, 7, generator=gen)
     a[1] = torch.round(a[1])  # ties
     b[2] = torch.round(b[2] * 2)
-    a[4] = 1.0  # constant -> NaN
+    a[4] = 1.0  # constant: scipy says NaN, we say 0
     got = spearman(a, b)
     for i in range(4):
         ref = spearmanr(a[i].reshape(-1).numpy(), b[i].reshape(-1).numpy()).statistic
         assert got[i].item() == pytest.approx(ref, abs=1e-10)
-    assert math.isnan(got[4].item())
+    assert got[4].item() == 0.0
+
+
+def test_constant_maps_are_never_missing():
+    """A blank (all-zero) or constant map scores Spearman 0 against a non-constant one, in
+    either position; two constant maps score 1 (identical all-tied ranks); cosine 0 / 1."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 7, 7, generator=gen)
+    y = x.clone()
+    y[0] = 0.0                       # the candidate's map vanished
+    y[1] = 0.25                      # constant, not zero
+    x[2], y[2] = 0.0, x[3].clone()   # the reference's map is blank
+    x[3], y[3] = 0.0, 0.0            # both blank
+    rho = spearman(x, y)
+    assert not torch.isnan(rho).any()
+    assert rho.tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0], abs=1e-12)
+    assert spearman(torch.full((1, 3, 3), 2.0), torch.zeros(1, 3, 3)).item() == 1.0
+    assert is_constant(y).tolist() == [True, True, False, True]
+    assert is_constant(x).tolist() == [False, False, True, True]
+    # a constant map upsampled (float32 rounding) is still constant; a tiny real signal is not
+    up = torch.nn.functional.interpolate(torch.full((1, 1, 7, 7), 0.3), size=(224, 224),
+                                         mode="bilinear", align_corners=False)[:, 0]
+    assert is_constant(up).item() and spearman(up, torch.rand(1, 224, 224)).item() == 0.0
+    bump = torch.zeros(1, 7, 7)
+    bump[0, 3, 3] = 1e-3
+    assert not is_constant(bump).item()
+    cos = cosine(x, y)
+    assert cos[0].item() == 0.0 and cos[2].item() == 0.0 and cos[3].item() == 1.0
+
+
+def test_peak_distance_in_cells_hand_case():
+    """Two 4 x 4 maps peaking in diagonal neighbour cells (1, 1) and (2, 2), compared upsampled
+    to 32 px (8 px per cell): the first argmax pixels are (11, 11) and (19, 19), 8 * sqrt(2) px
+    = sqrt(2) cells apart."""
+    a, b = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    a[0, 0, 1, 1] = 1.0
+    b[0, 0, 2, 2] = 1.0
+    up = [torch.nn.functional.interpolate(m, size=(32, 32), mode="bilinear",
+                                          align_corners=False)[:, 0] for m in (a, b)]
+    cell = cell_size((4, 4), (32, 32))
+    assert cell == 8.0 and cell_size((7, 7), (224, 224)) == 32.0
+    assert cell_size((32, 32), (32, 32)) == 1.0  # input-resolution maps: a pixel is a cell
+    px = peak_distance(*up).item()
+    assert px == pytest.approx(8 * math.sqrt(2), abs=1e-9)
+    assert px / cell == pytest.approx(math.sqrt(2), abs=1e-9)
 
 
 @pytest.mark.numerics
@@ -310,7 +356,7 @@ def test_cosine_matches_numpy():
         assert got[i].item() == pytest.approx(ref, abs=1e-12)
     assert got[2].item() == 0.0
     assert cosine(a, 3 * a).numpy() == pytest.approx(np.ones(3))
-    assert torch.isnan(cosine(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)))[0]
+    assert cosine(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == 1.0
 
 
 def test_topk_hand_case():

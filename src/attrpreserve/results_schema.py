@@ -180,43 +180,57 @@ RESULTS = Record(
 
 DELTA = Record({"a": METRIC, "b": METRIC, "delta": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 
+# the audit's agreement: the evaluator's keys, and the peak distance in native map cells
+AUDIT_AGREEMENT_CI = {k: CI for k in (*AGREEMENT_KEYS, "peak_cells")}
 LATER_CI = {k: CI for k in LATER_AGREEMENT_KEYS}
+BLANK = ListOf(Choice(("a", "b")))  # the models whose map is blank where the other's is not
 
 AUDIT_EXPLAINER = Record({
-    "agreement": Record({k: CI for k in AGREEMENT_KEYS}, LATER_CI),
+    "grid": MapOf(ListOf(INT)),  # model ("a", "b") -> its native map's (h, w)
+    "cell_px": METRIC,  # px per native map cell at the compared size (the coarser model's)
+    "vanished_pairs": INT,
+    "agreement": Record(AUDIT_AGREEMENT_CI, LATER_CI),
     "localization": OrNull(MapOf(DELTA)),  # null without masks
     "faithfulness": OrNull(MapOf(DELTA)),  # null unless asked for
     # class index (str) -> pairs, agreement CIs and (other keys) localisation deltas
-    "per_class": MapOf(Record({"pairs": INT, **{k: CI for k in AGREEMENT_KEYS}}, LATER_CI,
-                              rest=DELTA)),
-    # one row per image in loader order; delta_<metric> keys with masks
+    "per_class": MapOf(Record({"pairs": INT, **AUDIT_AGREEMENT_CI}, LATER_CI, rest=DELTA)),
+    # one row per image in loader order; delta_<metric> keys with masks; name where the
+    # dataset has files; top1_a / top1_b for single-label models
     "per_image": ListOf(Record({"index": INT, "classes": ListOf(INT), "spearman": METRIC,
                                 "ssim": METRIC, "argmax_agree": METRIC,
-                                "predictions_agreed": BOOL}, rest=METRIC)),
+                                "predictions_agreed": BOOL, "vanished": BOOL, "blank": BLANK},
+                               {"name": STR, "top1_a": INT, "top1_b": INT}, rest=METRIC)),
     "most_moved": ListOf(Record({
         "index": INT, "classes": ListOf(INT), "spearman": METRIC, "predictions_agreed": BOOL,
+        "vanished": BOOL, "blank": BLANK,
         "pairs": ListOf(Record({"class": INT, "spearman": METRIC, "argmax_agree": BOOL,
-                                "predicted_a": BOOL, "predicted_b": BOOL}))})),
+                                "peak_cells": METRIC, "predicted_a": BOOL,
+                                "predicted_b": BOOL, "blank": OrNull(Choice(("a", "b")))}))},
+        {"name": STR, "top1_a": INT, "top1_b": INT})),
     "hidden_disagreement": Record(
-        {"same_decision_pairs": INT, "same_decision_low_agreement_pairs": INT,
+        {"low_agreement_pairs": INT, "share_low": CI,
+         "same_decision_pairs": INT, "same_decision_low_agreement_pairs": INT,
          "share_low_among_same_decision": CI, "both_predicted_pairs": INT,
          "share_low_among_both_predicted": CI, "different_decision_pairs": INT,
          "share_low_among_different_decision": CI},
         optional={"rule": STR}),
 })
 
+# single-label (softmax) models: top1 per model and top1_agreement; multi-label: mAP / F1 and
+# the sigmoid decisions' agreement
+TASK_SIDE = Record({}, {"mAP": METRIC, "F1": METRIC, "top1": METRIC})
+
 AUDIT = Record(
     {"images": INT, "pairs": INT,
      "localization": BOOL,  # whether the data had masks
      "class_names": ListOf(STR),
-     "task": Record({"a": Record({"mAP": METRIC, "F1": METRIC}),
-                     "b": Record({"mAP": METRIC, "F1": METRIC}),
-                     "decision_agreement": METRIC, "label_set_agreement": METRIC,
-                     "pair_decision_agreement": METRIC},
-                    optional={"top1_agreement": METRIC, "definitions": MapOf(STR)}),
+     "task": Record({"a": TASK_SIDE, "b": TASK_SIDE, "single_label": BOOL},
+                    optional={"decision_agreement": METRIC, "label_set_agreement": METRIC,
+                              "pair_decision_agreement": METRIC, "top1_agreement": METRIC,
+                              "definitions": MapOf(STR)}),
      "definitions": MapOf(STR),  # metric -> definition
      "settings": Record({"n_boot": INT, "seed": INT, "confidence": NUMBER,
-                         "low_spearman": NUMBER, "argmax_tolerance_px": NUMBER,
+                         "low_spearman": NUMBER, "peak_tolerance_cells": NUMBER,
                          "explainers": ListOf(STR), "layers": MapOf(OrNull(STR))}),
      "explainers": MapOf(AUDIT_EXPLAINER)},
     optional={"reference": STR, "candidate": STR, "split": STR,  # pipeline.audit's additions

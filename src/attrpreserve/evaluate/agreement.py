@@ -16,6 +16,9 @@ from scipy.stats import rankdata
 from .localization import _argmax_rc, _check_maps, _row_chunks
 
 __all__ = [
+    "CONSTANT_MAPS",
+    "cell_size",
+    "is_constant",
     "spearman",
     "cosine",
     "topk_sets",
@@ -45,10 +48,36 @@ def _check_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     return a.detach(), b.detach().to(a.device)
 
 
+CONSTANT_RTOL = 1e-6
+CONSTANT_MAPS = ("a constant map (all values equal, e.g. a blank all-zero Grad-CAM) has no ranks "
+                 "to compare: against a non-constant map it scores Spearman 0 (the value of an "
+                 "uninformative map), against another constant map 1 (identical, all-tied "
+                 "ranks); cosine is 0 when exactly one map is all zero and 1 when both are")
+"""How :func:`spearman` and :func:`cosine` score constant maps (audit.json's definitions)."""
+
+
+def is_constant(x) -> torch.Tensor:
+    """Per map: all values equal, up to float32 rounding (``max - min <= 1e-6 * max |value|``);
+    an all-zero (blank) map is constant.
+
+    Returns
+    -------
+    bool tensor ``P``.
+    """
+    flat = _check_maps(x).detach().flatten(1).to(torch.float64)
+    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+    return ((hi - lo) <= CONSTANT_RTOL * torch.maximum(hi.abs(), lo.abs())).cpu()
+
+
 def spearman(a, b) -> torch.Tensor:
     """Spearman rank correlation of the flattened maps (Adebayo et al., "Sanity Checks for
     Saliency Maps", NeurIPS 2018): Pearson correlation of the average ranks (ties share their
-    mean rank), equal to ``scipy.stats.spearmanr`` per row.  NaN if either map is constant.
+    mean rank), equal to ``scipy.stats.spearmanr`` per row.
+
+    Never NaN, so that every model is scored on the same pairs: a constant map
+    (:func:`is_constant`) against a non-constant one scores 0 (no rank information: the value
+    of an uninformative map, e.g. a Grad-CAM that vanished); two constant maps score 1 (their
+    all-tied ranks are identical).
 
     Returns
     -------
@@ -56,11 +85,9 @@ def spearman(a, b) -> torch.Tensor:
     """
     a, b = _check_pair(a, b)
     n = a.shape[0]
-    xa = a.reshape(n, -1).to("cpu", torch.float64).numpy()
-    xb = b.reshape(n, -1).to("cpu", torch.float64).numpy()
-    out = np.full(n, np.nan, dtype=np.float64)
-    if xa.shape[1] < 2:
-        return torch.from_numpy(out)
+    xa = a.flatten(1).to("cpu", torch.float64).numpy()
+    xb = b.flatten(1).to("cpu", torch.float64).numpy()
+    out = np.zeros(n, dtype=np.float64)
     for sl in _row_chunks(n, 2 * xa.shape[1]):
         ra = rankdata(xa[sl], method="average", axis=1)
         rb = rankdata(xb[sl], method="average", axis=1)
@@ -69,16 +96,17 @@ def spearman(a, b) -> torch.Tensor:
         num = (ra * rb).sum(axis=1)
         den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
         with np.errstate(invalid="ignore", divide="ignore"):
-            rho = num / den
-        rho[den == 0] = np.nan
-        out[sl] = np.clip(rho, -1.0, 1.0)
+            out[sl] = np.clip(num / den, -1.0, 1.0)
+    const_a, const_b = is_constant(a).numpy(), is_constant(b).numpy()
+    out[const_a != const_b] = 0.0
+    out[const_a & const_b] = 1.0
     return torch.from_numpy(out)
 
 
 def cosine(a, b, eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarity of the flattened maps, ``<a, b> / max(|a| |b|, eps)`` in float64
-    (the quantity the matching loss optimises).  0 when exactly one map is all zero; NaN when
-    both are (nothing to compare: two empty maps neither agree nor disagree).
+    (the quantity the matching loss optimises).  0 when exactly one map is all zero; 1 when
+    both are (identical maps, as in :func:`spearman` and :func:`ssim`): never NaN.
 
     Returns
     -------
@@ -91,7 +119,7 @@ def cosine(a, b, eps: float = 1e-12) -> torch.Tensor:
     num = (xa * xb).sum(dim=1)
     na, nb = xa.norm(dim=1), xb.norm(dim=1)
     out = num / (na * nb).clamp(min=eps)
-    out[(na == 0) & (nb == 0)] = float("nan")
+    out[(na == 0) & (nb == 0)] = 1.0
     return out.cpu()
 
 
@@ -160,7 +188,8 @@ def topk_iou(a, b, frac: float = 0.1) -> torch.Tensor:
 
 def peak_distance(a, b) -> torch.Tensor:
     """Euclidean distance in pixels between the two maps' first argmax pixels
-    (``torch.argmax`` on the row-major flattened map); 0 when the peaks coincide.
+    (``torch.argmax`` on the row-major flattened map); 0 when the peaks coincide.  Divide by
+    :func:`cell_size` for the distance in cells of an explainer's native map.
 
     Returns
     -------
@@ -169,6 +198,14 @@ def peak_distance(a, b) -> torch.Tensor:
     a, b = _check_pair(a, b)
     d = (_argmax_rc(a) - _argmax_rc(b)).to(torch.float64)
     return torch.sqrt((d * d).sum(dim=1)).cpu()
+
+
+def cell_size(grid: tuple[int, int], size: tuple[int, int]) -> float:
+    """Pixels per cell of a map computed on an ``h x w`` ``grid`` and compared upsampled to
+    ``size`` ``H x W``: ``max(H / h, W / w)`` (a 7 x 7 Grad-CAM at 224 px: 32; a map already at
+    ``size``, such as an input-resolution explainer's: 1)."""
+    (h, w), (big_h, big_w) = grid, size
+    return max(big_h / h, big_w / w)
 
 
 def argmax_agreement(a, b, tolerance: float = 0.0) -> torch.Tensor:

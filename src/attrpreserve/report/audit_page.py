@@ -2,7 +2,8 @@
 
 For an :func:`attrpreserve.evaluate.audit` result: how far did B's explanations move from A's,
 with CIs, hidden disagreement, per-image and per-class numbers and an "explanation forgotten"
-gallery of the most moved images.
+gallery of the most moved images (vanished explanations first). Every image count on the page
+is over the same images: those with at least one (image, class) pair.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from . import figures
 from .html import card, document, escape, kv_table, table, wrapped
 from .maps import pick_images, maps_of
 from .words import (AUDIT_AGREEMENT, AUDIT_LOCALIZATION, audit_confidence, audit_headline,
-                    class_name, d3, f3, low_rule, mean_of, num, pct_or_dash, thresholds)
+                    cells_words, class_name, compared_images, d3, f3, image_label, low_rule,
+                    mean_of, num, pct_or_dash, thresholds)
 
 __all__ = ["write_audit_report"]
 
@@ -59,14 +61,15 @@ def write_audit_report(result: dict, out_html: str | Path, model_a=None, model_b
          _headline_html(result, explainers, names),
          f"B = {names[1]} is compared with A = {names[0]} on every (image, ground-truth class) "
          f"pair. Agreement 1 = identical maps; intervals are {audit_confidence(result):.0%} "
-         f"bootstrap CIs over images. Low agreement = {low_rule(result)}."),
+         f"bootstrap CIs over images. Low agreement = {low_rule(result)}, a cell being one "
+         f"cell of the explainer's own map (its px in each card)."),
         ("tables", "Numbers", _tables_html(result, explainers, names),
          f"Differences are {names[1]} - {names[0]}; a difference is coloured when its CI "
          f"excludes 0 (red: {names[1]} worse, green: better)."),
         ("distribution", "Per-image agreement",
          _distribution_html(result, explainers, class_names),
-         "Mean Spearman over each image's ground-truth classes; the dashed line is the "
-         "low-agreement threshold."),
+         "Mean Spearman over each image's ground-truth classes (a blank map against a "
+         "non-blank one scores 0); the dashed line is the low-agreement threshold."),
     ]
     per_class = _per_class_html(result, explainers, class_names, names)
     if per_class:
@@ -126,6 +129,27 @@ HIDDEN_GROUPS = (("same decision", "same_decision_pairs", "share_low_among_same_
                   "share_low_among_both_predicted"),
                  ("different decisions", "different_decision_pairs",
                   "share_low_among_different_decision"))
+SINGLE_LABEL_GROUPS = ("same top-1", "both top-1 = the class", "different top-1")
+
+
+def _task_html(task: dict, names) -> str:
+    """Each model's task quality and how often their predictions agree: top-1 for a
+    single-label (softmax) task, mAP / F1 and sigmoid decisions for a multi-label one."""
+    a, b = names
+    if task.get("single_label"):
+        rows = [["top-1 accuracy", num(task["a"].get("top1")), num(task["b"].get("top1"))]]
+        keys = ("top1_agreement",)
+    else:
+        rows = [[k, num(task["a"].get(k)), num(task["b"].get(k))] for k in ("mAP", "F1")]
+        keys = ("pair_decision_agreement", "decision_agreement", "label_set_agreement")
+    defs = task.get("definitions", {})
+    agree = [[k.replace("_", " ").replace("top1", "top-1"), num(task.get(k)), defs.get(k, "")]
+             for k in keys]
+    return ("<div class='grid'>" + table(["task", a, b], rows, "Task quality")
+            + table(["prediction agreement", "share", "meaning"], agree,
+                    "Do the two models decide alike?", numeric_from=1,
+                    classes=[["", "", "text"]] * len(agree))
+            + "</div>")
 
 
 def _tables_html(result: dict, explainers: list[str], names) -> str:
@@ -133,32 +157,27 @@ def _tables_html(result: dict, explainers: list[str], names) -> str:
     faithfulness tables."""
     a, b = names
     conf = audit_confidence(result)
-    task = result["task"]
-    rows = [[k, num(task["a"][k]), num(task["b"][k])] for k in ("mAP", "F1")]
-    defs = task.get("definitions", {})
-    agree = [[k.replace("_", " "), num(task[k]), defs.get(k, "")]
-             for k in ("pair_decision_agreement", "decision_agreement", "label_set_agreement")]
-    parts = ["<div class='grid'>" + table(["task", a, b], rows, "Task quality")
-             + table(["prediction agreement", "share", "meaning"], agree,
-                     "Do the two models decide alike?", numeric_from=1,
-                     classes=[["", "", "text"]] * len(agree))
-             + "</div>"]
+    _, tol = thresholds(result)
+    groups = [(w, n, s) for w, (_, n, s) in zip(SINGLE_LABEL_GROUPS, HIDDEN_GROUPS)] \
+        if result["task"].get("single_label") else HIDDEN_GROUPS
+    parts = [_task_html(result["task"], names)]
     for e in explainers:
         rep = result["explainers"][e]
         agr = rep["agreement"]
-        rows = [[words, mean_of(agr[k]), num(agr[k]["ci_low"]), num(agr[k]["ci_high"]), ideal]
-                for k, words, ideal in AUDIT_AGREEMENT]
+        label = {"argmax_agree": f"peaks within {cells_words(tol, rep)}"}
+        rows = [[label.get(k, words), mean_of(agr[k]), num(agr[k]["ci_low"]),
+                 num(agr[k]["ci_high"]), ideal] for k, words, ideal in AUDIT_AGREEMENT if k in agr]
         parts.append(f"<h3>{escape(e)}</h3>")
         hidden = rep["hidden_disagreement"]
-        hrows = [[g, hidden[n], pct_or_dash(mean_of(hidden[s])),
+        hrows = [[g, hidden[n] if n else result["pairs"], pct_or_dash(mean_of(hidden[s])),
                   pct_or_dash(hidden[s]["ci_low"]), pct_or_dash(hidden[s]["ci_high"])]
-                 for g, n, s in HIDDEN_GROUPS]
+                 for g, n, s in (("all pairs", None, "share_low"), *groups)]
         parts.append("<div class='grid'>"
                      + table(["metric", "mean", f"{conf:.0%} CI low", f"{conf:.0%} CI high",
                               "identical maps"], rows,
                              f"Agreement of {b}'s {e} maps with {a}'s (mean over pairs)")
                      + table(["pairs where", "pairs", "low agreement", "CI low", "CI high"],
-                             hrows, f"Hidden disagreement ({low_rule(result)})")
+                             hrows, f"Hidden disagreement ({low_rule(result, rep)})")
                      + "</div>")
         if rep["localization"]:
             parts.append(_delta_table(rep["localization"], names,
@@ -182,7 +201,7 @@ def _per_class_html(result: dict, explainers: list[str], class_names: list[str],
             continue
         loc = [k for k in ("pointing_game", "pointing_game_std", "auc")
                if any(k in row for row in pc.values())]
-        header = (["class", "pairs", "Spearman", f"{conf:.0%} CI", "SSIM", "argmax agree",
+        header = (["class", "pairs", "Spearman", f"{conf:.0%} CI", "SSIM", "peaks agree",
                    "CoM shift px"] + [f"{AUDIT_LOCALIZATION[k]} difference" for k in loc])
         rows, classes = [], []
         for c in sorted(pc, key=lambda k: int(k)):
@@ -204,33 +223,49 @@ def _per_class_html(result: dict, explainers: list[str], class_names: list[str],
 
 def _distribution_html(result: dict, explainers: list[str], class_names) -> str:
     """The per-image Spearman histograms, then each explainer's per-image table (folded; up to
-    :data:`PER_IMAGE_ROWS` images)."""
+    :data:`PER_IMAGE_ROWS` images), both over the images with pairs."""
     low, _ = thresholds(result)
-    values = {e: [v for v in (num(r["spearman"]) for r in result["explainers"][e]["per_image"])
-                  if v is not None] for e in explainers}
+    values = {e: [r["spearman"] for r in compared_images(result["explainers"][e])]
+              for e in explainers}
     values = {e: v for e, v in values.items() if v}
     parts = [figures.spearman_histograms(values, low) if values else
-             "<p>No per-image Spearman values (constant maps or no pairs).</p>"]
+             "<p>No image with a ground-truth class: nothing to compare.</p>"]
+    left_out = result["images"] - max((len(v) for v in values.values()), default=0)
+    if left_out:
+        parts.append(f"<p class='note'>{left_out} of {result['images']} images have no "
+                     f"ground-truth class, so no pair: they are in no count on this page.</p>")
+    single = result["task"].get("single_label", False)
     for e in explainers:
-        rows_in = result["explainers"][e]["per_image"]
+        rows_in = compared_images(result["explainers"][e])
         if not rows_in or len(rows_in) > PER_IMAGE_ROWS:
             continue
         deltas = [k for k in rows_in[0] if k.startswith("delta_")]
-        header = (["image", "classes", "Spearman", "SSIM", "argmax agree",
-                   "predictions agree"] + [k[6:].replace("_", " ") + " diff." for k in deltas])
-        rows = [[r["index"], ", ".join(class_name(class_names, c) for c in r["classes"]) or "–",
+        header = (["image", "classes", "Spearman", "SSIM", "peaks agree", "blank map"]
+                  + (["A top-1", "B top-1", "same top-1"] if single else ["label sets agree"])
+                  + [k[6:].replace("_", " ") + " diff." for k in deltas])
+        rows = [[r.get("name", r["index"]),
+                 ", ".join(class_name(class_names, c) for c in r["classes"]),
                  num(r["spearman"]), num(r["ssim"]), num(r["argmax_agree"]),
-                 "yes" if r["predictions_agreed"] else "no"]
+                 _blank_words(r["blank"])]
+                + ([class_name(class_names, r["top1_a"]), class_name(class_names, r["top1_b"])]
+                   if single else [])
+                + [_yes_no(r["predictions_agreed"])]
                 + [d3(r.get(k)) for k in deltas] for r in rows_in]
-        parts.append(f"<details><summary>per-image numbers ({escape(e)})</summary>"
+        parts.append(f"<details><summary>per-image numbers ({escape(e)}; blank map: the model "
+                     f"whose map is constant where the other's is not)</summary>"
                      f"{wrapped(table(header, rows, numeric_from=2))}</details>")
     return "\n".join(parts)
 
 
+def _blank_words(blank: list[str]) -> str:
+    """Which model's map vanished on an image ("A", "B"), or "" when none did."""
+    return ", ".join(side.upper() for side in blank)
+
+
 def _explained_pair(entry: dict) -> dict:
-    """The pair of a most-moved image whose maps moved most (lowest Spearman, NaN last)."""
-    return min(entry["pairs"], key=lambda p: (num(p["spearman"]) is None,
-                                              num(p["spearman"]) or 0.0))
+    """The pair of a most-moved image whose maps moved most: a vanished one, else the lowest
+    Spearman."""
+    return min(entry["pairs"], key=lambda p: (p["blank"] is None, num(p["spearman"])))
 
 
 def _gallery_html(result: dict, explainers: list[str], class_names: list[str], names,
@@ -241,10 +276,13 @@ def _gallery_html(result: dict, explainers: list[str], class_names: list[str], n
     cols = (f"{a} (A)", f"{b} (B)")
     layers = result["settings"]["layers"]
     draw = model_a is not None and model_b is not None and images is not None
-    parts = ["<p class='note'>The images whose explanations moved most (lowest mean Spearman "
-             "over their ground-truth classes), in that order. Each row explains the image's "
-             "class whose maps moved most (row label: image index in loader order, class, "
-             "that pair's Spearman). The object of that class is outlined in white where "
+    single = result["task"].get("single_label", False)
+    parts = ["<p class='note'>The images whose explanations moved most, in that order: those "
+             "where one model's map is blank (constant) and the other's is not first, then the "
+             "lowest mean Spearman over their ground-truth classes. Each row explains the "
+             "image's class whose maps moved most (row label: the image's file name, else its "
+             "index in loader order, class, that pair's Spearman). The object of that class is "
+             "outlined in white where "
              "masks exist; p = each model's probability for the class (softmax for single-label "
              "models, sigmoid for multi-label ones). Maps are upsampled "
              "to the image size and scaled to their own maximum.</p>"]
@@ -267,7 +305,8 @@ def _gallery_html(result: dict, explainers: list[str], class_names: list[str], n
                 for col, model, side in ((cols[0], model_a, "a"), (cols[1], model_b, "b")):
                     maps[col], probs[col] = maps_of(model, e, imgs.images, classes,
                                                     layers.get(side), size)
-                notes = [f"#{m['index']}  ρ = {f3(num(p['spearman']))}"
+                notes = [f"{image_label(m)}  ρ = {f3(num(p['spearman']))}"
+                         + (f", {p['blank'].upper()} blank" if p["blank"] else "")
                          for m, p in zip(moved, explained)]
                 parts.append(figures.heatmap_grid(imgs, list(cols), maps, probs, classes,
                                                   class_names, e, row_notes=notes))
@@ -279,16 +318,19 @@ def _gallery_html(result: dict, explainers: list[str], class_names: list[str], n
             parts.append(f"<p class='note'>Unknown explainer {escape(e)}: maps not "
                          f"drawn.</p>")
         header = ["rank", "image", "classes", "explained class", "pair Spearman",
-                  "image mean Spearman", "peaks agree", f"{a} predicts", f"{b} predicts"]
+                  "image mean Spearman", "peaks agree", "blank map"]
+        header += [f"{a} top-1", f"{b} top-1"] if single else [f"{a} predicts", f"{b} predicts"]
         if probs is not None:
             header += [f"{a} p", f"{b} p"]
-        header.append("label sets agree")
+        header.append("same top-1" if single else "label sets agree")
         rows = []
         for r, (m, p) in enumerate(zip(moved, explained)):
-            row = [r + 1, m["index"], ", ".join(class_name(class_names, c) for c in m["classes"]),
+            row = [r + 1, m.get("name", m["index"]),
+                   ", ".join(class_name(class_names, c) for c in m["classes"]),
                    class_name(class_names, p["class"]), num(p["spearman"]), num(m["spearman"]),
-                   _yes_no(p["argmax_agree"]), _yes_no(p["predicted_a"]),
-                   _yes_no(p["predicted_b"])]
+                   _yes_no(p["argmax_agree"]), _blank_words(m["blank"])]
+            row += ([class_name(class_names, m["top1_a"]), class_name(class_names, m["top1_b"])]
+                    if single else [_yes_no(p["predicted_a"]), _yes_no(p["predicted_b"])])
             if probs is not None:
                 row += [float(probs[cols[0]][r]), float(probs[cols[1]][r])]
             row.append(_yes_no(m["predictions_agreed"]))

@@ -35,14 +35,18 @@ COST_KEYS = ("params", "nonzero_params", "macs", "bytes", "latency_ms")
 AUDIT_AGREEMENT = (("spearman", "Spearman", 1.0), ("ssim", "SSIM", 1.0),
                    ("cosine", "cosine", 1.0), ("topk_iou", "top-k IoU", 1.0),
                    ("topk_intersection", "top-k intersection", 1.0),
-                   ("argmax_agree", "argmax agreement", 1.0),
+                   ("argmax_agree", "peaks agree", 1.0),
+                   ("peak_cells", "peak distance (cells)", 0.0),
+                   ("peak_distance", "peak distance (px)", 0.0),
                    ("com_shift", "centre-of-mass shift (px)", 0.0))
 AUDIT_LOCALIZATION = {"pointing_game": "pointing game", "pointing_game_std": "pointing game "
                       "(15 px)", "auc": "localisation AUC", "energy_pg": "energy pointing game",
                       "relevance_mass": "relevance mass", "relevance_rank": "relevance rank",
                       "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC"}
-CLOSE_SPEARMAN = 0.9  # mean Spearman from which B's maps "stayed close to" A's
+CLOSE_SPEARMAN = 0.9  # mean Spearman from which B's maps "stayed close to" A's ...
+CLOSE_LOW_SHARE = 0.1  # ... when at most this share of pairs has low agreement and none vanished
 PERFECT_TOL = 1e-6
+NAMES_SHOWN = 10  # vanished images named in a headline, then "and N more"
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,14 +489,56 @@ def audit_confidence(result: dict) -> float:
 
 
 def thresholds(result: dict) -> tuple[float, float]:
-    """The audit's low-agreement Spearman threshold and peak tolerance (px)."""
+    """The audit's low-agreement Spearman threshold and peak tolerance (native map cells)."""
     s = result["settings"]
-    return s["low_spearman"], s["argmax_tolerance_px"]
+    return s["low_spearman"], s["peak_tolerance_cells"]
 
 
-def low_rule(result: dict) -> str:
+def cells_words(cells, rep: dict | None = None) -> str:
+    """A distance in native map cells, with px beside when the explainer's ``rep`` (its
+    ``cell_px``) is given: "1.5 cells (48 px)"."""
+    px = num(rep["cell_px"]) if rep else None
+    text = f"{cells:g} cell{'' if cells == 1 else 's'}"
+    return text + (f" ({cells * px:.3g} px)" if px is not None and px != 1 else "")
+
+
+def low_rule(result: dict, rep: dict | None = None) -> str:
+    """The low-agreement rule in words (px beside the cells for one explainer's ``rep``)."""
     low, tol = thresholds(result)
-    return f"Spearman < {low:g} or peaks > {tol:g} px apart"
+    return f"Spearman < {low:g} or peaks more than {cells_words(tol, rep)} apart"
+
+
+def grid_words(rep: dict) -> str:
+    """The explainer's native map grid: "7 x 7" (both models), or "7 x 7 / 14 x 14"."""
+    grids = [f"{g[0]} x {g[1]}" for g in (rep["grid"].get(k) for k in ("a", "b")) if g]
+    return " / ".join(dict.fromkeys(grids)) or "–"
+
+
+def image_label(row: dict) -> str:
+    """An audited image by file name where the dataset has files, else by loader index."""
+    return row.get("name") or f"#{row['index']}"
+
+
+def compared_images(rep: dict) -> list[dict]:
+    """The per-image rows of the images with at least one (image, class) pair: every image
+    count of the audit's page and headline."""
+    return [r for r in rep["per_image"] if r["classes"]]
+
+
+def vanished_words(rep: dict, explainer: str, names: tuple[str, str]) -> list[str]:
+    """One sentence per model whose maps vanished (blank where the other's is not), naming the
+    images: "1 of 50 images: candidate's gradcam map is blank (constant) where reference's is
+    not: IMG_0042.jpg."."""
+    rows = compared_images(rep)
+    out = []
+    for side, (who, other) in (("b", names[::-1]), ("a", names)):
+        hit = [image_label(r) for r in rows if side in r["blank"]]
+        if hit:
+            shown = ", ".join(hit[:NAMES_SHOWN]) + (
+                f" and {len(hit) - NAMES_SHOWN} more" if len(hit) > NAMES_SHOWN else "")
+            out.append(f"{len(hit)} of {len(rows)} images: {who}'s {explainer} map is blank "
+                       f"(constant) where {other}'s is not: {shown}.")
+    return out
 
 
 def _audit_perfect(agreement: dict) -> bool:
@@ -501,16 +547,38 @@ def _audit_perfect(agreement: dict) -> bool:
     if mean_of(agreement["argmax_agree"]) is None:
         return False
     for key, _, ideal in AUDIT_AGREEMENT:
-        v = mean_of(agreement[key])
+        v = mean_of(agreement.get(key, {"mean": None}))
         if v is not None and abs(v - ideal) > PERFECT_TOL:
             return False
     return True
 
 
+def _verdict(rho, share_low, vanished: bool, low: float, a: str, b: str, explainer: str) -> str:
+    """The one verdict on how far B's maps moved, from mean Spearman, the share of
+    low-agreement pairs and whether any explanation vanished."""
+    low_words = f"low agreement on {pct_or_dash(share_low)} of pairs"
+    if rho >= CLOSE_SPEARMAN and not vanished and share_low <= CLOSE_LOW_SHARE:
+        return (f"{b}'s {explainer} explanations stayed close to {a}'s (mean Spearman "
+                f"{f3(rho)}; {low_words}).")
+    if rho >= CLOSE_SPEARMAN:
+        reasons = ([low_words] if share_low > CLOSE_LOW_SHARE else []) + \
+            (["blank maps (named next)"] if vanished else [])
+        return (f"{b}'s {explainer} explanations moved on some images: mean Spearman "
+                f"{f3(rho)}, but " + " and ".join(reasons) + ".")
+    if rho >= low:
+        return (f"{b}'s {explainer} explanations moved noticeably from {a}'s (mean "
+                f"Spearman {f3(rho)}; {low_words}).")
+    return (f"{b}'s {explainer} explanations moved far from {a}'s (mean Spearman {f3(rho)}, "
+            f"below the low-agreement threshold {low:g}; {low_words}).")
+
+
 def audit_headline(result: dict, explainer: str = "gradcam",
                    names: tuple[str, str] = ("reference", "candidate")) -> dict:
     """Plain-sentence answers for one explainer of an :func:`~attrpreserve.evaluate.audit`
-    result: ``{"summary": str, "perfect": bool, "sentences": [str]}`` (plain text)."""
+    result: ``{"summary": str, "perfect": bool, "sentences": [str]}`` (plain text).
+
+    One verdict (:func:`_verdict`) in the summary, with any vanished explanation named after
+    it; the sentences state the numbers behind it as facts."""
     a, b = names
     if explainer not in result["explainers"]:
         raise ValueError(f"the audit has no {explainer!r} explainer; it has: "
@@ -520,24 +588,17 @@ def audit_headline(result: dict, explainer: str = "gradcam",
     conf = audit_confidence(result)
     low, tol = thresholds(result)
     rho, peaks = mean_of(agr["spearman"]), mean_of(agr["argmax_agree"])
-    perfect = _audit_perfect(agr)
+    vanished = vanished_words(rep, explainer, names)
+    perfect = _audit_perfect(agr) and not vanished
     if perfect:
-        summary = (f"Perfect agreement: {b}'s {explainer} maps are identical to {a}'s ("
-                   + (f"Spearman {f3(rho)}, " if rho is not None else "")
-                   + f"peaks agree on {pct(peaks)} of pairs).")
+        summary = (f"Perfect agreement: {b}'s {explainer} maps are identical to {a}'s "
+                   f"(Spearman {f3(rho)}, peaks agree on {pct(peaks)} of pairs).")
     elif rho is None:
-        summary = (f"{b}'s {explainer} maps could not be rank-compared with {a}'s (Spearman "
-                   f"undefined: constant maps); peaks agree on "
-                   f"{pct(peaks) if peaks is not None else '–'} of pairs.")
-    elif rho >= CLOSE_SPEARMAN:
-        summary = (f"{b}'s {explainer} explanations stayed close to {a}'s (mean Spearman "
-                   f"{f3(rho)}).")
-    elif rho >= low:
-        summary = (f"{b}'s {explainer} explanations moved noticeably from {a}'s (mean "
-                   f"Spearman {f3(rho)}).")
+        summary = f"No (image, class) pair to compare {b}'s {explainer} maps with {a}'s."
     else:
-        summary = (f"{b}'s {explainer} explanations moved far from {a}'s (mean Spearman "
-                   f"{f3(rho)}, below the low-agreement threshold {low:g}).")
+        summary = _verdict(rho, mean_of(rep["hidden_disagreement"]["share_low"]),
+                           bool(vanished), low, a, b, explainer)
+    summary = " ".join([summary[:1].upper() + summary[1:], *vanished])
 
     sentences = []
     words = []
@@ -547,30 +608,16 @@ def audit_headline(result: dict, explainer: str = "gradcam",
     if peaks is not None:
         lo, hi = (num(agr["argmax_agree"][k]) for k in ("ci_low", "ci_high"))
         ci = f" ({conf:.0%} CI {pct(lo)} to {pct(hi)})" if None not in (lo, hi) else ""
-        words.append(f"peaks within {tol:g} px of each other on {pct(peaks)} of pairs{ci}")
+        words.append(f"peaks within {cells_words(tol, rep)} of each other on {pct(peaks)} of "
+                     f"pairs{ci}, one cell of the {grid_words(rep)} map being "
+                     f"{rep['cell_px']:.3g} px")
     if words:
         sentences.append(f"Agreement of {b}'s maps with {a}'s over {f3(result['pairs'])} "
-                         f"(image, class) pairs on {f3(result['images'])} images: "
+                         f"(image, class) pairs on {f3(len(compared_images(rep)))} images: "
                          + "; ".join(words) + ".")
-
-    task = result["task"]
-    pair_dec = num(task["pair_decision_agreement"])
-    if pair_dec is not None:
-        text = (f"Predictions: both models make the same decision on {pct(pair_dec)} of the "
-                f"ground-truth pairs")
-        extra = []
-        if num(task["decision_agreement"]) is not None:
-            extra.append(f"{pct(task['decision_agreement'])} of all image-class decisions")
-        if num(task["label_set_agreement"]) is not None:
-            extra.append(f"identical predicted label sets on {pct(task['label_set_agreement'])}"
-                         f" of images")
-        text += f" ({'; '.join(extra)})" if extra else ""
-        ma, mb = (num(task[k]["mAP"]) for k in ("a", "b"))
-        if ma is not None or mb is not None:
-            text += f"; mAP {a} {f3(ma)}, {b} {f3(mb)}"
-        sentences.append(text + ".")
-
-    sentences.append(_hidden_sentence(rep["hidden_disagreement"], conf, low_rule(result)))
+    sentences.append(_predictions_sentence(result["task"], a, b))
+    sentences.append(_hidden_sentence(rep["hidden_disagreement"], conf, low_rule(result, rep),
+                                      result["task"].get("single_label", False)))
 
     for group, title in (("localization", "Localisation"), ("faithfulness", "Faithfulness")):
         block = rep[group]
@@ -580,29 +627,55 @@ def audit_headline(result: dict, explainer: str = "gradcam",
                 if k in block] or list(block)[:2]
         parts = [_delta_words(k, block[k], a, b, conf) for k in keys]
         sentences.append(f"{title}: " + "; ".join(parts) + ".")
-    return {"summary": summary[:1].upper() + summary[1:], "perfect": perfect,
-            "sentences": sentences}
+    return {"summary": summary, "perfect": perfect,
+            "sentences": [t for t in sentences if t]}
 
 
-def _hidden_sentence(hidden: dict, conf: float, rule: str) -> str:
-    """Do agreeing decisions hide disagreeing explanations?"""
+def _predictions_sentence(task: dict, a: str, b: str) -> str | None:
+    """Single-label: both models' top-1 accuracy and top-1 agreement; multi-label: how often
+    their sigmoid decisions agree, and their mAP."""
+    if task.get("single_label"):
+        t1a, t1b = (num(task[k].get("top1")) for k in ("a", "b"))
+        return (f"Predictions: top-1 accuracy {a} {f3(t1a)}, {b} {f3(t1b)}; the same top-1 "
+                f"class on {pct_or_dash(task.get('top1_agreement'))} of images.")
+    pair_dec = num(task.get("pair_decision_agreement"))
+    if pair_dec is None:
+        return None
+    text = (f"Predictions: both models make the same decision on {pct(pair_dec)} of the "
+            f"ground-truth pairs")
+    extra = []
+    if num(task.get("decision_agreement")) is not None:
+        extra.append(f"{pct(task['decision_agreement'])} of all image-class decisions")
+    if num(task.get("label_set_agreement")) is not None:
+        extra.append(f"identical predicted label sets on {pct(task['label_set_agreement'])}"
+                     f" of images")
+    text += f" ({'; '.join(extra)})" if extra else ""
+    ma, mb = (num(task[k].get("mAP")) for k in ("a", "b"))
+    if ma is not None or mb is not None:
+        text += f"; mAP {a} {f3(ma)}, {b} {f3(mb)}"
+    return text + "."
+
+
+def _hidden_sentence(hidden: dict, conf: float, rule: str, single: bool = False) -> str:
+    """How many pairs with the same answer from both models have low explanation agreement
+    (facts: the verdict is the summary's)."""
+    same = "give the same top-1 class" if single else "make the same decision"
     n_same = hidden["same_decision_pairs"]
     n_low = hidden["same_decision_low_agreement_pairs"]
     if not n_same:
-        return ("No pair gets the same decision from both models, so agreeing decisions "
-                "cannot hide disagreeing explanations here.")
+        return (f"No pair where both models {same}, so agreeing decisions cannot hide "
+                f"disagreeing explanations here.")
     if not n_low:
         text = (f"No hidden disagreement: none of the {f3(n_same)} pairs where both models "
-                f"make the same decision has low explanation agreement ({rule}).")
+                f"{same} has low explanation agreement ({rule}).")
     else:
         share = ci_words(hidden["share_low_among_same_decision"], conf, pct_or_dash)
-        text = (f"Among {f3(n_same)} pairs where both models make the same decision, {share} "
-                f"have low explanation agreement ({rule}): the same answer for a different "
-                f"reason.")
+        text = (f"Among {f3(n_same)} pairs where both models {same}, {share} have low "
+                f"explanation agreement ({rule}).")
     n_diff = hidden["different_decision_pairs"]
     if n_diff:
         share = pct_or_dash(mean_of(hidden["share_low_among_different_decision"]))
-        text += f" Among the {f3(n_diff)} pairs where the decisions differ: {share}."
+        text += f" Among the {f3(n_diff)} pairs where they differ: {share}."
     return text
 
 
