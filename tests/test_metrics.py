@@ -211,6 +211,34 @@ def test_per_class_mean_and_center_baseline():
 
 
 @pytest.mark.numerics
+def test_center_baseline_auc_and_energy_hand_case():
+    """The centred Gaussian on a 5 x 5 image (sigma 0.25 x 5 = 1.25 px around pixel (2, 2)):
+    its energy share and pixel AUC against a hand-made mask."""
+    maps = center_point_maps(2, 5, 5)
+    assert maps[0, 2, 2].item() == 1.0
+    assert maps[0, 2, 0].item() == pytest.approx(math.exp(-4 / (2 * 1.25 ** 2)), abs=1e-15)
+    # mask 0: the centre 3 x 3 block (squared distances 0, 1 x 4, 2 x 4); outside: 4 x 4,
+    # 5 x 8, 8 x 4. Every object pixel is nearer than every background one: AUC 1.
+    # mask 1: the left column, (r, 0): squared distances 8, 5, 4, 5, 8.
+    masks = torch.zeros(2, 5, 5, dtype=torch.bool)
+    masks[0, 1:4, 1:4] = True
+    masks[1, :, 0] = True
+    g = {d2: math.exp(-d2 / 3.125) for d2 in (0, 1, 2, 4, 5, 8)}
+    total = g[0] + 4 * g[1] + 4 * g[2] + 4 * g[4] + 8 * g[5] + 4 * g[8]
+    energy = energy_pointing_game(maps, masks)
+    assert energy[0].item() == pytest.approx((g[0] + 4 * g[1] + 4 * g[2]) / total, abs=1e-12)
+    assert energy[1].item() == pytest.approx((g[4] + 2 * g[5] + 2 * g[8]) / total, abs=1e-12)
+    # AUC = P(object nearer than background) + P(tie) / 2 over (object, background) pairs
+    d2 = [(r - 2) ** 2 + (c - 2) ** 2 for r in range(5) for c in range(5)]
+    obj = [d2[5 * r] for r in range(5)]
+    bg = [d for i, d in enumerate(d2) if i % 5 != 0]
+    wins = sum((o < b) + 0.5 * (o == b) for o in obj for b in bg)
+    auc = roc_auc(maps, masks)
+    assert auc[0].item() == 1.0
+    assert auc[1].item() == pytest.approx(wins / (len(obj) * len(bg)), abs=1e-12)
+
+
+@pytest.mark.numerics
 def test_energy_pointing_game_hand_case():
     maps = torch.tensor(
         [

@@ -29,6 +29,7 @@ AT_PG = (0.25, 0.05, 0.45)      # (0.5 - 0.4) / (0.8 - 0.4)
 WCAM_RHO = (0.75, 0.7, 0.8)     # (0.8 - 0.2) / (1.0 - 0.2): the teacher agrees with itself
 AT_RHO = (0.5, 0.45, 0.55)
 PAPER_PG = {"teacher": 0.66, "kd": 0.11, "kd+at": 0.21, "kd+wcam": 0.31}  # not the headline
+CENTER_PG, CENTER_AUC = 0.3, 0.6  # the centre baseline on all pairs
 
 
 def _ci(mean, half=0.05):
@@ -53,7 +54,10 @@ def _run(name, method, matching, m_ap, pg, auc, rho, per_class=None, gaps=None):
     paper = PAPER_PG.get(name, pg)
     att = {"pointing_game": paper, "pointing_game_std": pg, "auc": auc, "energy_pg": 0.2,
            "predicted_pairs": 7, "pairs": 12}
-    pooled = {"pointing_game": _ci(pg), "auc": _ci(auc)}
+    att.update(pointing_game_center_baseline=0.25, auc_center_baseline=0.55)
+    pooled = {"pointing_game": _ci(pg), "auc": _ci(auc),
+              "pointing_game_center_baseline": _ci(CENTER_PG),
+              "auc_center_baseline": _ci(CENTER_AUC)}
     if rho is not None:  # the teacher has no agreement with itself
         att["agreement"] = {"spearman": rho, "topk_iou": 0.3, "cosine": 0.5, "argmax_agree": 0.4,
                             "com_shift": 3.0, "peak_distance": 6.25,
@@ -170,6 +174,8 @@ class _Page(HTMLParser):
             self.tables[-1].append([])
         elif tag in ("td", "th"):
             self._cell = ""
+        elif tag == "br" and self._cell is not None:
+            self._cell += " "
 
     def handle_data(self, data):
         if self._cell is not None:
@@ -177,7 +183,7 @@ class _Page(HTMLParser):
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append(self._cell.strip())
+            self.tables[-1][-1].append(self._cell.replace("\xa0", " ").strip())
             self._cell = None
 
 
@@ -220,21 +226,33 @@ def test_report_table_and_headline(report):
     page = _Page()
     page.feed(text)
     names = [r["name"] for r in results["runs"]]
+    # task and agreement with the teacher first, localisation on fixed pairs in its own table
+    agreement = next(t for t in page.tables if t and "Spearman gap recovered" in t[0])
+    assert [row[0] for row in agreement[1:]] == names  # teacher first, then recipe by recipe
+    assert "PG all" not in agreement[0] and agreement[0][:3] == ["run", "role", "recipe"]
+    assert [row[1] for row in agreement[1:4]] == ["reference", "naive", "matched (AT)"]
+    assert agreement[0].index("mAP") < agreement[0].index("Spearman")
+    wcam = agreement[1 + names.index("kd+wcam")]
+    assert wcam[agreement[0].index("Spearman gap recovered")] == "75% (70%–80%)"
     main = next(t for t in page.tables if t and "PG gap recovered" in t[0])
-    assert [row[0] for row in main[1:]] == names       # teacher first, then recipe by recipe
+    assert [row[0] for row in main[1:]] == names + ["centre baseline"]
     header = main[0]
-    # agreement with the teacher comes before any localisation number
-    assert header.index("Spearman") < header.index("PG all") < header.index("PG gap recovered")
-    assert "PG (paper)" not in header
+    assert header.index("PG all") < header.index("PG gap recovered")
+    assert "PG (paper)" not in header and "Spearman" not in header
     wcam = main[1 + names.index("kd+wcam")]
     assert wcam[header.index("PG gap recovered")] == "75% (60%–90%)"
-    assert wcam[header.index("Spearman gap recovered")] == "75% (70%–80%)"
     assert wcam[header.index("AUC gap recovered")] == "no gap"
     assert wcam[header.index("PG all")] == "0.700"
-    assert main[1 + names.index("kd")][header.index("PG gap recovered")] == "naive"
+    # runs without a gap of their own leave the cell empty; a matched run without one: "–"
+    assert main[1 + names.index("kd")][header.index("PG gap recovered")] == ""
     assert main[1 + names.index("unstructured+wcam")][header.index("PG gap recovered")] == "–"
+    center = main[-1]                                  # the same pairs, a map at the centre
+    assert center[header.index("PG all")] == f"{CENTER_PG:.3f}"
+    assert center[header.index("AUC all")] == f"{CENTER_AUC:.3f}"
     paper = next(t for t in page.tables if t and "PG (paper)" in t[0])
-    assert paper[1 + names.index("kd+wcam")][paper[0].index("PG (paper)")] == "0.310"
+    col = paper[0].index("PG (paper)")
+    assert paper[0][col + 1] == "centre baseline"      # beside the metric, same pairs
+    assert paper[1 + names.index("kd+wcam")][col:col + 2] == ["0.310", "0.250"]
     cost = next(t for t in page.tables if t and "non-zero params" in t[0])
     assert "1,234,567" in cost[1]                      # thousands separators
     assert any(t and t[0][:1] == ["class"] for t in page.tables)  # per-class tables
@@ -269,7 +287,10 @@ def test_report_without_checkpoints_or_optional_sections(tmp_path):
         run["attribution"]["gradcam"].pop("per_class", None)
     results["runs"][1]["attribution"] = {}
     text = write_report(results, tmp_path / "r.html").read_text()
-    assert "Attribution maps" not in text and "Training curves" not in text
+    words = _words(text)
+    assert 'id="heatmaps"' not in text and 'id="training"' not in text
+    assert "Attribution maps: not shown, no models were given to draw them" in words
+    assert "Training curves: not shown, no run has a training history" in words
     assert "Metrics against model size" not in text and "kd+wcam" in text
     results["notes"] = ["Only 2-bit QAT <met> the condition"]
     text = write_report(results, tmp_path / "n.html").read_text()
@@ -292,9 +313,26 @@ def test_report_images_from_dataset_and_overlay(tmp_path):
                         tmp_path / "two.png")
     one = np.asarray(Image.open(out).convert("RGB"))
     sheet = np.asarray(Image.open(two).convert("RGB"))
-    assert sheet.shape == (2 * one.shape[0], one.shape[1], 3)
-    np.testing.assert_array_equal(sheet[:one.shape[0]], one)
-    assert (sheet[one.shape[0]:] != one).any()
+    height, width = one.shape[:2]
+    assert sheet.shape[0] > 1.8 * height and sheet.shape[1] >= width
+    np.testing.assert_array_equal(sheet[:height, :width], one)
+    assert (sheet[height:2 * height, :width] != one).any()
+
+
+def test_overlay_title_never_cut_off_and_has_a_colour_bar(tmp_path):
+    """A long title (a pretrained spec, class and probability) is wrapped, not clipped: the
+    picture's border is blank paper; the map gets a colour bar right of it."""
+    imgs = _images()
+    title = ("efficientnet-lite0,classes=imagenette: gradcam: English springer, English "
+             "springer spaniel (p = 0.93, softmax)")
+    pixels = np.asarray(Image.open(save_overlay(imgs.images[0], torch.rand(32, 32),
+                                                tmp_path / "long.png", title)).convert("L"))
+    for border in (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]):
+        assert (border == 255).all()                   # nothing drawn touches the edge
+    # a column right of both panels holds the bar's colours (not grey: saturated pixels)
+    rgb = np.asarray(Image.open(tmp_path / "long.png").convert("RGB")).astype(int)
+    saturation = rgb.max(axis=2) - rgb.min(axis=2)
+    assert (saturation[:, int(0.85 * rgb.shape[1]):] > 150).any()
 
 
 def _chromium(*args, timeout=90):
@@ -365,6 +403,11 @@ def _text_of(page_html: str) -> str:
     parser = Text()
     parser.feed(page_html)
     return " ".join(parser.parts)
+
+
+def _words(page_html: str) -> str:
+    """The visible text with single spaces, as a reader sees it ("<b>x</b>: y" -> "x: y")."""
+    return " ".join(_text_of(page_html).split()).replace(" :", ":")
 
 
 def _section_html(page_html: str, anchor: str) -> str:
@@ -501,3 +544,95 @@ def test_premise_sentence_needs_kept_accuracy_and_moved_maps():
     first = headline(results)[0]["sentences"][1]  # after the agreement sentence
     assert first.endswith("its gradcam maps did not move measurably (no Spearman or "
                           "pointing-game gap whose interval lies above 0).")
+
+
+# --------------------------------------------------------------------------------------------
+# A single-label page on photos without masks
+# --------------------------------------------------------------------------------------------
+
+def _photo_results():
+    """A pretrained (softmax) teacher, an uncompressed copy of it, and a naive and a matched
+    quantized run, evaluated on 10 photos of 3 of 1000 classes: no masks, so no
+    localisation; scored by top-1."""
+    names = [f"class {k}" for k in range(1000)]
+    runs = []
+    for name, method, matching, top1, rho in (("pretrained:lite0 (teacher)", "none", "none",
+                                               0.9, None),
+                                              ("pretrained:lite0", "none", "none", 0.9, 1.0),
+                                              ("q8", "quantization", "none", 0.8, 0.7),
+                                              ("q8+wcam", "quantization", "wcam", 0.8, 0.8)):
+        att = {"pointing_game": None, "pointing_game_std": None, "auc": None, "energy_pg": None,
+               "pointing_game_center_baseline": None, "auc_center_baseline": None,
+               "pairs": 10, "predicted_pairs": 9, "per_class": {
+                   "pairs": {"3": 4, "7": 6}, "auc": {"3": None, "7": None}}}
+        if rho is not None:
+            att["agreement"] = {"spearman": rho, "topk_iou": 0.5, "cosine": 0.9,
+                                "argmax_agree": 0.6, "peak_distance": 5.0}
+            att["pair_sets"] = {s: {"pairs": 10, "pooled": {"spearman": _ci(rho)},
+                                    "class_balanced": {"spearman": _ci(rho)}}
+                                for s in ("all", "teacher_correct")}
+            att["per_class"]["spearman"] = {"3": rho, "7": rho}
+        per_class_top1 = [None] * 1000
+        per_class_top1[3], per_class_top1[7] = 0.75, top1
+        runs.append({
+            "name": name, "role": "teacher" if "teacher" in name else "compressed",
+            "checkpoint": name, "compression": {"method": method, "matching": matching},
+            "cost": {"params": 4652008, "nonzero_params": 4645881, "macs": 126637568,
+                     "bytes": None, "latency_ms": 50.0},
+            "task": {"scoring": "single-label", "mAP": None, "F1": None, "per_class_AP": [],
+                     "top1": top1, "per_class_top1": per_class_top1,
+                     **({"top1_agreement": top1} if rho is not None else {})},
+            "attribution": {"gradcam": att},
+            "training": {"best_epoch": None, "best_val_mAP": None}})
+    runs[-1]["attribution"]["gradcam"]["gap_recovered"] = {
+        "naive": "q8", **{s: {"pooled": {"spearman": _gap(1.0, 0.7, 0.8, (0.33, 0.1, 0.5))},
+                              "class_balanced": {}} for s in ("all", "teacher_correct")}}
+    return {"runs": runs, "seed": 0, "versions": {"attrpreserve": "0.1.0"},
+            "dataset": {"spec": "images:photos", "size": 128, "seed": 0, "n_train": None,
+                        "n_val": None, "n_test": 10, "batch_size": 32, "split": "test",
+                        "images": 10, "classes": names}}
+
+
+def test_single_label_page_without_masks(tmp_path):
+    """Top-1 instead of mAP / F1; no localisation tables or charts, one line saying why; the
+    pretrained reference named by role, its uncompressed copy not "naive"; per-class rows only
+    for the classes evaluated."""
+    from attrpreserve.report.figures import plotted_metrics
+
+    results = _photo_results()
+    text = write_report(results, tmp_path / "photos.html").read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    words = _words(text)
+    agreement = next(t for t in page.tables if t and "Spearman" in t[0])
+    header = agreement[0]
+    assert "top-1" in header and "top-1 agreement" in header
+    assert not any("mAP" in h or "F1" in h for h in header)
+    assert "mAP and F1: not shown, single-label (softmax) models are scored by top-1" in words
+    assert {row[0]: row[1] for row in agreement[1:]} == {
+        "pretrained:lite0 (teacher)": "reference", "pretrained:lite0": "uncompressed",
+        "q8": "naive", "q8+wcam": "matched (WCAM)"}
+    assert not any("PG all" in t[0] or "PG (paper)" in t[0] for t in page.tables if t)
+    assert "Localisation (gradcam): not shown, the evaluated images have no object masks or " \
+           "boxes" in words
+    assert "Localisation charts: not shown" in words
+    assert [k for k, _ in plotted_metrics(results, "gradcam")] == [
+        "top1", "top1_agreement", "spearman", "topk_iou"]
+    assert "n/a" not in words
+    cost = next(t for t in page.tables if t and "latency ms" in t[0])
+    assert "bytes" not in cost[0] and "best val mAP" not in cost[0]  # no values: no column
+    per_class = [t for t in page.tables if t and t[0][:1] == ["class"]]
+    assert per_class and all([r[0] for r in t[1:]] == ["class 3", "class 7"]
+                             for t in per_class)  # not 1000 rows of "–"
+    q8 = next(h for h in headline(results) if h["recipe"] == "q8")
+    assert "top-1 0.800 vs the teacher's 0.900" in q8["sentences"][1]
+    assert "Runs by role" in words and "pretrained:lite0: uncompressed" in words
+
+
+def test_single_label_page_renders_in_chromium(tmp_path):
+    path = write_report(_photo_results(), tmp_path / "photos.html")
+    shot = tmp_path / "shot.png"
+    _chromium(f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+              "--window-size=1280,1600", path.resolve().as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (1600, 1280) and pixels.std() > 20

@@ -101,6 +101,12 @@ SELF_AGREEMENT = {"spearman": 1.0, "topk_iou": 1.0, "topk_intersection": 1.0, "c
                   "ssim": 1.0, "argmax_agree": 1.0, "com_shift": 0.0, "peak_distance": 0.0,
                   "hit_given_teacher_hit": 1.0}
 
+# the localisation metrics (evaluate.runner.LOCALIZATION), each with a centre baseline: the
+# metric's key + CENTER_BASELINE (docs/metrics.md, "The centre baseline")
+LOCALIZATION_KEYS = ("pointing_game", "pointing_game_std", "auc", "energy_pg", "relevance_mass",
+                     "relevance_rank")
+CENTER_BASELINE = "_center_baseline"
+
 CI = Record({"mean": METRIC, "ci_low": METRIC, "ci_high": METRIC})
 
 # one fixed pair set (evaluate.runner.PAIR_SETS): its size, then metric -> mean and interval
@@ -127,8 +133,10 @@ ATTRIBUTION = Record(
         "delta": MapOf(MapOf(METRIC)),  # metric -> {a, b, delta, ci_low, ci_high}
         "per_class": MapOf(MapOf(METRIC)),  # metric (and "pairs") -> class index (str) -> mean
         "per_image": MapOf(ListOf(METRIC)),
-        "pointing_game_std_center_baseline": METRIC, "relevance_mass": METRIC,
-        "relevance_rank": METRIC, "deletion_auc": METRIC, "insertion_auc": METRIC,
+        # each localisation metric of a centred map, on the same pairs (docs/metrics.md)
+        **{k + CENTER_BASELINE: METRIC for k in LOCALIZATION_KEYS},
+        "relevance_mass": METRIC, "relevance_rank": METRIC, "deletion_auc": METRIC,
+        "insertion_auc": METRIC,
         "pairs": INT, "predicted_pairs": INT,
         "pair_sets": MapOf(PAIR_SET),  # "all", "teacher_correct" (with a teacher)
         "gap_recovered": GAP_RECOVERED},  # matched runs with a naive run of their recipe
@@ -142,8 +150,12 @@ RUN = Record({
     "compression": Record({"method": STR, "matching": STR}),
     "cost": Record({"params": INT, "nonzero_params": INT, "macs": INT,
                     "bytes": OrNull(INT), "latency_ms": NUMBER}),
+    # mAP / F1 are null for a single-label model (scoring "single-label": top-1 instead)
     "task": Record({"mAP": METRIC, "F1": METRIC, "per_class_AP": ListOf(METRIC)},
-                   optional={"top1": METRIC, "top1_agreement": METRIC}),
+                   optional={"scoring": Choice(("single-label", "multi-label")),
+                             "top1": METRIC, "top1_agreement": METRIC,
+                             "per_class_top1": ListOf(METRIC), "F1_val_threshold": METRIC,
+                             "F1_at_val_threshold": METRIC}),
     "attribution": MapOf(ATTRIBUTION),  # explainer -> scores
     "training": Record({"best_epoch": OrNull(INT), "best_val_mAP": METRIC}),
 }, optional={"recipe_label": STR})  # the recipe's display label (recipes.RECIPES), if known

@@ -165,10 +165,11 @@ def insertion_auc(model, images, image_index, classes, maps, **kwargs) -> torch.
 
 
 def faithfulness_aucs(model, images, image_index, classes, maps, steps: int = 16,
-                      batch_size: int = 64) -> dict[str, torch.Tensor]:
+                      batch_size: int = 64, score: str = "sigmoid") -> dict[str, torch.Tensor]:
     """``{"deletion_auc", "insertion_auc"}`` per pair with RISE's substrates (zero / blur) and
-    sigmoid class probabilities; ``steps`` and ``batch_size`` as in :func:`causal_curves`."""
-    kw = {"steps": steps, "batch_size": batch_size}
+    the class probability ``score`` ("sigmoid"; "softmax" for single-label models); ``steps``
+    and ``batch_size`` as in :func:`causal_curves`."""
+    kw = {"steps": steps, "batch_size": batch_size, "score": score}
     return {"deletion_auc": deletion_auc(model, images, image_index, classes, maps, **kw),
             "insertion_auc": insertion_auc(model, images, image_index, classes, maps, **kw)}
 

@@ -32,6 +32,8 @@ __all__ = [
     "relevance_rank_accuracy",
 ]
 
+# The centre baseline's Gaussian width, as a share of the shorter side (center_point_maps)
+CENTER_SIGMA = 0.25
 # Upper bound on elements materialised at once by chunked computations (float64: 64 MiB).
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -187,17 +189,21 @@ def per_class_mean(values, classes) -> float:
     return float((sums / counts).mean())
 
 
-def center_point_maps(P: int, H: int, W: int) -> torch.Tensor:
-    """Center baseline maps ``P x H x W`` (float32) with a unique maximum at pixel
-    ``(H // 2, W // 2)`` (TorchRay's ``center`` method points at ``(w / 2, h / 2)``).
+def center_point_maps(P: int, H: int, W: int, sigma: float = CENTER_SIGMA) -> torch.Tensor:
+    """The centre baseline: maps ``P x H x W`` (float64) that know nothing of the image, a
+    Gaussian ``exp(-d**2 / (2 s**2))`` of the distance ``d`` to pixel ``(H // 2, W // 2)``
+    (TorchRay's ``center`` method points at ``(w / 2, h / 2)``), ``s = sigma * min(H, W)``.
 
-    Values are ``1 / (1 + d**2)`` with ``d`` the distance to that pixel, so the maps are also a
-    positive centre prior usable with the AUC and energy metrics.
+    The maximum is unique and at that pixel (the pointing-game baseline); the values fall
+    strictly with the distance, so the pixel AUC equals that of the negative distance to the
+    centre, and the positive mass spreads over the middle of the image in proportion to its size
+    (the energy and relevance baselines do not depend on the resolution).
     """
-    rows = torch.arange(H, dtype=torch.float32) - H // 2
-    cols = torch.arange(W, dtype=torch.float32) - W // 2
+    rows = torch.arange(H, dtype=torch.float64) - H // 2
+    cols = torch.arange(W, dtype=torch.float64) - W // 2
     d2 = rows[:, None] ** 2 + cols[None, :] ** 2
-    return (1.0 / (1.0 + d2)).expand(P, H, W).clone()
+    s = sigma * min(H, W)
+    return torch.exp(-d2 / (2 * s * s)).expand(P, H, W).clone()
 
 
 # --------------------------------------------------------------------------- AUC / energy

@@ -19,13 +19,15 @@ from tqdm.auto import tqdm
 
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
+from ..results_schema import CENTER_BASELINE
 from ..results_schema import SELF_AGREEMENT
 from . import agreement as agr
 from . import localization as loc
 from .cost import count_macs, count_nonzero_params, count_params, file_bytes, latency_ms
 from .faithfulness import faithfulness_aucs
 from .stats import delta_ci, gaps_recovered, group_means, mean_ci, means_ci
-from .task import mean_average_precision, sample_f1, top1_accuracy, top1_agreement
+from .task import (best_f1_threshold, mean_average_precision, per_class_top1, sample_f1,
+                   top1_accuracy, top1_agreement)
 
 STD_TOLERANCE = 15.0  # px, the standard pointing game's tolerance (Zhang et al. 2016)
 ARGMAX_TOLERANCE = 4.0  # px at input resolution: "the peak lands where the teacher's does"
@@ -57,7 +59,7 @@ GAP_METRICS = ("pointing_game", "auc", "energy_pg", "spearman", "topk_iou", "pea
 
 DEFINITIONS = {
     "pointing_game": "paper mode: first argmax inside the class mask, void pixels never chosen;"
-                     " pairs the model predicts (logit > 0), pooled",
+                     " pairs the model predicts (logit > 0; single-label: its top-1), pooled",
     "pointing_game_std": f"Zhang et al. 2016 / TorchRay: argmax within {STD_TOLERANCE:g} px "
                          "(strict) of the mask; per-class accuracy, mean over classes",
     "auc": "pixel ROC-AUC (sklearn ties), void excluded; predicted pairs pooled",
@@ -86,11 +88,18 @@ DEFINITIONS = {
                      "gap's own interval excludes 0 (else status 'no gap')",
     "com_shift": "distance between the centres of mass of the positive parts (px)",
     "deletion_auc": f"RISE deletion AUC (trapezoid over equal pixel steps, {FAITHFULNESS_STEPS} "
-                    "unless configured), black substrate, sigmoid probability of the class; "
-                    "all pairs",
+                    "unless configured), black substrate, the model's probability of the class "
+                    "(sigmoid; softmax for single-label models); all pairs",
     "insertion_auc": f"RISE insertion AUC ({FAITHFULNESS_STEPS} steps unless configured), "
-                     "blurred substrate (11 px kernel, sigma 5, edge replication), sigmoid "
-                     "probability; all pairs",
+                     "blurred substrate (11 px kernel, sigma 5, edge replication), probability "
+                     "as for deletion; all pairs",
+    "center_baseline": "METRIC_center_baseline: the metric of a map that ignores the image, a "
+                       f"Gaussian centred on pixel (H // 2, W // 2), sigma {loc.CENTER_SIGMA:g} "
+                       "x the shorter side, on the same pairs and aggregated the same way",
+    "top1": "share of the labelled images whose top-scored class is a label; single-label "
+            "models are scored by it (and per class), multi-label ones by mAP and F1",
+    "F1_at_val_threshold": "multi-label models: sample F1 at the probability threshold "
+                           "(F1_val_threshold) that maximises it on the val split",
     "ci": "percentile bootstrap over images (pairs of one image resampled together)",
 }
 
@@ -171,8 +180,12 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
     localisation values are NaN for that batch).  Images are numbered in loader order.
 
     Returns ``{"logits": {name: N x K}, "labels": N x K, "image": P, "classes": P,
-    "center_hit": P, "localization": bool, "pairs": {name: {explainer: {key: P}}}}``; agreement
-    keys (vs ``reference``) exist for the other models, faithfulness keys when asked.
+    "center": {key: P}, "center_hit": P, "localization": bool, "single_label": {name: bool},
+    "pairs": {name: {explainer: {key: P}}}}``: ``center`` holds the localisation keys of the
+    centre baseline (:func:`~.localization.center_point_maps`), ``center_hit`` its 15 px hits;
+    agreement keys (vs ``reference``) exist for the other models, faithfulness keys when
+    asked. A ``single_label`` model (softmax) predicts its top-1 class, a multi-label one the
+    classes with logit > 0 (``predicted``).
     """
     for e in explainers:
         if e not in EXPLAINERS:
@@ -180,6 +193,7 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
     layers = layers or {}
     logits = {n: [] for n in models}
     pairs = {n: {e: [] for e in explainers} for n in models}
+    single = {n: bool(getattr(m, "single_label", False)) for n, m in models.items()}
     labels_all, classes_all, image_all, center = [], [], [], []
     any_masks, offset = False, 0
     for m in models.values():
@@ -192,11 +206,9 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
             any_masks = True
             obj = masks[img_idx] == (cls + 1)[:, None, None]
             valid = masks[img_idx] != 255
-            center.append(_unlocalized({"hit": loc.pointing_hits_tolerance(
-                loc.center_point_maps(len(cls), *size), obj, STD_TOLERANCE, valid
-            ).to(torch.float64)}, valid)["hit"])
+            center.append(_pair_metrics(loc.center_point_maps(len(cls), *size), obj, valid))
         else:
-            center.append(torch.full((len(cls),), float("nan"), dtype=torch.float64))
+            center.append(_no_localization(len(cls)))
         labels_all.append(labels)
         classes_all.append(cls)
         image_all.append(img_idx + offset)
@@ -213,11 +225,12 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
                     logits[name].append(out)
                 rec = _pair_metrics(maps, obj, valid) if masks is not None else \
                     _no_localization(len(cls))
-                rec["predicted"] = out[img_idx, cls] > 0
+                rec["predicted"] = predicted_pairs(out, img_idx, cls, single[name])
                 if faithfulness:
                     at_input = upsample(raw, tuple(images.shape[-2:])).float()
                     rec.update(faithfulness_aucs(model, x, img_idx, cls, at_input,
-                                                 faithfulness_steps, faithfulness_batch))
+                                                 faithfulness_steps, faithfulness_batch,
+                                                 "softmax" if single[name] else "sigmoid"))
                 if name == reference:
                     ref_maps, ref_rec = maps, rec
                 elif ref_maps is not None:
@@ -226,11 +239,14 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
     def cat(xs, dtype=torch.int64):
         return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)
 
+    center_cat = {key: cat([c[key] for c in center], torch.float64)
+                  for _, key, *_ in LOCALIZATION}
     return {
         "logits": {n: cat(v, torch.float32) for n, v in logits.items()},
         "labels": cat(labels_all, torch.float32),
         "image": cat(image_all), "classes": cat(classes_all),
-        "center_hit": cat(center, torch.float64), "localization": any_masks,
+        "center": center_cat, "center_hit": center_cat["hit_std"], "localization": any_masks,
+        "single_label": single,
         "pairs": {n: {e: {k: torch.cat([r[k] for r in recs]) for k in recs[0]}
                       for e, recs in per.items() if recs} for n, per in pairs.items()},
     }
@@ -241,13 +257,19 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                     progress: bool = True, faithfulness: bool = False,
                     faithfulness_steps: int = FAITHFULNESS_STEPS, faithfulness_batch: int = 64,
                     n_boot: int = 1000, seed: int = 0, per_image: bool = False,
-                    baselines: dict[str, str] | None = None) -> dict[str, dict]:
+                    baselines: dict[str, str] | None = None,
+                    threshold_loader=None) -> dict[str, dict]:
     """Task and attribution metrics of each model (by name) on ``loader``.
 
-    Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. Paper-mode pointing
-    game and AUC pool the pairs the model predicts (logit > 0; paper-comparable); the standard
-    pointing game is the per-class mean over every ground-truth pair; agreement pools every
-    ground-truth pair (definitions: :data:`DEFINITIONS`).
+    Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. ``task``: a
+    single-label (softmax) model's ``top1`` and ``per_class_top1`` (``mAP`` / ``F1`` null); a
+    multi-label model's ``mAP``, ``F1`` (probability 0.5), ``top1`` and, given a
+    ``threshold_loader`` (the val split), ``F1_at_val_threshold`` at the ``F1_val_threshold``
+    chosen there; ``top1_agreement`` with the reference. Paper-mode pointing game and AUC pool
+    the pairs the model predicts (paper-comparable); the standard pointing game is the
+    per-class mean over every ground-truth pair; agreement pools every ground-truth pair; each
+    localisation metric has its ``METRIC_center_baseline`` beside it (definitions:
+    :data:`DEFINITIONS`).
 
     Beside the means each explainer entry has ``per_class`` (``{metric: {class index (str):
     mean}}``, with ``pairs`` counts), for non-reference models ``agreement_ci`` and ``delta``
@@ -273,11 +295,11 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                                  f"models: {', '.join(models)}")
     data = collect_pairs(models, loader, reference, explainers, layers, progress, faithfulness,
                          faithfulness_steps, faithfulness_batch)
-    baseline = _mean(data["center_hit"])
+    thresholds = _val_thresholds(models, data["single_label"], threshold_loader)
     opts = {"n_boot": n_boot, "seed": seed, "per_image": per_image, "faithfulness": faithfulness}
     ref_pairs = data["pairs"].get(reference) if reference is not None else None
-    rows = {name: _summarise(data, name, baseline, ref_pairs if name != reference else None,
-                             **opts) for name in models}
+    rows = {name: _summarise(data, name, ref_pairs if name != reference else None,
+                             thresholds.get(name), **opts) for name in models}
     for name, row in rows.items():
         if reference is not None and name != reference:
             row["task"]["top1_agreement"] = top1_agreement(data["logits"][reference],
@@ -285,12 +307,15 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     if not len(data["image"]):
         return rows
     sets = pair_set_masks(data["logits"][reference], data["image"], data["classes"],
-                          getattr(models[reference], "single_label", False)) \
+                          data["single_label"][reference]) \
         if reference is not None else {"all": torch.ones(len(data["image"]), dtype=torch.bool)}
     specs = (LOCALIZATION if data["localization"] else ()) + (FAITHFULNESS if faithfulness
                                                                else ())
+    center = {out + CENTER_BASELINE: data["center"][key]
+              for out, key, *_ in LOCALIZATION} if data["localization"] else {}
     for e in explainers:
-        columns = {name: _metric_columns(data["pairs"][name][e], specs) for name in models}
+        columns = {name: {**_metric_columns(data["pairs"][name][e], specs), **center}
+                   for name in models}
         for name, row in rows.items():
             row["attribution"][e]["pair_sets"] = _pair_set_means(
                 columns[name], data["image"], data["classes"], sets, n_boot, seed)
@@ -307,12 +332,36 @@ def pair_set_masks(logits: torch.Tensor, image: torch.Tensor, classes: torch.Ten
     class) pairs ``image``, ``classes`` (``P``), from the reference model's ``logits``
     (``N x K``): ``all`` (every pair) and ``teacher_correct``, the pairs whose class the
     reference predicts: logit > 0 (multi-label), or the class is its top-1, the first argmax
-    (``single_label``, a softmax classifier)."""
+    (``single_label``, a softmax classifier): :func:`predicted_pairs`."""
+    return {"all": torch.ones(len(classes), dtype=torch.bool),
+            "teacher_correct": predicted_pairs(logits, image, classes, single_label)}
+
+
+def predicted_pairs(logits: torch.Tensor, image: torch.Tensor, classes: torch.Tensor,
+                    single_label: bool = False) -> torch.Tensor:
+    """Per (image, class) pair: does the model whose ``logits`` (``N x K``) these are predict
+    the class? logit > 0 for a multi-label model, the class is its top-1 (the first argmax)
+    for a ``single_label`` one."""
     if single_label:
-        correct = logits.argmax(dim=1)[image] == classes
-    else:
-        correct = logits[image, classes] > 0
-    return {"all": torch.ones(len(classes), dtype=torch.bool), "teacher_correct": correct}
+        return logits.argmax(dim=1)[image] == classes
+    return logits[image, classes] > 0
+
+
+def _val_thresholds(models: dict, single: dict, loader) -> dict[str, float]:
+    """Each multi-label model's F1 threshold (:func:`~.task.best_f1_threshold` of its sigmoid
+    probabilities) chosen on ``loader``, in one pass; ``{}`` without a loader."""
+    names = [n for n in models if not single[n]]
+    if loader is None or not names:
+        return {}
+    logits, labels = {n: [] for n in names}, []
+    with torch.no_grad():
+        for batch in loader:
+            labels.append(batch[1])
+            for n in names:
+                x = batch[0].to(model_device(models[n]))
+                logits[n].append(models[n](x).float().cpu())
+    labels = torch.cat(labels)
+    return {n: best_f1_threshold(torch.sigmoid(torch.cat(v)), labels) for n, v in logits.items()}
 
 
 def _metric_columns(cat: dict, specs) -> dict[str, torch.Tensor]:
@@ -371,29 +420,46 @@ def _per_class(values: torch.Tensor, classes: torch.Tensor, where=None) -> dict[
     return {str(int(k)): _mean(v[classes == k]) for k in torch.unique(classes)}
 
 
-def _summarise(data, name, center_baseline, ref_pairs, n_boot, seed, per_image,
-               faithfulness) -> dict:
-    logits, labels, classes = data["logits"][name], data["labels"], data["classes"]
+def _aggregate(values: torch.Tensor, classes: torch.Tensor, where, balanced: bool) -> float:
+    """Mean of ``values`` over the pairs ``where`` (all when ``None``), or the mean of the
+    per-class means (``balanced``)."""
+    if not balanced:
+        return _mean(values, where)
+    return loc.per_class_mean(values, classes) if where is None else \
+        loc.per_class_mean(values[where], classes[where])
+
+
+def _task(logits, labels, single: bool, threshold: float | None) -> dict:
+    """Task quality: top-1 for a single-label model, mAP / F1 (and F1 at ``threshold``) and
+    top-1 for a multi-label one (:func:`evaluate_models`)."""
+    top1 = top1_accuracy(logits, labels)
+    if single:
+        return {"scoring": "single-label", "top1": top1,
+                "per_class_top1": per_class_top1(logits, labels), "mAP": float("nan"),
+                "F1": float("nan"), "per_class_AP": []}
     m_ap, per_class = mean_average_precision(logits, labels)
-    row = {"task": {"mAP": m_ap, "F1": sample_f1(torch.sigmoid(logits), labels),
-                    "top1": top1_accuracy(logits, labels), "per_class_AP": per_class},
+    probs = torch.sigmoid(logits)
+    task = {"scoring": "multi-label", "mAP": m_ap, "F1": sample_f1(probs, labels), "top1": top1,
+            "per_class_AP": per_class}
+    if threshold is not None:
+        task.update(F1_val_threshold=threshold,
+                    F1_at_val_threshold=sample_f1(probs, labels, threshold))
+    return task
+
+
+def _summarise(data, name, ref_pairs, threshold, n_boot, seed, per_image, faithfulness) -> dict:
+    logits, labels, classes = data["logits"][name], data["labels"], data["classes"]
+    row = {"task": _task(logits, labels, data["single_label"][name], threshold),
            "attribution": {}}
     specs = LOCALIZATION + (FAITHFULNESS if faithfulness else ())
     for e, cat in data["pairs"][name].items():
         pred = cat["predicted"]
-        att = {
-            "pointing_game": _mean(cat["hit"], pred),
-            "pointing_game_std": loc.per_class_mean(cat["hit_std"], classes),
-            "pointing_game_std_center_baseline": center_baseline,
-            "auc": _mean(cat["auc"], pred),
-            "energy_pg": _mean(cat["energy"]),
-            "relevance_mass": _mean(cat["relevance_mass"]),
-            "relevance_rank": _mean(cat["relevance_rank"]),
-            "pairs": int(len(pred)),
-            "predicted_pairs": int(pred.sum()),
-        }
-        if faithfulness:
-            att.update({key: _mean(cat[key]) for key, *_ in FAITHFULNESS})
+        att = {out: _aggregate(cat[key], classes, _filter(cat, which), balanced)
+               for out, key, which, balanced in specs}
+        att.update({out + CENTER_BASELINE: _aggregate(data["center"][key], classes,
+                                                      _filter(cat, which), balanced)
+                    for out, key, which, balanced in LOCALIZATION})
+        att.update(pairs=int(len(pred)), predicted_pairs=int(pred.sum()))
         pc = {"pairs": {str(int(k)): int((classes == k).sum()) for k in torch.unique(classes)}}
         pc.update({out: _per_class(cat[key], classes, _filter(cat, which))
                    for out, key, which, _ in specs})

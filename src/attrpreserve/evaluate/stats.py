@@ -133,7 +133,7 @@ def _class_balanced(x_cols: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Per-class means laid out as ``K`` columns per metric (``... x (M * K)``) -> mean over
     the classes that have pairs, per metric (``... x M``)."""
     k = len(np.unique(classes))
-    shaped = x_cols.reshape(*x_cols.shape[:-1], -1, k)
+    shaped = x_cols.reshape(*x_cols.shape[:-1], x_cols.shape[-1] // k, k)  # also 0 replicates
     with np.errstate(invalid="ignore"):
         present = ~np.isnan(shaped)
         total = np.where(present, shaped, 0.0).sum(axis=-1)

@@ -1,4 +1,5 @@
-"""Multi-label prediction quality.
+"""Prediction quality: mAP and F1 of multi-label (sigmoid) models, top-1 of single-label
+(softmax) ones.
 
 ``scores`` / ``probs`` are ``N x K`` (images x classes; logits or probabilities), ``labels`` is
 the ``N x K`` binary ground truth.  Torch tensors and numpy arrays are both accepted.
@@ -14,8 +15,11 @@ from sklearn.metrics import (
     label_ranking_average_precision_score,
 )
 
-__all__ = ["mean_average_precision", "per_image_average_precision", "sample_f1",
-           "top1_accuracy", "top1_agreement"]
+__all__ = ["best_f1_threshold", "mean_average_precision", "per_class_top1",
+           "per_image_average_precision", "sample_f1", "top1_accuracy", "top1_agreement"]
+
+# the probability thresholds best_f1_threshold tries
+F1_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 
 def _to_numpy(x, name: str, dtype=None) -> np.ndarray:
@@ -79,6 +83,14 @@ def sample_f1(probs, labels, threshold: float = 0.5) -> float:
     return float(f1_score(y, pred, average="samples", zero_division=0))
 
 
+def best_f1_threshold(probs, labels, thresholds=F1_THRESHOLDS) -> float:
+    """The threshold of ``thresholds`` at which :func:`sample_f1` of ``probs`` is highest (ties:
+    the one nearest 0.5, then the lower); choose it on a split other than the scored one."""
+    p, y = _scores_labels(probs, labels)
+    scores = [(sample_f1(p, y, t), -abs(t - 0.5), -t) for t in thresholds]
+    return thresholds[max(range(len(scores)), key=scores.__getitem__)]
+
+
 def top1_accuracy(scores, labels) -> float:
     """Share of the images with at least one positive label whose top-scored class is a
     positive (single-label accuracy; with a teacher's top-1 as the labels, top-1 agreement
@@ -88,6 +100,15 @@ def top1_accuracy(scores, labels) -> float:
     if not has.any():
         return float("nan")
     return float(y[has, s[has].argmax(axis=1)].mean())
+
+
+def per_class_top1(scores, labels) -> list[float]:
+    """Per class ``k``: :func:`top1_accuracy` over the images labelled ``k`` (NaN for a class
+    without images)."""
+    s, y = _scores_labels(scores, labels)
+    hit = y[np.arange(len(y)), s.argmax(axis=1)] if len(y) else np.zeros(0)
+    return [float(hit[y[:, k] == 1].mean()) if y[:, k].any() else float("nan")
+            for k in range(y.shape[1])]
 
 
 def top1_agreement(scores_a, scores_b) -> float:

@@ -22,7 +22,7 @@ from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
 from ..loading import load_model
 from ..matching import create_matcher
-from ..models import create_model, save_checkpoint
+from ..models import class_probabilities, create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
 from ..models.pretrained import is_pretrained
 from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,
@@ -147,7 +147,8 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     loaded = load_models(models, device)
     first = loaded[teacher or next(iter(loaded))]
     data = resolve_data(data, first.meta)
-    loader = data.loader(split, adapt=labels_for(first.model, first.meta["classes"]))
+    adapt = labels_for(first.model, first.meta["classes"])
+    loader = data.loader(split, adapt=adapt)
     runs = [{"name": name, "role": "teacher" if name == teacher else meta.get("role"),
              "checkpoint": source, "compression": meta["compression"],
              **_recipe_label(meta["compression"]["method"])}
@@ -156,8 +157,12 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     # gap recovered: each matched run against its recipe's naive run (report.words' grouping)
     baselines = {m: n for m, n in naive_baselines({"runs": runs}).items()
                  if teacher is not None and teacher not in (m, n)}
+    # multi-label models: F1 also at a threshold chosen on the val split
+    multi = split != "val" and not all(getattr(m, "single_label", False) for m in nets.values())
+    threshold_loader = data.loader("val", adapt=adapt) if multi else None
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
-                             progress=progress, baselines=baselines)
+                             progress=progress, baselines=baselines,
+                             threshold_loader=threshold_loader)
     nets = {n: m.cpu() for n, m in nets.items()}
     costs = model_cost(nets, (1, 3, data.size, data.size),
                        checkpoints={n: deployed_file(e.source) for n, e in loaded.items()
@@ -246,12 +251,14 @@ def _overlays(ref, image_path, methods, class_names, label: str = "") -> list[tu
             (logits > 0).nonzero()[:, 0].tolist()
         classes = classes or [int(logits.argmax())]
     cls = torch.tensor(classes)
+    kind = "softmax" if getattr(model, "single_label", False) else "sigmoid"
     rows = []
     for m in methods:
         maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)
         maps = upsample(maps, (size, size))
+        probs = class_probabilities(model, logits.detach())[0]
         for c, amap in zip(classes, maps):
-            title = f"{label}{m}: {names[c]} (logit {float(logits[0, c]):.2f})"
+            title = f"{label}{m}: {names[c]} (p={float(probs[c]):.2f}, {kind})"
             rows.append((f"{Path(image_path).stem}_{_file_part(names[c])}_{m}.png",
                          (x[0], amap, title)))
     return rows
@@ -274,9 +281,18 @@ def _explain_side_by_side(refs, image_path, out, methods, class_names) -> list[P
             logits = model(x)[0]
         class_names = [meta["classes"][int(logits.argmax())]]
     parts = [_overlays(ref, image_path, methods, class_names,
-                       label=f"{Path(ref).name.removeprefix('pretrained:')}: ") for ref in refs]
+                       label=f"{_model_label(ref)}: ") for ref in refs]
     return [save_overlays([row for _, row in column], Path(out) / column[0][0])
             for column in zip(*parts)]
+
+
+def _model_label(ref) -> str:
+    """How a figure names a model: a checkpoint by its folder, a ``pretrained:`` spec by its
+    model (and the folder its classes come from)."""
+    if not is_pretrained(str(ref)):
+        return Path(ref).name
+    head, _, classes = str(ref).removeprefix("pretrained:").partition(",classes=")
+    return head + (f" ({Path(classes).name} classes)" if classes else "")
 
 
 def _read_image(path, size: int) -> torch.Tensor:
@@ -333,9 +349,12 @@ def write_results(results: dict, path: str | Path) -> None:
     path.write_text(json.dumps(results, indent=2))
 
 
-# (header, words.metric key): agreement with the teacher first, then localisation on the fixed
-# pair sets, then the paper-comparable numbers (each model's own predicted pairs)
-TABLE_COLUMNS = (("rho", "spearman"), ("IoU10", "topk_iou"), ("peak px", "peak_distance"),
+# (header, words.metric key): the task (single-label models: top-1; multi-label ones: mAP, F1
+# at 0.5 and at the val split's threshold), agreement with the teacher, localisation on the
+# fixed pair sets, then the paper-comparable numbers (each model's own predicted pairs)
+TABLE_COLUMNS = (("mAP", "mAP"), ("F1", "F1"), ("F1@val", "F1_at_val_threshold"),
+                 ("top1", "top1"), ("top1 agr", "top1_agreement"), ("rho", "spearman"),
+                 ("IoU10", "topk_iou"), ("peak px", "peak_distance"),
                  ("P(hit|T)", "hit_given_teacher_hit"), ("PG all", "all/pointing_game"),
                  ("AUC all", "all/auc"), ("PG T-ok", "teacher_correct/pointing_game"),
                  ("AUC T-ok", "teacher_correct/auc"), ("PG paper", "pointing_game"),
@@ -344,21 +363,20 @@ TABLE_GAPS = (("PG", "pointing_game"), ("AUC", "auc"), ("rho", "spearman"))
 
 
 def format_table(results: dict, explainer: str = "gradcam") -> str:
-    """Plain-text results table: one row per run, agreement with the teacher first, then
+    """Plain-text results table: one row per run, the task, agreement with the teacher, then
     pointing game / AUC on all ground-truth pairs and on the teacher's correct pairs, then the
-    paper-comparable pointing game / AUC (each model's own predicted pairs); under it, each
-    matched run's gap recovered on all pairs with its 95% interval, or "no gap". ``top1``:
-    share of images whose top-scored class is one of their labels (top-1 accuracy; on
-    unlabeled photos, agreement with the teacher's top-1), when the results have it."""
-    top1 = any("top1" in r["task"] for r in results["runs"])
-    cols = ["run", "mAP", "F1", *(["top1"] if top1 else []),
-            *(h for h, _ in TABLE_COLUMNS), "params", "MMACs", "ms"]
+    paper-comparable pointing game / AUC (each model's own predicted pairs); columns without a
+    value (mAP / F1 of single-label models, localisation without masks) are left out. Under
+    it, each matched run's gap recovered on all pairs with its 95% interval, or "no gap".
+    ``top1``: share of images whose top-scored class is one of their labels (top-1 accuracy;
+    on unlabeled photos, agreement with the teacher's top-1)."""
+    columns = [(h, k) for h, k in TABLE_COLUMNS
+               if any(metric(r, k, explainer) is not None for r in results["runs"])]
+    cols = ["run", *(h for h, _ in columns), "params", "MMACs", "ms"]
     rows = [cols]
     for r in results["runs"]:
-        rows.append([r["name"], r["task"]["mAP"], r["task"]["F1"],
-                     *([r["task"].get("top1")] if top1 else []),
-                     *(metric(r, k, explainer) for _, k in TABLE_COLUMNS), r["cost"]["params"],
-                     r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
+        rows.append([r["name"], *(metric(r, k, explainer) for _, k in columns),
+                     r["cost"]["params"], r["cost"]["macs"] / 1e6, r["cost"]["latency_ms"]])
     text = [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in

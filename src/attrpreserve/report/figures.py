@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,10 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator,  # noqa: E402
                                NullFormatter)
 
-from ..results_schema import SELF_AGREEMENT  # noqa: E402
+from ..results_schema import CENTER_BASELINE, SELF_AGREEMENT  # noqa: E402
 from .html import png  # noqa: E402
 from .words import (class_name, matching_of, matching_words, metric,  # noqa: E402
                     num, pct, recipe_groups, teacher_run)
@@ -28,9 +31,11 @@ __all__ = ["save_overlay", "save_overlays"]
 MATCHING_COLOURS = {"none": "#9e9e9e", "at": "#f28e2b", "wcam": "#4e79a7"}
 OTHER_COLOUR = "#76b7b2"
 
-# agreement with the teacher first, then localisation on fixed pair sets ("SET/KEY", see
-# words.metric), then the paper-comparable pointing game (each model's own predicted pairs)
-PLOT_METRICS = (("mAP", "mAP"), ("spearman", "Spearman vs teacher"),
+# the task, agreement with the teacher, then localisation on fixed pair sets ("SET/KEY", see
+# words.metric), then the paper-comparable pointing game (each model's own predicted pairs);
+# metric_bars draws those the results have
+PLOT_METRICS = (("mAP", "mAP"), ("top1", "top-1"), ("top1_agreement", "top-1 agreement"),
+                ("spearman", "Spearman vs teacher"),
                 ("topk_iou", "top-10% IoU vs teacher"),
                 ("hit_given_teacher_hit", "P(hit | teacher hit)"),
                 ("all/pointing_game", "pointing game, all pairs"),
@@ -59,30 +64,70 @@ def inline(fig, alt: str, dpi: int = 90) -> str:
 # Overlays (attrpreserve explain)
 # --------------------------------------------------------------------------------------------
 
-def draw_map(ax, att: np.ndarray) -> None:
-    """Overlay one attribution map: signed maps diverging around zero, others "jet" from zero."""
-    if att.min() < 0:
+def draw_map(ax, att: np.ndarray, signed: bool | None = None):
+    """Overlay one attribution map scaled to its own maximum: diverging around zero in [-1, 1]
+    of its largest magnitude when ``signed`` (default: when it has a negative value), else
+    "jet" in [0, 1] of its maximum. Returns the image, for a colour bar (:func:`colour_bar`)."""
+    signed = bool(att.min() < 0) if signed is None else signed
+    if signed:
         bound = max(abs(att.min()), abs(att.max())) or 1.0
-        ax.imshow(att, cmap="bwr", vmin=-bound, vmax=bound, alpha=0.6)
-    else:
-        ax.imshow(att, cmap="jet", vmin=0, vmax=att.max() or 1.0, alpha=0.5)
+        return ax.imshow(att / bound, cmap="bwr", vmin=-1, vmax=1, alpha=0.6)
+    return ax.imshow(att / (att.max() or 1.0), cmap="jet", vmin=0, vmax=1, alpha=0.5)
+
+
+def colour_bar(fig, beside: list, signed: bool):
+    """The colour bar of maps drawn by :func:`draw_map`, right of the axes ``beside`` and as
+    tall as they span (the caller leaves room for it at the figure's right edge)."""
+    for ax in beside:
+        ax.apply_aspect()  # images shrink their axes to the picture
+    boxes = [ax.get_position() for ax in beside]
+    y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
+    width = fig.get_figwidth()
+    cax = fig.add_axes((max(b.x1 for b in boxes) + 0.08 / width, y0, 0.12 / width, y1 - y0))
+    norm = Normalize(-1, 1) if signed else Normalize(0, 1)
+    bar = fig.colorbar(ScalarMappable(norm, "bwr" if signed else "jet"), cax=cax)
+    bar.set_label("map / its largest |value|" if signed else "map / its maximum", fontsize=7.5)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def wrap_label(text: str, width: int = 22) -> str:
+    """A label broken into lines of at most ``width`` characters (at spaces, hyphens, ``:``
+    and ``+``), so neighbouring labels do not overlap."""
+    spaced = text.replace(":", ": ").replace("+", " +")
+    lines = textwrap.wrap(spaced, width) or [""]
+    return "\n".join(lines).replace(": ", ":").replace(" +", "+")
 
 
 def _overlay_figure(image: torch.Tensor, attribution: torch.Tensor, title: str):
-    """``image`` (3 x H x W in [0, 1]) beside it with ``attribution`` (H x W) overlaid; 600 x
-    320 px at 100 dpi."""
+    """``image`` (3 x H x W in [0, 1]) beside it with ``attribution`` (H x W) overlaid and its
+    colour bar; the title wrapped to the panel."""
     img = image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
     att = attribution.detach().float().cpu().numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.4), dpi=100)
     axes[0].imshow(img)
     axes[0].set_title("image", fontsize=9)
     axes[1].imshow(img)
-    draw_map(axes[1], att)
-    axes[1].set_title(title, fontsize=9)
+    signed = bool(att.min() < 0)
+    draw_map(axes[1], att, signed)
+    axes[1].set_title(wrap_label(title, 44), fontsize=9)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.87, top=0.86, bottom=0.02, wspace=0.05)
+    colour_bar(fig, [axes[1]], signed)
     return fig
+
+
+def _pixels(fig) -> np.ndarray:
+    """The figure as RGB pixels, cropped to what it draws (nothing cut off); closes it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.08,
+                facecolor="white")
+    plt.close(fig)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def _written(path: str | Path) -> Path:
@@ -93,16 +138,13 @@ def _written(path: str | Path) -> Path:
 
 def save_overlay(image: torch.Tensor, attribution: torch.Tensor, path: str | Path,
                  title: str = "") -> Path:
-    """Write ``image`` (3 x H x W in [0, 1]) beside it with ``attribution`` (H x W) overlaid.
+    """Write ``image`` (3 x H x W in [0, 1]) beside it with ``attribution`` (H x W) overlaid,
+    with a colour bar and the title (wrapped, never cut off).
 
     Signed maps use a diverging colour map centred on zero; non-negative maps use "jet" scaled
     to their maximum.
     """
-    fig = _overlay_figure(image, attribution, title)
-    path = _written(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_overlays([(image, attribution, title)], path)
 
 
 def save_overlays(rows: list[tuple[torch.Tensor, torch.Tensor, str]], path: str | Path) -> Path:
@@ -110,12 +152,7 @@ def save_overlays(rows: list[tuple[torch.Tensor, torch.Tensor, str]], path: str 
     row drawn as :func:`save_overlay` draws it (e.g. several models on one image)."""
     from PIL import Image
 
-    strips = []
-    for image, attribution, title in rows:
-        fig = _overlay_figure(image, attribution, title)
-        fig.canvas.draw()
-        strips.append(np.asarray(fig.canvas.buffer_rgba())[..., :3])
-        plt.close(fig)
+    strips = [_pixels(_overlay_figure(*row)) for row in rows]
     sheet = np.full((sum(s.shape[0] for s in strips), max(s.shape[1] for s in strips), 3), 255,
                     dtype=np.uint8)
     top = 0
@@ -131,12 +168,23 @@ def save_overlays(rows: list[tuple[torch.Tensor, torch.Tensor, str]], path: str 
 # Results page
 # --------------------------------------------------------------------------------------------
 
+def plotted_metrics(results: dict, explainer: str) -> list[tuple[str, str]]:
+    """The :data:`PLOT_METRICS` that some compressed run has a value of."""
+    runs = [r for group in recipe_groups(results).values() for r in group]
+    return [(k, w) for k, w in PLOT_METRICS
+            if any(metric(r, k, explainer) is not None for r in runs)]
+
+
 def metric_bars(results: dict, explainer: str) -> str:
-    """Bar charts per metric: recipes on x, naive / AT / WCAM bars, the teacher as a line."""
+    """Bar charts of each of :func:`plotted_metrics`: recipes on x, naive / AT / WCAM bars, the
+    teacher as a dashed line and, for localisation, the centre baseline as a dotted one."""
     teacher, groups = teacher_run(results), recipe_groups(results)
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.6))
+    panels = plotted_metrics(results, explainer)
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(3.25 * cols, 2.8 * rows))
     width = 0.8 / max(len(runs) for runs in groups.values())
-    for ax, (key, label) in zip(axes.flat, PLOT_METRICS):
+    for ax, (key, label) in zip(axes.flat, panels):
         for gi, runs in enumerate(groups.values()):
             for ri, r in enumerate(runs):
                 v = metric(r, key, explainer)
@@ -145,27 +193,42 @@ def metric_bars(results: dict, explainer: str) -> str:
                 ax.bar(x, v if v is not None else 0, width * 0.92,
                        color=MATCHING_COLOURS.get(m, OTHER_COLOUR),
                        label=matching_words(m))
-                ax.text(x, (v or 0) + 0.01, f"{v:.2f}" if v is not None else "n/a",
+                ax.text(x, (v or 0) + 0.01, f"{v:.2f}" if v is not None else "–",
                         ha="center", va="bottom", fontsize=6.5)
-        t = None if key in SELF_AGREEMENT else (metric(teacher, key, explainer) if teacher
-                                               else None)
+        t = None if key in SELF_AGREEMENT or key == "top1_agreement" or teacher is None \
+            else metric(teacher, key, explainer)
         if t is not None:
             ax.axhline(t, color="k", ls="--", lw=1.2, label="teacher")
+        c = center_baseline(results, key, explainer)
+        if c is not None:
+            ax.axhline(c, color="#b07aa1", ls=":", lw=1.6, label="centre baseline")
         ax.set_title(label, fontsize=10)
-        ax.set_xticks(range(len(groups)), list(groups), fontsize=8.5)
+        ax.set_xticks(range(len(groups)), [wrap_label(g, 16) for g in groups], fontsize=8.5)
         ax.set_ylim(0, 1.08)
         ax.tick_params(axis="y", labelsize=7.5)
         ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat[1:]:  # the first panel may lack the teacher line of a later one
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = [], []
+    for ax in axes.flat:  # one panel may lack the teacher or centre line of another
         h, lab = ax.get_legend_handles_labels()
         handles += h
         labels += lab
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), loc="upper center", ncol=len(unique),
-               frameon=False, fontsize=9, bbox_to_anchor=(0.5, 1.04))
-    fig.tight_layout()
+               frameon=False, fontsize=9, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return inline(fig, f"bar charts of each metric per recipe ({explainer})")
+
+
+def center_baseline(results: dict, key: str, explainer: str) -> float | None:
+    """The centre baseline of a localisation metric on a fixed pair set ("SET/KEY": the same
+    pairs for every run), or ``None``."""
+    if "/" not in key:
+        return None
+    return next((v for r in results["runs"]
+                 for v in [metric(r, key + CENTER_BASELINE, explainer)] if v is not None),
+                None)
 
 
 def _short(v: float) -> str:
@@ -215,13 +278,17 @@ def sweep_curves(sweeps: list[dict], size_key: str, teacher: dict[str, float | N
 
 def heatmap_grid(imgs, names: list[str], maps: dict[str, torch.Tensor],
                  probs: dict[str, torch.Tensor], classes: torch.Tensor, class_names: list[str],
-                 explainer: str, row_notes: list[str] | None = None) -> str:
+                 explainer: str, row_notes: list[str] | None = None,
+                 titles: list[str] | None = None) -> str:
     """Grid: one row per image of ``imgs`` (:class:`~.maps.ReportImages`); columns image | each
-    name's map of ``classes[i]`` with its probability; the object outlined in white.
-    ``row_notes``: extra text under each row's class label."""
+    name's map of ``classes[i]`` with its probability; the object outlined in white; one colour
+    bar. ``row_notes``: extra text under each row's class label; ``titles``: the columns'
+    headings (default: ``names``), wrapped to the column."""
     n, cols = len(imgs.images), 1 + len(names)
-    fig, axes = plt.subplots(n, cols, squeeze=False, figsize=(1.9 * cols, 1.95 * n))
+    fig, axes = plt.subplots(n, cols, squeeze=False, figsize=(1.9 * cols + 0.7, 1.95 * n))
     outline = [patheffects.withStroke(linewidth=2.6, foreground="black")]
+    signed = any(bool((maps[name] < 0).any()) for name in names)
+    titles = ["image"] + [wrap_label(t) for t in (titles or names)]
     for i in range(n):
         img = imgs.images[i].permute(1, 2, 0).clamp(0, 1).numpy()
         c = int(classes[i])
@@ -229,7 +296,7 @@ def heatmap_grid(imgs, names: list[str], maps: dict[str, torch.Tensor],
         for j, ax in enumerate(axes[i]):
             ax.imshow(img)
             if j:
-                draw_map(ax, maps[names[j - 1]][i].numpy())
+                draw_map(ax, maps[names[j - 1]][i].numpy(), signed)
                 ax.text(1, img.shape[0] - 2, f"p={float(probs[names[j - 1]][i]):.2f}",
                         fontsize=6.5, color="k", va="bottom",
                         bbox={"boxstyle": "square,pad=0.15", "fc": "white", "alpha": 0.75,
@@ -241,13 +308,14 @@ def heatmap_grid(imgs, names: list[str], maps: dict[str, torch.Tensor],
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title("image" if j == 0 else names[j - 1], fontsize=8.5)
+                ax.set_title(titles[j], fontsize=8.5)
         absent = not obj.any() and bool((imgs.masks[i] != 255).any())  # all void: unknown
         label = class_name(class_names, c) + ("\n(not in image)" if absent else "")
         if row_notes:
             label += "\n" + row_notes[i]
         axes[i][0].set_ylabel(label, fontsize=8.5)
-    fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.3)
+    fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.3, rect=(0, 0, 1 - 0.7 / fig.get_figwidth(), 1))
+    colour_bar(fig, list(axes[:, -1]), signed)
     return inline(fig, f"{explainer} maps per run", dpi=100)
 
 

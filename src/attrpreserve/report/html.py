@@ -31,6 +31,7 @@ tbody tr:nth-child(even){background:#fafafa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.good{background:#dcefdc}td.bad{background:#f7dede}
 td.tag{color:#777;font-style:italic;text-align:right}
+td.base{color:#555;font-style:italic;background:#f4f1f7}
 td.text{white-space:normal;min-width:320px;max-width:760px}
 .verdict{font-size:15px}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
@@ -50,15 +51,23 @@ def cell(v) -> str:
     return f3(v)
 
 
+def header_cell(text: str) -> str:
+    """A column header; one with line breaks (``"\n"``) breaks there and nowhere else."""
+    if "\n" not in text:
+        return f"<th>{escape(text)}</th>"
+    lines = (escape(line).replace(" ", "&nbsp;") for line in text.split("\n"))
+    return f"<th>{'<br>'.join(lines)}</th>"
+
+
 def table(header: list[str], rows: list[list], caption: str = "", numeric_from: int = 1,
           classes: list[list[str]] | None = None, fmt=f3) -> str:
     """An escaped HTML table. Cells are formatted with ``fmt`` unless already strings; from
-    column ``numeric_from`` on, cells that are not words (numbers, "71%", "–") align right."""
+    column ``numeric_from`` on, cells that are not words (numbers, "71%", "–") align right.
+    Headers as :func:`header_cell`."""
     out = ["<table>"]
     if caption:
         out.append(f"<caption>{escape(caption)}</caption>")
-    out.append("<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header)
-               + "</tr></thead>")
+    out.append("<thead><tr>" + "".join(header_cell(h) for h in header) + "</tr></thead>")
     out.append("<tbody>")
     for i, row in enumerate(rows):
         cells = []
@@ -109,11 +118,20 @@ def section(anchor: str, title: str, body: str, intro: str = "") -> str:
     return f'<section id="{anchor}"><h2>{escape(title)}</h2>{p}\n{body}</section>'
 
 
-def document(title: str, sub: list[str], sections: list[tuple[str, str, str, str]]) -> str:
+def omitted(title: str, why: str) -> str:
+    """The one line that stands for a section or table without data."""
+    return f"<p class='note'><b>{escape(title)}</b>: not shown, {escape(why)}</p>"
+
+
+def document(title: str, sub: list[str], sections: list[tuple[str, str, str | None, str]]
+             ) -> str:
     """The whole page: head with inline CSS, a subtitle (``sub`` joined), in-page navigation,
-    then the ``(anchor, title, body html, intro text)`` sections."""
-    nav = " ".join(f'<a href="#{a}">{escape(t)}</a>' for a, t, _, _ in sections)
-    body = "\n".join(section(a, t, b, i) for a, t, b, i in sections)
+    then the ``(anchor, title, body html, intro text)`` sections; a section whose body is
+    ``None`` has no data and is one line, its intro saying why (:func:`omitted`)."""
+    nav = " ".join(f'<a href="#{a}">{escape(t)}</a>' for a, t, b, _ in sections
+                   if b is not None)
+    body = "\n".join(section(a, t, b, i) if b is not None else omitted(t, i)
+                     for a, t, b, i in sections)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n"

@@ -15,33 +15,42 @@ import torch
 
 from ..loading import load_model
 from ..models.checkpoint import SIDECAR
-from ..results_schema import SELF_AGREEMENT, validate_results
+from ..results_schema import CENTER_BASELINE, SELF_AGREEMENT, validate_results
 from . import figures
-from .html import card, cell, document, escape, kv_table, note, table, wrapped
+from .html import card, cell, document, escape, kv_table, note, omitted, table, wrapped
 from .maps import Heatmaps, ReportImages
 from .maps import heatmaps as maps_heatmaps
-from .words import (HEADLINE_GAPS, PAIR_SET_WORDS, class_name, explainers_in, f3, gap_entry,
-                    gap_words, headline, matching_of, method_of, metric, naive_run, num,
-                    ordered_runs, pair_count, recipe_groups, teacher_run)
+from .words import (PAIR_SET_WORDS, class_name, explainers_in, f3, gap_entry, gap_words,
+                    headline, is_single_label, method_of, metric, naive_run, num,
+                    ordered_runs, pair_count, recipe_groups, role_of, teacher_run)
 
 __all__ = ["write_report"]
 
-GAP_HEADERS = {"pointing_game": "PG", "auc": "AUC", "spearman": "Spearman"}
-# agreement with the teacher first, then localisation on the fixed pair sets ("SET/KEY")
-QUALITY_COLUMNS = (("mAP", "mAP"), ("F1", "F1"), ("Spearman", "spearman"),
-                   ("top-10% IoU", "topk_iou"), ("peak dist. px", "peak_distance"),
-                   ("P(hit | T hit)", "hit_given_teacher_hit"), ("PG all", "all/pointing_game"),
-                   ("AUC all", "all/auc"), ("PG all (class-bal.)", "all/balanced:pointing_game"),
-                   ("PG T-correct", "teacher_correct/pointing_game"),
-                   ("AUC T-correct", "teacher_correct/auc"))
-# each model's own predicted pairs (the paper's pooling) and the other localisation numbers
-PAPER_COLUMNS = (("PG (paper)", "pointing_game"), ("AUC (paper)", "auc"),
-                 ("predicted pairs", "predicted_pairs"), ("PG15", "pointing_game_std"),
-                 ("energy PG", "energy_pg"), ("cosine", "cosine"),
-                 ("argmax agree", "argmax_agree"))
-COST_COLUMNS = (("params", "params"), ("non-zero params", "nonzero_params"), ("MACs", "macs"),
-                ("bytes", "bytes"), ("latency ms", "latency_ms"))
+# (header, words.metric key); a header breaks at "\n" only. Columns without a value in any run
+# are left out (mAP / F1 of single-label models, top-1 agreement without a teacher, ...).
+TASK_COLUMNS = (("mAP", "mAP"), ("F1\nat 0.5", "F1"),
+                ("F1 at val\nthreshold", "F1_at_val_threshold"), ("top-1", "top1"),
+                ("top-1\nagreement", "top1_agreement"))
+AGREEMENT_COLUMNS = (("Spearman", "spearman"), ("top-10%\nIoU", "topk_iou"),
+                     ("peak dist.\n(px)", "peak_distance"), ("cosine", "cosine"),
+                     ("argmax\nagree", "argmax_agree"))
+# localisation on the fixed pair sets ("SET/KEY"), the same pairs for every run
+LOCALIZATION_COLUMNS = (("PG\nall", "all/pointing_game"), ("AUC\nall", "all/auc"),
+                        ("energy PG\nall", "all/energy_pg"),
+                        ("PG all\n(class-bal.)", "all/balanced:pointing_game"),
+                        ("PG\nT-correct", "teacher_correct/pointing_game"),
+                        ("AUC\nT-correct", "teacher_correct/auc"),
+                        ("P(hit |\nT hit)", "hit_given_teacher_hit"))
+# each model's own predicted pairs (the paper's pooling), each beside its centre baseline
+PAPER_COLUMNS = (("PG\n(paper)", "pointing_game"), ("AUC\n(paper)", "auc"),
+                 ("PG\n15 px", "pointing_game_std"), ("energy\nPG", "energy_pg"))
+# (header, metric) of the gap-recovered columns of each table
+AGREEMENT_GAPS = (("Spearman gap\nrecovered", "spearman"),)
+LOCALIZATION_GAPS = (("PG gap\nrecovered", "pointing_game"), ("AUC gap\nrecovered", "auc"))
+COST_COLUMNS = (("params", "params"), ("non-zero\nparams", "nonzero_params"), ("MACs", "macs"),
+                ("bytes", "bytes"), ("latency\nms", "latency_ms"))
 METRIC_WORDS = {**dict(figures.PLOT_METRICS), **dict(figures.TABLE_METRICS)}
+NO_MASKS = "the evaluated images have no object masks or boxes"
 
 
 def write_report(results: dict, out_html: str | Path,
@@ -73,41 +82,52 @@ def write_report(results: dict, out_html: str | Path,
     explainers = list(explainers) if explainers else (found or ["gradcam"])
     table_explainers = [e for e in explainers if e in found] or found
     notes = "".join(note(str(n)) for n in results.get("notes", []))
+    roles = "; ".join(f"{r['name']}: {role_of(results, r)}" for r in ordered_runs(results))
     sections = [("headline", "Did compression move the explanations?",
-                 _headline_html(results, table_explainers) + notes,
+                 _headline_html(results, table_explainers) + notes
+                 + note(f"Runs by role (reference = the teacher whose maps the others are "
+                        f"compared with): {roles}."),
                  "Agreement compares each run's maps with the teacher's on every ground-truth "
                  "pair (1 = identical). Gap = teacher minus naive run on a fixed pair set (the "
                  "same pairs for every model); gap recovered = (matched - naive) / gap, with "
                  "the 95% interval of the ratio from a paired image bootstrap, reported only "
                  "where the gap's own 95% interval excludes 0 (else \"no gap\")."),
                 ("results", "Results", _tables_html(results, table_explainers),
-                 "Agreement with the teacher first: Spearman, top-10% IoU, peak distance and "
-                 "P(hit | T hit) (the run's pointing-game hits among the pairs where the "
-                 "teacher's map hits). PG / AUC all = pointing game / localisation AUC on all "
-                 "ground-truth pairs, T-correct = on the pairs the teacher predicts correctly "
-                 "(pooled; class-bal. = mean of per-class means). The paper-comparable table "
-                 "pools each model's own predicted pairs, so its models are scored on "
-                 "different pairs: compare it with the paper, not across runs."),
-                ("plots", "Metrics per recipe", _plots_html(results, table_explainers),
-                 "Bars: naive (grey), AT (orange), WCAM (blue) runs of each recipe; dashed "
-                 "line: the teacher.")]
+                 "Task quality (single-label models: top-1; multi-label ones: mAP, F1 at "
+                 "probability 0.5 and at the threshold that maximises F1 on the val split), "
+                 "then agreement with the teacher's maps on every ground-truth pair. PG / AUC "
+                 "/ energy PG all = pointing game / localisation AUC / energy pointing game on "
+                 "all ground-truth pairs, T-correct = on the pairs the teacher predicts "
+                 "correctly (pooled; class-bal. = mean of per-class means); P(hit | T hit) = "
+                 "the run's pointing-game hits among the pairs where the teacher's map hits. "
+                 "The centre baseline scores a map that ignores the image (a Gaussian at the "
+                 "image centre) on the same pairs. The paper-comparable table pools each "
+                 "model's own predicted pairs, so its models are scored on different pairs: "
+                 "compare it with the paper, not across runs.")]
+    if recipe_groups(results):
+        sections.append(("plots", "Metrics per recipe", _plots_html(results, table_explainers),
+                         "Bars: naive (grey), AT (orange), WCAM (blue) runs of each recipe; "
+                         "dashed line: the teacher; dotted: the centre baseline."))
+    else:
+        sections.append(("plots", "Metrics per recipe", None, "no compressed runs to compare"))
     if results.get("sweeps"):
         sections.append(("sweeps", "Metrics against model size", _sweeps_html(results), ""))
     if heatmaps is None and checkpoints and images is not None:
         models, _, failures = load_checkpoints(column_order(results, checkpoints), checkpoints)
         heatmaps = maps_heatmaps(models, images, explainers, target, failures)
-    if heatmaps is not None:
-        sections.append(("heatmaps", "Attribution maps", _heatmaps_html(results, heatmaps), ""))
+    sections.append(("heatmaps", "Attribution maps", _heatmaps_html(results, heatmaps), "")
+                    if heatmaps is not None else
+                    ("heatmaps", "Attribution maps", None, "no models were given to draw them"))
     per_class = _per_class_html(results, table_explainers)
-    if per_class:
-        sections.append(("per-class", "Per class", per_class, ""))
+    sections.append(("per-class", "Per class", per_class or None,
+                     "" if per_class else "the results hold no per-class numbers"))
     if histories is None:
         histories = sidecar_histories(checkpoints)
     training = _training_html(histories)
-    if training:
-        sections.append(("training", "Training curves", training,
-                         "Loss terms per epoch (left axis) and validation mAP (dashed, right "
-                         "axis); pruning runs: best validation mAP and sparsity per round."))
+    sections.append(("training", "Training curves", training or None,
+                     "Loss terms per epoch (left axis) and validation mAP (dashed, right "
+                     "axis); pruning runs: best validation mAP and sparsity per round."
+                     if training else "no run has a training history (pretrained models)"))
     sections.append(("config", "Configuration and versions", _config_html(results), ""))
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
@@ -125,18 +145,22 @@ def _subtitle(results: dict) -> list[str]:
 
 def _headline_html(results: dict, explainers: list[str]) -> str:
     """One card per (explainer, recipe): the summary in bold, then one sentence per metric."""
-    if teacher_run(results) is None or not recipe_groups(results):
-        return "<p>No teacher and compressed runs to compare.</p>"
+    if teacher_run(results) is None:
+        return "<p>No teacher run: nothing to compare the maps with.</p>"
+    if not recipe_groups(results):
+        return ("<p>No compressed runs to compare with the teacher: the tables below score "
+                "each model on its own.</p>")
     return "\n".join(card(f"{item['recipe']} ({e})", item["summary"], item["sentences"])
                      for e in explainers or ["gradcam"] for item in headline(results, e))
 
 
-def _gap_cell(run, teacher, naive, key, explainer) -> tuple[str, str]:
-    """Text and CSS class of a run's "gap recovered" cell for one metric (all pairs,
-    pooled)."""
-    if run is teacher or run is naive or naive is None:
-        return ("teacher" if run is teacher else "naive" if run is naive else "–"), "tag"
-    e = gap_entry(run, key, explainer)
+def _gap_cell(run, naive, key, explainer) -> tuple[str, str]:
+    """Text and CSS class of a run's "gap recovered" cell for one metric (all pairs, pooled):
+    empty for the runs without a gap of their own (reference, uncompressed, naive), "–" for a
+    matched run without a naive run or an entry."""
+    if run is naive or method_of(run) == "none":
+        return "", ""
+    e = None if naive is None else gap_entry(run, key, explainer)
     text = gap_words(e).replace(" (95% CI ", " (").replace(" to ", "–")
     if e is None or e["status"] != "ok":
         return text, "tag"
@@ -145,48 +169,101 @@ def _gap_cell(run, teacher, naive, key, explainer) -> tuple[str, str]:
                   "bad" if hi is not None and hi < 0.1 else "")
 
 
+def _present(runs: list[dict], columns, explainer) -> list[tuple[str, str]]:
+    """The ``(header, key)`` columns that some run has a value of."""
+    return [(h, k) for h, k in columns if any(metric(r, k, explainer) is not None for r in runs)]
+
+
+def _run_table(results, runs, columns, gaps, explainer, caption, extra_rows=()) -> str:
+    """One row per run: name, role, recipe, the ``columns`` present and, where some matched
+    run has them, the ``gaps`` columns; ``extra_rows`` (e.g. the centre baseline) below."""
+    naive_of = {id(r): naive_run(group) for group in recipe_groups(results).values()
+                for r in group}
+    gaps = [(h, k) for h, k in gaps
+            if any(gap_entry(r, k, explainer) for r in runs)]
+    rows, classes = [], []
+    for r in runs:
+        row = [r["name"], role_of(results, r),
+               "–" if method_of(r) == "none" else r.get("recipe_label") or method_of(r)]
+        row += [metric(r, k, explainer) for _, k in columns]
+        cls = [""] * len(row)
+        for _, k in gaps:
+            text, c = _gap_cell(r, naive_of.get(id(r)), k, explainer)
+            row.append(text)
+            cls.append(c)
+        rows.append(row)
+        classes.append(cls)
+    for label, values in extra_rows:
+        rows.append([label, "no model", ""] + values + [""] * len(gaps))
+        classes.append(["base"] * len(rows[-1]))
+    header = ["run", "role", "recipe"] + [h for h, _ in columns] + [h for h, _ in gaps]
+    return wrapped(table(header, rows, caption, 3, classes))
+
+
+def _localized(results: dict, explainer: str) -> bool:
+    """Whether some run has a localisation number (the data had masks or boxes)."""
+    return bool(_present(results["runs"], LOCALIZATION_COLUMNS + PAPER_COLUMNS, explainer))
+
+
 def _tables_html(results: dict, explainers: list[str]) -> str:
-    """Per explainer: agreement and fixed-pair localisation with gap-recovered columns, then
-    the paper-comparable numbers; then one cost table."""
-    teacher = teacher_run(results)
-    naive_of = {id(r): naive_run(runs) for runs in recipe_groups(results).values() for r in runs}
+    """Per explainer: task and agreement with the teacher; localisation on the fixed pair sets
+    with the centre baseline; the paper-comparable numbers; then one cost table. A table
+    without data is one line saying why."""
     runs = ordered_runs(results)
     parts = []
     for e in explainers or [None]:
-        header = ["run", "recipe", "matching"] + [h for h, _ in QUALITY_COLUMNS]
-        header += [f"{GAP_HEADERS[k]} gap recovered" for k, _ in HEADLINE_GAPS]
-        rows, classes = [], []
-        for r in runs:
-            row = [r["name"], method_of(r), matching_of(r)]
-            row += [metric(r, k, e) for _, k in QUALITY_COLUMNS]
-            cls = [""] * len(row)
-            for k, _ in HEADLINE_GAPS:
-                text, c = _gap_cell(r, teacher, naive_of.get(id(r)), k, e)
-                row.append(text)
-                cls.append(c)
-            rows.append(row)
-            classes.append(cls)
         n_all, n_tc = (pair_count(runs, s, e) for s in PAIR_SET_WORDS)
-        cap = (f"Agreement with the teacher and {e} localisation on fixed pairs ("
-               f"{f3(n_all)} ground-truth pairs, {f3(n_tc)} teacher-correct; gap recovered on "
-               f"all pairs, pooled, with 95% CI)" if e else "Task metrics")
-        parts.append(wrapped(table(header, rows, cap, 3, classes)))
-        paper = [[r["name"]] + [metric(r, k, e) for _, k in PAPER_COLUMNS] for r in runs]
-        parts.append(wrapped(table(["run"] + [h for h, _ in PAPER_COLUMNS], paper,
-                                   f"Paper-comparable {e} numbers: PG and AUC pooled over each "
-                                   f"model's own predicted pairs (not comparable across runs)")))
-    cost_rows = [[r["name"]] + [metric(r, k) for _, k in COST_COLUMNS]
-                 + [r["training"]["best_epoch"], r["training"]["best_val_mAP"]] for r in runs]
-    parts.append(table(["run"] + [h for h, _ in COST_COLUMNS] + ["best epoch", "best val mAP"],
-                       cost_rows, "Cost (measured side by side) and model selection"))
+        columns = _present(runs, TASK_COLUMNS + AGREEMENT_COLUMNS, e)
+        parts.append(_run_table(
+            results, runs, columns, AGREEMENT_GAPS, e,
+            f"Task and agreement with the teacher's {e} maps on all {f3(n_all)} ground-truth "
+            f"pairs (gap recovered: pooled, with 95% CI)" if e else "Task metrics"))
+        if any(is_single_label(r) for r in runs) and not _present(runs, TASK_COLUMNS[:3], e):
+            parts.append(omitted("mAP and F1", "single-label (softmax) models are scored by "
+                                               "top-1 against the labels"))
+        if e is None:
+            continue
+        if not _localized(results, e):
+            parts.append(omitted(f"Localisation ({e})", NO_MASKS))
+            continue
+        columns = _present(runs, LOCALIZATION_COLUMNS, e)
+        baseline = [figures.center_baseline(results, k, e) for _, k in columns]
+        parts.append(_run_table(
+            results, runs, columns, LOCALIZATION_GAPS, e,
+            f"{e} localisation on fixed pairs ({f3(n_all)} ground-truth pairs, {f3(n_tc)} "
+            f"teacher-correct; gap recovered on all pairs, pooled, with 95% CI)",
+            [("centre baseline", baseline)] if any(v is not None for v in baseline) else ()))
+        header, paper = ["run", "predicted\npairs"], []
+        for h, _ in PAPER_COLUMNS:
+            header += [h, "centre\nbaseline"]
+        for r in runs:
+            row = [r["name"], metric(r, "predicted_pairs", e)]
+            for _, k in PAPER_COLUMNS:
+                row += [metric(r, k, e), metric(r, k + CENTER_BASELINE, e)]
+            paper.append(row)
+        parts.append(wrapped(table(header, paper,
+                                   f"Paper-comparable {e} numbers: pooled over each model's own "
+                                   f"predicted pairs (not comparable across runs), each beside "
+                                   f"the centre baseline on the same pairs")))
+    costs = _present(runs, COST_COLUMNS, None)
+    training = [(h, k) for h, k in (("best\nepoch", "best_epoch"), ("best\nval mAP",
+                                                                   "best_val_mAP"))
+                if any(num(r["training"][k]) is not None for r in runs)]
+    cost_rows = [[r["name"]] + [metric(r, k) for _, k in costs]
+                 + [r["training"][k] for _, k in training] for r in runs]
+    parts.append(wrapped(table(["run"] + [h for h, _ in costs + training], cost_rows,
+                               "Cost (measured side by side)"
+                               + (" and model selection" if training else ""))))
     return "\n".join(parts)
 
 
 def _plots_html(results: dict, explainers: list[str]) -> str:
-    if not recipe_groups(results):
-        return "<p>No compressed runs.</p>"
-    return "\n".join(f"<h3>{escape(e)}</h3>" + figures.metric_bars(results, e)
-                     for e in explainers or ["gradcam"])
+    parts = []
+    for e in explainers or ["gradcam"]:
+        parts.append(f"<h3>{escape(e)}</h3>" + figures.metric_bars(results, e))
+        if not _localized(results, e):
+            parts.append(omitted("Localisation charts", NO_MASKS))
+    return "\n".join(parts)
 
 
 def _sweeps_html(results: dict) -> str:
@@ -249,10 +326,12 @@ def _heatmaps_html(results: dict, hm: Heatmaps) -> str:
              f"sigmoid for multi-label ones). Maps are upsampled to "
              f"{size[0]}x{size[1]} and scaled to their own maximum (signed maps: blue negative, "
              f"red positive).</p>"]
+    runs = {r["name"]: r for r in results["runs"]}
+    titles = [f"{n} ({role_of(results, runs[n])})" if n in runs else n for n in hm.names]
     for e, maps in hm.maps.items():
         parts.append(f"<h3>{escape(e)}</h3>"
                      + figures.heatmap_grid(hm.images, hm.names, maps, hm.probs[e], hm.classes,
-                                            class_names, e))
+                                            class_names, e, titles=titles))
     return "\n".join(parts)
 
 
@@ -270,8 +349,9 @@ def _per_class_value(values, c: int):
 
 
 def _per_class_html(results: dict, explainers: list[str]) -> str:
-    """Rows = classes, columns = runs: task.per_class_AP, and each attribution[e].per_class
-    metric when present. Empty string when the results carry none."""
+    """Rows = classes with a value, columns = runs: task.per_class_AP (multi-label) and
+    per_class_top1 (single-label), and each attribution[e].per_class metric with a value.
+    Empty string when the results carry none."""
     runs = ordered_runs(results)
     names = list(results["dataset"]["classes"])
     tables = []
@@ -279,7 +359,8 @@ def _per_class_html(results: dict, explainers: list[str]) -> str:
     def per_class(r, e):
         return r["attribution"].get(e, {}).get("per_class", {})
 
-    entries = [("AP", None, lambda r: r["task"]["per_class_AP"])]
+    entries = [("AP", None, lambda r: r["task"]["per_class_AP"]),
+               ("top-1", None, lambda r: r["task"].get("per_class_top1"))]
     for e in explainers:
         keys = []
         for r in runs:
@@ -287,15 +368,15 @@ def _per_class_html(results: dict, explainers: list[str]) -> str:
         entries += [(k, e, (lambda r, e=e, k=k: per_class(r, e).get(k))) for k in keys]
     for key, e, get in entries:
         values = {r["name"]: get(r) for r in runs}
-        if not any(values.values()):
-            continue
-        k = max((len(v) for v in values.values() if v), default=0)
-        if isinstance(next(v for v in values.values() if v), dict):
-            k = 1 + max(int(c) for v in values.values() if v for c in v)
-        k = max(k, len(names))
+        listed = [v for v in values.values() if v]
+        k = max([len(names)] + [len(v) if isinstance(v, (list, tuple)) else
+                                1 + max(int(c) for c in v) for v in listed])
         rows = [[class_name(names, c)]
                 + [num(_per_class_value(v, c)) if v else None for v in values.values()]
                 for c in range(k)]
+        rows = [row for row in rows if any(v is not None for v in row[1:])]
+        if not rows:
+            continue
         cap = f"per-class {METRIC_WORDS.get(key, key)}" + (f" ({e})" if e else "")
         tables.append(wrapped(table(["class"] + list(values), rows, cap)))
     return "\n".join(tables)

@@ -30,6 +30,7 @@ HEADLINE_GAPS = (("pointing_game", "pointing game"), ("auc", "localisation AUC")
                  ("spearman", "Spearman agreement"))
 
 COST_KEYS = ("params", "nonzero_params", "macs", "bytes", "latency_ms")
+TASK_KEYS = ("mAP", "F1", "F1_at_val_threshold", "top1", "top1_agreement")
 
 # (key, words, value when the two models' maps are identical) of the audit's agreement metrics
 AUDIT_AGREEMENT = (("spearman", "Spearman", 1.0), ("ssim", "SSIM", 1.0),
@@ -99,8 +100,8 @@ def class_name(class_names: list[str], c: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 def metric(run: dict, key: str, explainer: str = "gradcam"):
-    """One number of a run: a task metric (mAP, F1), an attribution or an agreement metric, a
-    cost, or ``"SET/KEY"``: the pooled mean of a metric on a fixed pair set ("all/auc",
+    """One number of a run: a task metric (:data:`TASK_KEYS`), an attribution or an agreement
+    metric, a cost, or ``"SET/KEY"``: the pooled mean of a metric on a fixed pair set ("all/auc",
     "teacher_correct/pointing_game"; "all/balanced:auc" for the class-balanced mean);
     ``None`` when the run does not have it."""
     if "/" in key:
@@ -109,8 +110,8 @@ def metric(run: dict, key: str, explainer: str = "gradcam"):
         entry = set_entry(run, pair_set, key, explainer,
                           "class_balanced" if how == "balanced" else "pooled")
         return num(entry["mean"]) if entry else None
-    if key in ("mAP", "F1"):
-        return num(run["task"][key])
+    if key in TASK_KEYS:
+        return num(run["task"].get(key))
     if key in COST_KEYS:
         return num(run["cost"][key])
     att = run["attribution"].get(explainer, {})
@@ -168,8 +169,31 @@ def teacher_run(results: dict) -> dict | None:
             or next((r for r in runs if method_of(r) == "none"), None))
 
 
+def is_single_label(run: dict) -> bool:
+    """Whether the run was scored as a single-label (softmax) model: top-1, no mAP / F1."""
+    return run["task"].get("scoring") == "single-label"
+
+
+def accuracy_of(run: dict) -> tuple[str, str]:
+    """The task metric a run is judged by: ``("top1", "top-1")`` for a single-label model,
+    ``("mAP", "mAP")`` otherwise."""
+    return ("top1", "top-1") if is_single_label(run) else ("mAP", "mAP")
+
+
+def role_of(results: dict, run: dict) -> str:
+    """How the pages name a run's role: "reference" (the teacher run), "uncompressed" (another
+    model compressed by nothing), "naive" (compressed without matching) or "matched (WCAM)"."""
+    if run is teacher_run(results):
+        return "reference"
+    if method_of(run) == "none":
+        return "uncompressed"
+    m = matching_of(run)
+    return "naive" if m == "none" else f"matched ({matching_words(m)})"
+
+
 def recipe_groups(results: dict) -> dict[str, list[dict]]:
-    """Compressed runs grouped by recipe, naive (matching "none") run first in each group.
+    """Compressed runs grouped by recipe, naive (matching "none") run first in each group;
+    uncompressed runs (method "none") other than the teacher belong to no recipe.
 
     A recipe is the run name before "+" ("kd+wcam" -> "kd", "structured-50+at" ->
     "structured-50"); a matched run without "+" in its name joins its compression method's group.
@@ -178,7 +202,7 @@ def recipe_groups(results: dict) -> dict[str, list[dict]]:
     teacher = teacher_run(results)
     groups: dict[str, list[dict]] = {}
     for run in results["runs"]:
-        if run is teacher:
+        if run is teacher or method_of(run) == "none":
             continue
         name = run["name"]
         if "+" in name:
@@ -203,10 +227,12 @@ def naive_baselines(results: dict) -> dict[str, str]:
 
 
 def ordered_runs(results: dict) -> list[dict]:
-    """Teacher first, then the runs recipe by recipe (naive, AT, WCAM)."""
+    """Teacher first, then the other uncompressed runs, then the runs recipe by recipe (naive,
+    AT, WCAM)."""
     teacher = teacher_run(results)
+    plain = [r for r in results["runs"] if r is not teacher and method_of(r) == "none"]
     rest = [r for runs in recipe_groups(results).values() for r in runs]
-    return ([teacher] if teacher else []) + rest
+    return ([teacher] if teacher else []) + plain + rest
 
 
 def explainers_in(results: dict) -> list[str]:
@@ -341,16 +367,17 @@ def _gap_state(entry: dict, words: str) -> str:
             f"{f3(n)}; {ci}); recovered = share of the way back to the teacher")
 
 
-PREMISE_MAP_POINTS = 0.02  # "keeps its accuracy": naive mAP within 2 points of the teacher's
+PREMISE_MAP_POINTS = 0.02  # "keeps its accuracy": naive mAP / top-1 within 2 points of the teacher
 
 
 def _premise_sentence(teacher, naive, matched, explainer, what) -> str | None:
-    """Whether this recipe shows the paper's premise: the naive run keeps its accuracy (mAP
-    within 2 points of the teacher) while its maps move (a Spearman-agreement or pointing-game
-    gap whose 95% interval lies above 0)."""
+    """Whether this recipe shows the paper's premise: the naive run keeps its accuracy (mAP, or
+    top-1 for single-label models, within 2 points of the teacher) while its maps move (a
+    Spearman-agreement or pointing-game gap whose 95% interval lies above 0)."""
     if teacher is None or naive is None:
         return None
-    t, n = num(teacher["task"]["mAP"]), num(naive["task"]["mAP"])
+    key, words = accuracy_of(naive)
+    t, n = metric(teacher, key), metric(naive, key)
     moved = [w for key, w in (("spearman", "Spearman agreement"), ("pointing_game",
                                                                      "pointing game"))
              for e in [_first_gap(matched, key, explainer)]
@@ -358,7 +385,7 @@ def _premise_sentence(teacher, naive, matched, explainer, what) -> str | None:
     if t is None or n is None or not matched:
         return None
     kept = n >= t - PREMISE_MAP_POINTS
-    acc = f"mAP {f3(n)} vs the teacher's {f3(t)}"
+    acc = f"{words} {f3(n)} vs the teacher's {f3(t)}"
     if kept and moved:
         return (f"The paper's premise holds for naive {what}: it kept its accuracy ({acc}) "
                 f"while its {explainer} maps moved ({' and '.join(moved)} gap above 0).")
@@ -438,8 +465,9 @@ def _gap_sentence(naive, matched, key, words, explainer, pair_set: str = "all") 
         if e is None:
             parts.append(f"{who}: not measured")
         elif e["status"] == "ok":
-            parts.append(f"{who} {f3(num(e['matched']))}, recovered {gap_words(e)}, mAP "
-                         f"{f3(metric(r, 'mAP'))} vs naive {f3(metric(naive, 'mAP'))}")
+            acc, acc_words = accuracy_of(r)
+            parts.append(f"{who} {f3(num(e['matched']))}, recovered {gap_words(e)}, "
+                         f"{acc_words} {f3(metric(r, acc))} vs naive {f3(metric(naive, acc))}")
         else:
             parts.append(f"{who} {f3(num(e['matched']))}")
     return head + ("; " + "; ".join(parts) if parts else "") + "."
