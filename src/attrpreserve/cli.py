@@ -463,6 +463,12 @@ def _say(text: str) -> None:
         print(text)
 
 
+def _say_classes(scope: str | None) -> None:
+    """Which classes a ``pretrained:`` model was scored over (``pipeline.scope_to_folder``)."""
+    if scope:
+        print(f"classes: {scope}")
+
+
 def _photos_demo(args) -> dict:
     """``demo --photos``: the CPU preset of ``pipeline.photos`` (one recipe, naive vs WCAM)."""
     if args.quick or args.sweeps:
@@ -515,7 +521,8 @@ def run(args: argparse.Namespace) -> int:
                                                  else "")
             models = {teacher: args.teacher, **models}
         explainers, device = _names(args.explainers), distributed.resolve_device(args.device)
-        models = pipeline.load_models(models)  # once, for the evaluation and the report
+        refs, scope = pipeline.scope_to_folder(list(models.values()), _data_overrides(args))
+        models = pipeline.load_models(dict(zip(models, refs)))  # once, for scores and report
         with logs.phase("evaluate", not args.no_progress):
             results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                         explainers, seed=args.seed,
@@ -523,18 +530,22 @@ def run(args: argparse.Namespace) -> int:
         pipeline.write_results(results, args.out)
         report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
                                  models)
+        _say_classes(scope)
         for e in explainers:
             print(f"[{e}]\n{pipeline.format_table(results, e)}")
         print(f"wrote {args.out} and {report}")
     elif args.command == "audit":
         explainers = _names(args.explainers)
+        (reference, candidate), scope = pipeline.scope_to_folder(
+            [args.reference, args.candidate], _data_overrides(args))
         with logs.phase("audit", not args.no_progress):
-            result = pipeline.audit(args.reference, args.candidate, args.out,
+            result = pipeline.audit(reference, candidate, args.out,
                                     _data_overrides(args), args.split, explainers,
                                     n_boot=args.n_boot, top=args.top, seed=args.seed,
                                     faithfulness=args.faithfulness,
                                     progress=logs.bars(not args.no_progress),
                                     device=distributed.resolve_device(args.device))
+        _say_classes(scope)
         for e in explainers:
             print(f"[{e}] " + audit_headline(result, e)["summary"])
         print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")

@@ -33,12 +33,19 @@ def read_checkpoint(directory: str | Path, map_location: str = "cpu"
                     ) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(sidecar, state_dict)`` of a checkpoint folder, sparse tensors unpacked; building the
     model is ``attrpreserve.loading.load_checkpoint``'s job."""
+    meta = read_sidecar(directory)
+    weights = str(Path(directory) / WEIGHTS)
+    return meta, unpack_sparse(load_file(weights, device=map_location))
+
+
+def read_sidecar(directory: str | Path) -> dict:
+    """The sidecar of a checkpoint folder (its model spec, classes, data, history), without
+    reading the weights; ``ValueError`` when the folder is not a checkpoint."""
     directory = Path(directory)
     side, weights = directory / SIDECAR, directory / WEIGHTS
     if not side.is_file() or not weights.is_file():
         raise ValueError(f"{directory} is not a checkpoint (needs {SIDECAR} and {WEIGHTS})")
-    return json.loads(side.read_text()), unpack_sparse(load_file(str(weights),
-                                                                  device=map_location))
+    return json.loads(side.read_text())
 
 
 SPARSE_MASK, SPARSE_VALUES = "::nonzero_bits", "::values"

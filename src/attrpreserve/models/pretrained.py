@@ -13,9 +13,11 @@ Nothing is downloaded. Two families:
 
 ``,classes=...`` after either restricts the model to a subset of the 1000 classes, in the order
 given: ``classes=FOLDER`` (the class folders of an ``images:`` folder, sorted: the dataset's
-order) or ``classes=C+C+...`` (wnids, indices or names). The restricted model's head keeps the
-rows of those classes only, so its logits are the full model's logits of those classes
-(``loading.load_pretrained``; ``models.subset.restrict_classes``).
+order) or ``classes=C+C+...`` (wnids, indices or names); ``classes=all`` keeps all 1000. The
+restricted model's head keeps the rows of those classes only, so its logits are the full
+model's logits of those classes (``loading.load_pretrained``; ``models.subset.restrict_classes``).
+Scored on a class folder (evaluate, audit), a spec without ``classes=`` is restricted to the
+folder's classes (``pipeline.configs.scope_to_folder``).
 
 The models take images in [0, 1], like every model of the project: the input normalisation of
 the weights (ImageNet mean / std for torchvision, [-1, 1] for the TF-trained Lite weights) is a
@@ -50,6 +52,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
 LITE0 = "efficientnet-lite0"
+ALL_CLASSES = "all"  # ``classes=all``: keep every class
 # EfficientNet-Lite variants with shipped weights: spec name -> (registry name, native input
 # size, dropout before the classifier; the sizes and rates of the TF reference builder).
 LITE = {"efficientnet-lite0": ("efficientnet_lite0", 224, 0.2),
@@ -174,7 +177,8 @@ def _parts(ref: str) -> tuple[str, dict[str, str]]:
         key, _, value = (part.strip() for part in opt.partition("="))
         if key != "classes" or not value:
             raise ValueError(f"unknown option {opt.strip()!r} in {ref!r} (known: "
-                             "classes=FOLDER or classes=C+C+... with wnids, indices or names)")
+                             "classes=FOLDER, classes=C+C+... with wnids, indices or names, "
+                             "or classes=all)")
         options[key] = value
     return head, options
 
@@ -189,22 +193,32 @@ def parse(ref: str) -> tuple[str, str | None]:
     return name.strip(), path.strip() or None
 
 
+def classes_option(ref: str) -> str | None:
+    """The spec's ``classes=`` value as written (None without one)."""
+    return _parts(ref)[1].get("classes")
+
+
 def class_subset(ref: str) -> list[int] | None:
     """ImageNet indices of the spec's ``classes=`` restriction, in its order (None: all 1000).
 
     ``classes=FOLDER``: the class folders of that ``images:`` folder (over its split folders),
-    sorted, each a wnid, index or class name; ``classes=A+B+...``: the same tokens listed."""
+    sorted, each a wnid, index or class name; ``classes=A+B+...``: the same tokens listed;
+    ``classes=all``: every class (also on a class folder, which otherwise restricts a model
+    scored on it: ``pipeline.configs.scope_to_folder``)."""
+    value = classes_option(ref)
+    return None if value in (None, ALL_CLASSES) else class_indices(value, ref)
+
+
+def class_indices(value: str, ref: str = "") -> list[int]:
+    """ImageNet indices of a ``classes=`` value (FOLDER or C+C+...), in its order."""
     from ..data.images import class_folders, resolve_class
 
-    value = _parts(ref)[1].get("classes")
-    if value is None:
-        return None
     folder = Path(value).expanduser()
     tokens = class_folders(folder) if folder.is_dir() else [t.strip() for t in value.split("+")]
     indices = [resolve_class(t, imagenet_classes()) for t in tokens]
     twice = sorted({imagenet_classes()[i] for i in indices if indices.count(i) > 1})
     if twice:
-        raise ValueError(f"{ref!r}: classes named twice: {', '.join(twice)}")
+        raise ValueError(f"{ref or value!r}: classes named twice: {', '.join(twice)}")
     return indices
 
 
@@ -245,8 +259,8 @@ def pretrained_meta(ref: str, input_size: int | None = None) -> dict:
             "history": {"best_epoch": None, "best_val_mAP": None}}
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE", "LITE_MEAN", "LITE_STD", "PREFIX",
-           "class_subset", "efficientnet_lite", "efficientnet_lite0", "efficientnet_lite1",
-           "efficientnet_lite2", "imagenet_classes", "is_pretrained", "lite0_weights_file",
-           "lite_weights_file", "native_size", "parse", "pretrained_meta",
+__all__ = ["ALL_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "LITE", "LITE_MEAN", "LITE_STD",
+           "PREFIX", "class_indices", "class_subset", "classes_option", "efficientnet_lite", "efficientnet_lite0",
+           "efficientnet_lite1", "efficientnet_lite2", "imagenet_classes", "is_pretrained",
+           "lite0_weights_file", "lite_weights_file", "native_size", "parse", "pretrained_meta",
            "torchvision_imagenet", "with_input_normalization"]

@@ -3,7 +3,8 @@
 Which module owns what:
 
 - :mod:`.configs`: ``DataConfig``, ``TeacherConfig``, ``CompressConfig`` and their validation;
-  the data helpers the stages share (``resolve_data``, ``labels_for``, cached datasets).
+  the data helpers the stages share (``resolve_data``, ``labels_for``, cached datasets), and
+  ``scope_to_folder`` (a ``pretrained:`` model scored on a class folder keeps its classes).
 - :mod:`.stages`: the stage runners ``train_teacher``, ``compress``, ``evaluate``, ``audit``,
   ``explain`` (heatmap PNGs), ``load_models`` (each model loaded once for evaluation and
   report), ``versions``, ``is_finished`` (a checkpoint made with exactly a
@@ -20,7 +21,8 @@ the public names its callers use (the CLI, bench/, tests).
 """
 
 from ..recipes import RECIPES
-from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
+from .configs import (CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data,
+                      scope_to_folder)
 from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, demo_teacher_config,
                           saved_sweeps, sweep, sweep_rows)
 from .photos import CPU as PHOTOS_CPU
@@ -30,7 +32,7 @@ from .stages import (Loaded, audit, compress, evaluate, explain, format_table, i
                      load_models, report, train_teacher, versions, write_results)
 
 __all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_for",
-           "resolve_data", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo",
+           "resolve_data", "scope_to_folder", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo",
            "demo_teacher_config", "saved_sweeps",
            "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
            "is_finished", "report", "train_teacher", "versions", "write_results", "Loaded",

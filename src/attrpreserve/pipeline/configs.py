@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +14,12 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from ..data import build_dataset, get_preprocess
-from ..data.images import Relabeled
+from ..data.images import Relabeled, class_folders
 from ..engine import TrainConfig
 from ..matching import MATCHERS
+from ..models.checkpoint import read_sidecar
+from ..models.pretrained import (class_indices, classes_option, imagenet_classes, is_pretrained,
+                                 pretrained_meta)
 from ..recipes import RECIPES
 
 
@@ -95,6 +99,59 @@ def resolve_data(data: DataConfig | dict | None, meta: dict) -> DataConfig:
     if isinstance(data, DataConfig):
         return data
     return DataConfig(**{**meta["data"], **(data or {})})
+
+
+def scope_to_folder(refs: list, data: DataConfig | dict | None = None
+                    ) -> tuple[list, str | None]:
+    """Models scored on a class folder score over its classes: each ``pretrained:`` spec in
+    ``refs`` without ``classes=`` gets ``,classes=FOLDER`` when the data (``data``'s spec, else
+    the first checkpoint's) is an ``images:`` / ``cached:`` folder with class folders. Its head
+    then keeps those classes' rows (``models.subset``), so softmax, top-1 and the explained
+    class live in the task's k classes, not ImageNet's 1000 (``classes=all`` keeps them all).
+
+    Only when every other model in ``refs`` has exactly the folder's classes: compared with one
+    that has others (a checkpoint compressed from an unrestricted model, a ``classes=all``
+    spec), every model is scored over all its classes. Returns the refs and a line saying which
+    was done (None when no ``pretrained:`` spec meets a class folder).
+    """
+    folder = _class_folder(data, refs) if any(is_pretrained(r) for r in refs) else None
+    if folder is None:
+        return refs, None
+    names = [imagenet_classes()[i] for i in class_indices(str(folder))]
+    free = [r for r in refs if is_pretrained(r) and classes_option(r) is None]
+    wider = [r for r in refs if r not in free and _classes(r) != names]
+    total = len(imagenet_classes())
+    if free and not wider:
+        return [f"{r},classes={folder}" if r in free else r for r in refs], (
+            f"{', '.join(free)}: scored over the {len(names)} classes of {folder} (add "
+            f"',classes=all' to the spec to score all {total})")
+    shown = free + [r for r in wider if is_pretrained(r)]
+    if not shown:
+        return refs, None
+    why = f"{wider[0]} has {len(_classes(wider[0]))}" if free else "classes=all"
+    return refs, (f"{', '.join(shown)}: scored over all {total} classes, not the "
+                  f"{len(names)} of {folder} ({why})")
+
+
+def _classes(ref) -> list[str]:
+    """The class names of a checkpoint folder or ``pretrained:`` spec, without loading it."""
+    return pretrained_meta(ref)["classes"] if is_pretrained(ref) else read_sidecar(ref)["classes"]
+
+
+def _class_folder(data: DataConfig | dict | None, refs: list) -> Path | None:
+    """The folder of an ``images:`` / ``cached:`` data spec when it has class folders."""
+    spec = data.spec if isinstance(data, DataConfig) else (data or {}).get("spec")
+    if spec is None and refs and not is_pretrained(refs[0]):
+        spec = read_sidecar(refs[0])["data"]["spec"]
+    kind, _, arg = str(spec).partition(":")
+    if kind not in ("images", "cached") or not arg:
+        return None
+    folder = Path(arg.split(",", 1)[0])
+    try:
+        class_folders(folder)
+    except (ValueError, OSError):  # unlabeled photos (or no such folder: the loader says so)
+        return None
+    return folder
 
 
 def labels_for(model: torch.nn.Module, classes: list[str], pseudo: bool = True):
