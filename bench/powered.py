@@ -330,8 +330,7 @@ def view_scores(data: dict, explainer: str, n_boot: int) -> dict:
     cols = {n: columns(data, n, explainer) for n in data["pairs"]}
     out = {"pairs": len(image), "boxed_pairs": int((~torch.isnan(cols["teacher"]["auc"])).sum()),
            "models": {}}
-    center = data["center_hit"]
-    out["center_hit_std"] = mean(center.tolist())
+    out["center"] = {k: mean(data["center"][k].tolist()) for k in LOC}  # the centre baseline
     for name, c in cols.items():
         row = {"top1": float((data["logits"][name].argmax(1) == labels).double().mean())}
         for k in ("spearman", "cosine") if name != "teacher" else ():
@@ -422,7 +421,8 @@ def report(out: Path) -> str:
         lines += [f"\n**{view}**\n", "| seed | top-1 teacher / control / naive / WCAM | Spearman "
                   "control / naive / WCAM | recovered of the gap to the teacher | recovered of "
                   "the compression-caused gap (vs control) | box AUC teacher / control / naive /"
-                  " WCAM | energy PG teacher / control / naive / WCAM |", "|---" * 7 + "|"]
+                  " WCAM (centre) | energy PG teacher / control / naive / WCAM (centre) |",
+                  "|---" * 7 + "|"]
         for r in seeds:
             v = r["views"][view]
             ms = v["models"]
@@ -432,8 +432,10 @@ def report(out: Path) -> str:
                 + " | " + " / ".join(f"{ms[k]['spearman']['mean']:.3f}" for k in ROLES)
                 + f" | {pct(v['gap_vs_teacher']['spearman'])} | "
                 f"{pct(v['gap_vs_control']['spearman'])} | "
-                + " / ".join(f"{ms[k]['auc']:.3f}" for k in order) + " | "
-                + " / ".join(f"{ms[k]['energy']:.3f}" for k in order) + " |")
+                + " / ".join(f"{ms[k]['auc']:.3f}" for k in order)
+                + f" ({v['center']['auc']:.3f}) | "
+                + " / ".join(f"{ms[k]['energy']:.3f}" for k in order)
+                + f" ({v['center']['energy']:.3f}) |")
     lines += ["\n**map fit at the matched layer (Grad-CAM cosine with the teacher)**\n",
               "| seed | train control / naive / WCAM | held-out control / naive / WCAM |",
               "|---|---|---|"]
