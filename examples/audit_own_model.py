@@ -32,8 +32,8 @@ with torch.no_grad():
 maps_ref = attrpreserve.explain(reference, images, targets)  # 4 x 64 x 64
 maps_cand = attrpreserve.explain(candidate, images, targets)
 
-# One value per image. Spearman is NaN where a map is constant (e.g. blank): count that as
-# the worst agreement, never as a missing value.
+# One value per image. A constant (e.g. blank) map has no ranks to agree with: Spearman 0 against
+# a non-constant one, never a missing value.
 rho, cos, iou = spearman(maps_ref, maps_cand), cosine(maps_ref, maps_cand), \
     topk_iou(maps_ref, maps_cand, frac=0.1)
 for i in range(len(images)):
