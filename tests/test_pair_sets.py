@@ -101,3 +101,31 @@ def test_baselines_must_name_compared_models(evaluated):
     with pytest.raises(ValueError, match="not a compared model"):
         evaluate_models({"t": torch.nn.Identity()}, [], reference="t",
                         baselines={"x": "t"})
+
+
+def test_gap_against_the_control():
+    """The compression-caused gap (control minus naive): a control that is the teacher's copy
+    gives the teacher's gap back exactly; a control that is the naive model leaves no gap."""
+    torch.manual_seed(0)
+    data = build_dataset("scenes", "test", size=32, seed=0, n=16)
+    model = create_model("vgg", num_classes=len(data.classes), width=8, input_size=32).eval()
+    naive = randomize_model(model, seed=1)
+    models = {"t": model, "naive": naive, "matched": copy.deepcopy(model),
+              "ctrl": copy.deepcopy(model), "ctrl_naive": copy.deepcopy(naive)}
+    loader = DataLoader(data, batch_size=8)
+    res = evaluate_models(models, loader, reference="t", n_boot=100, progress=False,
+                          baselines={"matched": "naive"}, control="ctrl")
+    att = res["matched"]["attribution"]["gradcam"]
+    vs_teacher = att["gap_recovered"]["all"]["pooled"]["spearman"]
+    vs_control = att["gap_recovered_vs_control"]["all"]["pooled"]["spearman"]
+    assert att["gap_recovered_vs_control"]["level"] == "ctrl"
+    assert vs_control["status"] == "ok"
+    for k in ("teacher", "naive", "matched", "gap", "recovered"):
+        assert vs_control[k] == pytest.approx(vs_teacher[k], abs=1e-6), k
+    res = evaluate_models(models, loader, reference="t", n_boot=100, progress=False,
+                          baselines={"matched": "naive"}, control="ctrl_naive")
+    entry = res["matched"]["attribution"]["gradcam"]["gap_recovered_vs_control"]
+    assert entry["all"]["pooled"]["spearman"]["status"] == "no gap"
+    with pytest.raises(ValueError, match="not a compared model"):
+        evaluate_models(models, loader, reference="t", baselines={"matched": "naive"},
+                        control="nope")

@@ -150,11 +150,17 @@ def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
     results = photos.photos_demo(NETTE, out, TOY, progress=False)
     saved = validate_results(json.loads((out / "results.json").read_text()))
     names = [r["name"] for r in saved["runs"]]
-    assert names == ["teacher", "unstructured@0.5", "unstructured@0.5+wcam"]
+    assert names == ["teacher", "control", "unstructured@0.5", "unstructured@0.5+wcam"]
     assert (out / "report.html").is_file() and saved["dataset"]["images"] == 5
     assert "BatchNorm frozen after recalibrating it on 25 batches" in saved["notes"][0]
     runs = {r["name"]: r for r in saved["runs"]}
     assert runs["unstructured@0.5+wcam"]["compression"]["matching"] == "wcam"
+    # the control: fine-tuned like the others, nothing pruned, and matched runs' gap beside it
+    assert runs["control"]["role"] == "control"
+    assert runs["control"]["cost"]["nonzero_params"] >= 0.99 * runs["teacher"]["cost"][
+        "nonzero_params"]
+    gaps = runs["unstructured@0.5+wcam"]["attribution"]["gradcam"]["gap_recovered_vs_control"]
+    assert gaps["level"] == "control" and gaps["naive"] == "unstructured@0.5"
     pruned = runs["unstructured@0.5"]["cost"]
     assert pruned["nonzero_params"] < 0.8 * runs["teacher"]["cost"]["nonzero_params"]
     assert "spearman" in runs["unstructured@0.5"]["attribution"]["gradcam"]["agreement"]

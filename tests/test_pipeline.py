@@ -274,6 +274,14 @@ def test_evaluate_flags_override_the_teachers_data(teacher_dir, tmp_path):
     assert ds["images"] == 8 and ds["spec"] == "scenes" and ds["n_train"] == 64  # inherited
 
 
+def test_evaluate_control_must_be_a_model(teacher_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(teacher_dir), "--control", "elsewhere",
+                 "--n-test", "4", "--no-progress", "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--control elsewhere is not one of the --model arguments" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "e.json").exists()
+
+
 def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
     from attrpreserve.data import build_dataset
     img = build_dataset("scenes", "test", n=1).images[0].permute(1, 2, 0).numpy()

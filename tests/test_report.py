@@ -636,3 +636,24 @@ def test_single_label_page_renders_in_chromium(tmp_path):
               "--window-size=1280,1600", path.resolve().as_uri())
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1280) and pixels.std() > 20
+
+
+def test_control_run_has_its_role_and_a_gap_column(tmp_path):
+    """A fine-tune-only control is named by its role, belongs to no recipe, and matched runs
+    show the share of the compression-caused gap they recover beside the teacher's."""
+    from attrpreserve.report.words import role_of
+    results = _results()
+    control = _run("control", "kd", "none", 0.7, 0.8, 0.9, 0.85)
+    control["role"] = "control"
+    results["runs"].insert(1, control)
+    wcam = next(r for r in results["runs"] if r["name"] == "kd+wcam")
+    wcam["attribution"]["gradcam"]["gap_recovered_vs_control"] = {
+        "naive": "kd", "level": "control",
+        "all": {h: {"spearman": _gap(0.85, KD["rho"], KD_WCAM["rho"], (0.42, 0.3, 0.55))}
+                for h in ("pooled", "class_balanced")}}
+    assert role_of(results, control) == "control (fine-tuned only)"
+    assert "control" not in {r["name"] for g in recipe_groups(results).values() for r in g}
+    path = tmp_path / "r.html"
+    write_report(results, path)
+    text = path.read_text()
+    assert "control (fine-tuned only)" in text and "beyond" in text and "42%" in text

@@ -285,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=MODEL_REF + " (repeatable)")
     p.add_argument("--teacher", help="reference for agreement metrics: " + MODEL_REF
                                      + " (default: none, no agreement metrics)")
+    p.add_argument("--control", metavar="MODEL",
+                   help="one of the --model arguments: the teacher fine-tuned like the "
+                        "compressed models with nothing compressed; matched runs then also "
+                        "report the share of the compression-caused gap (control minus naive) "
+                        "they recover (default: none)")
     _data_args(p, inherit="the teacher's (else the first model's)")
     _split_arg(p, evaluate)
     _explainers_arg(p, "--explainers", evaluate["explainers"].default)
@@ -515,6 +520,12 @@ def run(args: argparse.Namespace) -> int:
              f"(val mAP {meta['history']['best_val_mAP']:.3f}{extra})")
     elif args.command == "evaluate":
         models = {Path(m).name or m: m for m in args.model}
+        control = None
+        if args.control:
+            if args.control not in args.model:
+                raise ValueError(f"--control {args.control} is not one of the --model "
+                                 "arguments")
+            control = Path(args.control).name or args.control
         teacher = None
         if args.teacher:
             teacher = Path(args.teacher).name + (" (teacher)" if Path(args.teacher).name in models
@@ -526,7 +537,8 @@ def run(args: argparse.Namespace) -> int:
         with logs.phase("evaluate", not args.no_progress):
             results = pipeline.evaluate(models, teacher, _data_overrides(args), args.split,
                                         explainers, seed=args.seed,
-                                        progress=logs.bars(not args.no_progress), device=device)
+                                        progress=logs.bars(not args.no_progress), device=device,
+                                        control=control)
         pipeline.write_results(results, args.out)
         report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
                                  models)

@@ -119,6 +119,8 @@ GAP = Record({"status": Choice(("ok", "no gap", "undefined")),
                                      "recovered", "ci_low", "ci_high")}})
 GAP_RECOVERED = Record(
     {"naive": STR},  # the naive run of the same recipe
+    # the run whose values the gap is measured from: the teacher, or the control
+    optional={"level": STR},
     rest=Record({"pooled": MapOf(GAP), "class_balanced": MapOf(GAP)}))  # pair set -> ...
 
 ATTRIBUTION = Record(
@@ -139,12 +141,14 @@ ATTRIBUTION = Record(
         "insertion_auc": METRIC,
         "pairs": INT, "predicted_pairs": INT,
         "pair_sets": MapOf(PAIR_SET),  # "all", "teacher_correct" (with a teacher)
-        "gap_recovered": GAP_RECOVERED},  # matched runs with a naive run of their recipe
+        "gap_recovered": GAP_RECOVERED,  # matched runs with a naive run of their recipe
+        # the share of the compression-caused gap (control minus naive) recovered
+        "gap_recovered_vs_control": GAP_RECOVERED},
     rest=ANY)
 
 RUN = Record({
     "name": STR,
-    "role": OrNull(STR),  # "teacher", "compressed"; null for a checkpoint that names none
+    "role": OrNull(STR),  # "teacher", "compressed", "control"; null for a checkpoint that names none
     "checkpoint": STR,
     # the checkpoint's settings; each recipe adds its own (lambda, rate, bits, ...)
     "compression": Record({"method": STR, "matching": STR}),

@@ -258,7 +258,7 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                     faithfulness_steps: int = FAITHFULNESS_STEPS, faithfulness_batch: int = 64,
                     n_boot: int = 1000, seed: int = 0, per_image: bool = False,
                     baselines: dict[str, str] | None = None,
-                    threshold_loader=None) -> dict[str, dict]:
+                    threshold_loader=None, control: str | None = None) -> dict[str, dict]:
     """Task and attribution metrics of each model (by name) on ``loader``.
 
     Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. ``task``: a
@@ -285,11 +285,15 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     ci_high}`` (``n_boot=0``: intervals null).  ``baselines`` maps a matched model's name to
     its naive model's (same recipe, no matching): each such model then gets
     ``gap_recovered`` (:data:`GAP_METRICS` per pair set and aggregation,
-    :func:`~.stats.gaps_recovered` against the reference; needs ``n_boot >= 1``).
+    :func:`~.stats.gaps_recovered` against the reference; needs ``n_boot >= 1``). ``control``
+    names the fine-tune-only control (the reference fine-tuned like the compressed runs,
+    nothing compressed): matched models then also get ``gap_recovered_vs_control``, the share
+    of the compression-caused gap (control minus naive) recovered, the control's own values
+    standing where the reference's do.
     """
     baselines = dict(baselines or {})
     for matched, naive in baselines.items():
-        for n in (matched, naive):
+        for n in (matched, naive) + ((control,) if control else ()):
             if n not in models or n == reference:
                 raise ValueError(f"baselines name {n!r}, which is not a compared model; "
                                  f"models: {', '.join(models)}")
@@ -320,9 +324,13 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
             row["attribution"][e]["pair_sets"] = _pair_set_means(
                 columns[name], data["image"], data["classes"], sets, n_boot, seed)
         for matched, naive in baselines.items() if n_boot > 0 and reference is not None else ():
-            gap = _gap_recovered(columns[reference], columns[naive], columns[matched],
-                                 data["image"], data["classes"], sets, n_boot, seed)
-            rows[matched]["attribution"][e]["gap_recovered"] = {"naive": naive, **gap}
+            for key, level in (("gap_recovered", reference), ("gap_recovered_vs_control",
+                                                                control)):
+                if level is None:
+                    continue
+                gap = _gap_recovered(columns[level], columns[naive], columns[matched],
+                                     data["image"], data["classes"], sets, n_boot, seed)
+                rows[matched]["attribution"][e][key] = {"naive": naive, "level": level, **gap}
     return rows
 
 

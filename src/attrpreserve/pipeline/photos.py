@@ -30,6 +30,7 @@ from . import stages
 from .configs import CompressConfig, DataConfig
 
 UNSEEN = "ILSVRC2012_val_*"  # Imagenette's photos that ImageNet models never saw (its README)
+CONTROL = "control"  # the demo's fine-tune-only run
 MATCHING_NAMES = {"none": "naive", "at": "AT", "wcam": "WCAM"}
 
 
@@ -70,6 +71,9 @@ class PhotosConfig:
     # (``_head_act`` for Lite: 4 x 4 at 128 px); "_blocks.10" ends the stride-16 stage (8 x 8)
     layer: str | None = None
     matchings: tuple[str, ...] = ("none", "wcam")
+    # the demo also fine-tunes the teacher exactly like the compressed runs with nothing
+    # compressed (the recipe at strength 0): what fine-tuning alone moves ("control")
+    control: bool = True
     explainers: tuple[str, ...] = ("gradcam",)
     unstructured_rounds: int = 1
     amp: bool = False
@@ -260,17 +264,19 @@ def top1_on(models: dict, data: DataConfig, split: str) -> dict:
 
 
 def evaluate_runs(root: Path, cfg: PhotosConfig, runs: dict[str, Path], seed: int = 0,
-                  progress: bool = True, device: str = "cpu", split: str = "test"
-                  ) -> tuple[dict, dict]:
+                  progress: bool = True, device: str = "cpu", split: str = "test",
+                  control: str | None = None) -> tuple[dict, dict]:
     """Teacher + ``runs`` (name -> checkpoint folder) evaluated on ``split`` (Grad-CAM
-    agreement with the teacher, fixed pair sets, top-1, size, latency), plus unseen-photo top-1
-    (test split only); returns ``(results, loaded models)``. Throughput goes in
-    ``results["photos"]``. ``split="val"`` (photos held out of train/) is for choosing settings."""
+    agreement with the teacher, fixed pair sets, top-1, box localisation where the folder has
+    boxes, size, latency), plus unseen-photo top-1 (test split only); returns ``(results,
+    loaded models)``. Throughput goes in ``results["photos"]``. ``split="val"`` (photos held out
+    of train/) is for choosing settings. ``control``: the run that is the fine-tune-only
+    control (``stages.evaluate``)."""
     models = stages.load_models({"teacher": teacher_spec(root, cfg), **runs}, device)
     data = data_config(root, cfg, seed, device)
     t0 = time.perf_counter()
     results = stages.evaluate(models, "teacher", data, split, cfg.explainers, seed=seed,
-                              progress=progress, device=device)
+                              progress=progress, device=device, control=control)
     seconds = time.perf_counter() - t0
     images = results["dataset"]["images"]
     photos = {"evaluate": {"seconds": seconds, "images": images, "models": len(models),
@@ -312,17 +318,21 @@ def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: Photos
     OUT/report.html (reusing finished runs)."""
     root, out, t0 = check_inputs(folder, cfg.teacher), Path(out), time.perf_counter()
     timings, runs = {}, {}
-    for matching in cfg.matchings:
-        name = run_name(cfg.recipe, cfg.strength, matching)
-        ccfg = compress_config(root, cfg, matching, seed, progress, device)
+    plan = [(CONTROL, "none", 0.0)] if cfg.control else []
+    plan += [(run_name(cfg.recipe, cfg.strength, m), m, cfg.strength) for m in cfg.matchings]
+    for name, matching, strength in plan:
+        ccfg = compress_config(root, cfg, matching, seed, progress, device, strength=strength)
         if progress:
-            print(f"[photos] {name}: {RECIPES[cfg.recipe].label} at {cfg.strength:g}, "
-                  f"{MATCHING_NAMES.get(matching, matching)}", flush=True)
+            what = ("fine-tuned like the others, nothing compressed" if name == CONTROL else
+                    f"{RECIPES[cfg.recipe].label} at {strength:g}, "
+                    f"{MATCHING_NAMES.get(matching, matching)}")
+            print(f"[photos] {name}: {what}", flush=True)
         timings[name] = run_compress(ccfg, out / name, device, cfg.checkpoint_every)
         runs[name] = out / name
     if progress:
         print("[photos] evaluating", flush=True)
-    results, models = evaluate_runs(root, cfg, runs, seed, progress, device)
+    results, models = evaluate_runs(root, cfg, runs, seed, progress, device,
+                                    control=CONTROL if cfg.control else None)
     results["photos"].update(preset=asdict(cfg), folder=str(root), train=timings,
                              cache={s: _cache_timing(root, cfg, seed, s)
                                     for s in ("train", "val", "test")},
@@ -333,8 +343,12 @@ def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: Photos
         f"{cfg.strength:g}, fine-tuned {cfg.epochs} epochs at lr "
         f"{learning_rate(cfg, cfg.recipe):g} on "
         f"{next(iter(timings.values()))['train_images']} photos at {cfg.size} px with the "
-        f"labels ({batchnorm_words(cfg, cfg.recipe)}); WCAM at lambda {cfg.lam:g}, AT at "
-        f"{cfg.at_lam:g}.",
+        f"labels ({batchnorm_words(cfg, cfg.recipe)}); WCAM at lambda {cfg.lam:g}, drop "
+        f"{cfg.drop:g}, AT at {cfg.at_lam:g}, matched at "
+        f"{cfg.layer or 'each model' + chr(39) + 's last block'}."
+        + (f" '{CONTROL}' is the teacher fine-tuned the same way with nothing compressed: "
+           "gaps 'beyond control' are what compression moved beyond fine-tuning."
+           if cfg.control else ""),
         *unseen_note(results["photos"].get("unseen", {}))]
     results["wall_seconds"] = time.perf_counter() - t0
     stages.write_results(results, out / "results.json")

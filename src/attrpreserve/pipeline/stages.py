@@ -136,9 +136,11 @@ def load_models(models: dict[str, str | Path | Loaded], device: str = "cpu"
 def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
              data: DataConfig | dict | None = None,
              split: str = "test", explainers=("gradcam",), seed: int = 0,
-             progress: bool = True, device: str = "cpu") -> dict:
+             progress: bool = True, device: str = "cpu", control: str | None = None) -> dict:
     """Evaluate models (name -> checkpoint dir, spec, or :class:`Loaded`) against ``teacher``
-    (a name in ``models``).
+    (a name in ``models``). ``control`` (a name in ``models``): the teacher fine-tuned like the
+    compressed runs with nothing compressed; its run gets the role "control" and each matched
+    run a gap recovered against it too (``evaluate_models``).
 
     Predictions and explanations run on ``device``; size and latency are measured on the CPU
     (the deployment target), where the models are left. Returns the results.json document
@@ -149,7 +151,11 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     data = resolve_data(data, first.meta)
     adapt = labels_for(first.model, first.meta["classes"])
     loader = data.loader(split, adapt=adapt)
-    runs = [{"name": name, "role": "teacher" if name == teacher else meta.get("role"),
+    if control is not None and (control not in loaded or control == teacher):
+        raise ValueError(f"control {control!r} is not one of the compared models "
+                         f"({', '.join(n for n in loaded if n != teacher)})")
+    runs = [{"name": name, "role": "teacher" if name == teacher else
+             "control" if name == control else meta.get("role"),
              "checkpoint": source, "compression": meta["compression"],
              **_recipe_label(meta["compression"]["method"])}
             for name, (_, meta, source) in loaded.items()]
@@ -162,7 +168,8 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     threshold_loader = data.loader("val", adapt=adapt) if multi else None
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress, baselines=baselines,
-                             threshold_loader=threshold_loader)
+                             threshold_loader=threshold_loader,
+                             control=control if teacher is not None else None)
     nets = {n: m.cpu() for n, m in nets.items()}
     costs = model_cost(nets, (1, 3, data.size, data.size),
                        checkpoints={n: deployed_file(e.source) for n, e in loaded.items()

@@ -21,7 +21,7 @@ from .html import card, cell, document, escape, kv_table, note, omitted, table, 
 from .maps import Heatmaps, ReportImages
 from .maps import heatmaps as maps_heatmaps
 from .words import (PAIR_SET_WORDS, class_name, explainers_in, f3, gap_entry, gap_words,
-                    headline, is_single_label, method_of, metric, naive_run, num,
+                    headline, is_control, is_single_label, method_of, metric, naive_run, num,
                     ordered_runs, pair_count, recipe_groups, role_of, teacher_run)
 
 __all__ = ["write_report"]
@@ -45,8 +45,13 @@ LOCALIZATION_COLUMNS = (("PG\nall", "all/pointing_game"), ("AUC\nall", "all/auc"
 PAPER_COLUMNS = (("PG\n(paper)", "pointing_game"), ("AUC\n(paper)", "auc"),
                  ("PG\n15 px", "pointing_game_std"), ("energy\nPG", "energy_pg"))
 # (header, metric) of the gap-recovered columns of each table
-AGREEMENT_GAPS = (("Spearman gap\nrecovered", "spearman"),)
-LOCALIZATION_GAPS = (("PG gap\nrecovered", "pointing_game"), ("AUC gap\nrecovered", "auc"))
+# (header, metric, against): the gap to the teacher, and the compression-caused gap (control
+# minus naive) where the results have a fine-tune-only control
+AGREEMENT_GAPS = (("Spearman gap\nrecovered", "spearman", "teacher"),
+                  ("Spearman gap\nbeyond control\nrecovered", "spearman", "control"))
+LOCALIZATION_GAPS = (("PG gap\nrecovered", "pointing_game", "teacher"),
+                     ("AUC gap\nrecovered", "auc", "teacher"),
+                     ("AUC gap\nbeyond control\nrecovered", "auc", "control"))
 COST_COLUMNS = (("params", "params"), ("non-zero\nparams", "nonzero_params"), ("MACs", "macs"),
                 ("bytes", "bytes"), ("latency\nms", "latency_ms"))
 METRIC_WORDS = {**dict(figures.PLOT_METRICS), **dict(figures.TABLE_METRICS)}
@@ -154,13 +159,14 @@ def _headline_html(results: dict, explainers: list[str]) -> str:
                      for e in explainers or ["gradcam"] for item in headline(results, e))
 
 
-def _gap_cell(run, naive, key, explainer) -> tuple[str, str]:
-    """Text and CSS class of a run's "gap recovered" cell for one metric (all pairs, pooled):
-    empty for the runs without a gap of their own (reference, uncompressed, naive), "–" for a
-    matched run without a naive run or an entry."""
-    if run is naive or method_of(run) == "none":
+def _gap_cell(run, naive, key, explainer, against="teacher") -> tuple[str, str]:
+    """Text and CSS class of a run's "gap recovered" cell for one metric (all pairs, pooled),
+    ``against`` the teacher or the control: empty for the runs without a gap of their own
+    (reference, control, uncompressed, naive), "–" for a matched run without a naive run or an
+    entry."""
+    if run is naive or method_of(run) == "none" or is_control(run):
         return "", ""
-    e = None if naive is None else gap_entry(run, key, explainer)
+    e = None if naive is None else gap_entry(run, key, explainer, against=against)
     text = gap_words(e).replace(" (95% CI ", " (").replace(" to ", "–")
     if e is None or e["status"] != "ok":
         return text, "tag"
@@ -179,16 +185,16 @@ def _run_table(results, runs, columns, gaps, explainer, caption, extra_rows=()) 
     run has them, the ``gaps`` columns; ``extra_rows`` (e.g. the centre baseline) below."""
     naive_of = {id(r): naive_run(group) for group in recipe_groups(results).values()
                 for r in group}
-    gaps = [(h, k) for h, k in gaps
-            if any(gap_entry(r, k, explainer) for r in runs)]
+    gaps = [(h, k, a) for h, k, a in gaps
+            if any(gap_entry(r, k, explainer, against=a) for r in runs)]
     rows, classes = [], []
     for r in runs:
         row = [r["name"], role_of(results, r),
                "–" if method_of(r) == "none" else r.get("recipe_label") or method_of(r)]
         row += [metric(r, k, explainer) for _, k in columns]
         cls = [""] * len(row)
-        for _, k in gaps:
-            text, c = _gap_cell(r, naive_of.get(id(r)), k, explainer)
+        for _, k, a in gaps:
+            text, c = _gap_cell(r, naive_of.get(id(r)), k, explainer, a)
             row.append(text)
             cls.append(c)
         rows.append(row)
@@ -196,7 +202,7 @@ def _run_table(results, runs, columns, gaps, explainer, caption, extra_rows=()) 
     for label, values in extra_rows:
         rows.append([label, "no model", ""] + values + [""] * len(gaps))
         classes.append(["base"] * len(rows[-1]))
-    header = ["run", "role", "recipe"] + [h for h, _ in columns] + [h for h, _ in gaps]
+    header = ["run", "role", "recipe"] + [h for h, _ in columns] + [h for h, *_ in gaps]
     return wrapped(table(header, rows, caption, 3, classes))
 
 

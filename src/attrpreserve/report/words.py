@@ -138,10 +138,12 @@ def set_entry(run: dict, pair_set: str, key: str, explainer: str = "gradcam",
 
 
 def gap_entry(run: dict, key: str, explainer: str = "gradcam", pair_set: str = "all",
-              how: str = "pooled") -> dict | None:
+              how: str = "pooled", against: str = "teacher") -> dict | None:
     """A matched run's gap recovered of ``key`` (``evaluate.stats.gaps_recovered``'s entry:
-    status, teacher, naive, matched, gap and ratio with intervals), or ``None``."""
-    gaps = run["attribution"].get(explainer, {}).get("gap_recovered", {})
+    status, teacher, naive, matched, gap and ratio with intervals), or ``None``; ``against``
+    "control": of the compression-caused gap (control minus naive)."""
+    field = "gap_recovered" if against == "teacher" else "gap_recovered_vs_control"
+    gaps = run["attribution"].get(explainer, {}).get(field, {})
     return gaps.get(pair_set, {}).get(how, {}).get(key)
 
 
@@ -180,11 +182,19 @@ def accuracy_of(run: dict) -> tuple[str, str]:
     return ("top1", "top-1") if is_single_label(run) else ("mAP", "mAP")
 
 
+def is_control(run: dict) -> bool:
+    """The fine-tune-only control: the teacher fine-tuned like the others, nothing compressed."""
+    return run.get("role") == "control"
+
+
 def role_of(results: dict, run: dict) -> str:
-    """How the pages name a run's role: "reference" (the teacher run), "uncompressed" (another
-    model compressed by nothing), "naive" (compressed without matching) or "matched (WCAM)"."""
+    """How the pages name a run's role: "reference" (the teacher run), "control" (fine-tuned,
+    nothing compressed), "uncompressed" (another model compressed by nothing), "naive"
+    (compressed without matching) or "matched (WCAM)"."""
     if run is teacher_run(results):
         return "reference"
+    if is_control(run):
+        return "control (fine-tuned only)"
     if method_of(run) == "none":
         return "uncompressed"
     m = matching_of(run)
@@ -193,7 +203,8 @@ def role_of(results: dict, run: dict) -> str:
 
 def recipe_groups(results: dict) -> dict[str, list[dict]]:
     """Compressed runs grouped by recipe, naive (matching "none") run first in each group;
-    uncompressed runs (method "none") other than the teacher belong to no recipe.
+    uncompressed runs (method "none") other than the teacher, and the control, belong to no
+    recipe.
 
     A recipe is the run name before "+" ("kd+wcam" -> "kd", "structured-50+at" ->
     "structured-50"); a matched run without "+" in its name joins its compression method's group.
@@ -202,7 +213,7 @@ def recipe_groups(results: dict) -> dict[str, list[dict]]:
     teacher = teacher_run(results)
     groups: dict[str, list[dict]] = {}
     for run in results["runs"]:
-        if run is teacher or method_of(run) == "none":
+        if run is teacher or method_of(run) == "none" or is_control(run):
             continue
         name = run["name"]
         if "+" in name:
@@ -230,7 +241,8 @@ def ordered_runs(results: dict) -> list[dict]:
     """Teacher first, then the other uncompressed runs, then the runs recipe by recipe (naive,
     AT, WCAM)."""
     teacher = teacher_run(results)
-    plain = [r for r in results["runs"] if r is not teacher and method_of(r) == "none"]
+    plain = [r for r in results["runs"] if r is not teacher
+             and (method_of(r) == "none" or is_control(r))]
     rest = [r for runs in recipe_groups(results).values() for r in runs]
     return ([teacher] if teacher else []) + plain + rest
 
