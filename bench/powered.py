@@ -410,13 +410,35 @@ def pct(entry: dict) -> str:
     return f"{entry['recovered']:.0%} [{entry['ci_low']:.0%}, {entry['ci_high']:.0%}]"
 
 
+def tuning_table(out: Path) -> list[str]:
+    """Every variant tried on the held-out photos (``OUT/tune/chosen.json``), as markdown."""
+    path = out / "tune" / "chosen.json"
+    if not path.is_file():
+        return [f"(no {path} yet: run the tune phase)"]
+    chosen = json.loads(path.read_text())
+    lines = [f"**tuning** (seed 0, {chosen['proxy_photos']} train photos x 2 epochs, held-out "
+             f"photos; matched layer {chosen['layer']}; chosen: lr {chosen['lr']:g}, lambda "
+             f"{chosen['lam']}, drop {chosen['drop']})\n",
+             "| run | lr | lambda | drop | top-1 | top-1 vs naive [95% CI] | margin | admissible "
+             "| Spearman | cosine |", "|---" * 10 + "|"]
+    for r in chosen["table"]:
+        d = r.get("top1_delta")
+        lines.append(
+            f"| {r['run']} | {r.get('lr', chosen['lr']):g} | {r.get('lam', 0):g} | "
+            f"{r.get('drop', 0):g} | {r['top1']:.3f} | "
+            + (f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | "
+               f"{r['margin']:.3f} | {'yes' if r['admissible'] else 'no'} | "
+               f"{r['spearman']:.3f} | {r['cosine']:.3f} |" if d else "- | - | - | - | - |"))
+    return lines
+
+
 def report(out: Path) -> str:
-    """The markdown tables of ``OUT/summary.json``."""
+    """The markdown tables of ``OUT/tune/chosen.json`` and ``OUT/summary.json``."""
+    lines = tuning_table(out)
     path = out / "summary.json"
     if not path.is_file():
-        return f"(no {path} yet: run the evaluate phase)"
+        return "\n".join(lines + [f"\n(no {path} yet: run the evaluate phase)"])
     seeds = json.loads(path.read_text())["seeds"]
-    lines = []
     for view, *_ in VIEWS:
         lines += [f"\n**{view}**\n", "| seed | top-1 teacher / control / naive / WCAM | Spearman "
                   "control / naive / WCAM | recovered of the gap to the teacher | recovered of "
