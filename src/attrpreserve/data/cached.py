@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .. import logs
 from .boxes import VOID, box_mask, load_boxes, to_window
 from .images import EVAL_RESIZE, resolve_class, spec_options, split_folder, spread
 
@@ -81,7 +82,7 @@ def decode(files: list[Path], side: int, workers: int | None = None,
     threads (PIL releases the GIL while decoding and resizing; default: the CPU count)."""
     out = torch.empty((len(files), side, side, 3), dtype=torch.uint8)
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(files), desc=desc, leave=False, disable=not progress, unit="img")
+    bar = tqdm(total=len(files), desc=desc, leave=False, disable=not logs.bars(progress), unit="img")
 
     def work(i: int) -> None:
         out[i] = torch.from_numpy(decode_one(files[i], side))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import logs
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
 from . import localization as loc
@@ -74,7 +75,7 @@ def mask_localization(models: dict[str, nn.Module], loader, reference: str,
     values = {n: {e: {k: [] for k in MASK_METRICS} for e in explainers} for n in models}
     center, things_area, labelled_area, top1 = [], [], [], []
     ref = models[reference].eval()
-    for batch in tqdm(loader, desc="mask localisation", leave=False, disable=not progress):
+    for batch in tqdm(loader, desc="mask localisation", leave=False, disable=not logs.bars(progress)):
         images, region = batch[0], batch[3].long()
         keep = (region >= 0).flatten(1).any(1)
         if not keep.any():

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import logs
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
 from ..results_schema import CENTER_BASELINE
@@ -198,7 +199,7 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
     any_masks, offset = False, 0
     for m in models.values():
         m.eval()
-    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not logs.bars(progress)):
         images, labels, masks = _unpack(batch)
         img_idx, cls = labels.nonzero(as_tuple=True)
         size = tuple(masks.shape[-2:]) if masks is not None else tuple(images.shape[-2:])
