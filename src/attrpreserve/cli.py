@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _split_arg(p, evaluate)
     _explainers_arg(p, "--explainers", evaluate["explainers"].default)
     p.add_argument("--seed", type=int, default=evaluate["seed"].default,
-                   help="seed recorded in results.json")
+                   help="seed of the bootstrap intervals, recorded in results.json")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="results JSON file to write")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")

@@ -167,7 +167,7 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     multi = split != "val" and not all(getattr(m, "single_label", False) for m in nets.values())
     threshold_loader = data.loader("val", adapt=adapt) if multi else None
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
-                             progress=progress, baselines=baselines,
+                             progress=progress, baselines=baselines, seed=seed,
                              threshold_loader=threshold_loader,
                              control=control if teacher is not None else None)
     nets = {n: m.cpu() for n, m in nets.items()}
