@@ -300,8 +300,10 @@ def test_explain_writes_overlays(teacher_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "two")]) == 0
     assert [p.name for p in (tmp_path / "two").glob("*.png")] == ["photo_circle_gradcam.png"]
     sheet = np.asarray(Image.open(tmp_path / "two" / "photo_circle_gradcam.png").convert("RGB"))
-    assert sheet.shape == (640, 600, 3) and sheet.std() > 5
-    np.testing.assert_array_equal(sheet[:320], sheet[320:])  # the same model twice
+    single = np.asarray(Image.open(tmp_path / "png" / "photo_circle_gradcam.png").convert("RGB"))
+    h = single.shape[0]  # one strip per model, each drawn as the single-model PNG is
+    assert sheet.shape == (2 * h, single.shape[1], 3) and sheet.std() > 5
+    np.testing.assert_array_equal(sheet[:h], sheet[h:])  # the same model twice
     assert main(["explain", "--model", str(teacher_dir), "--image", str(tmp_path / "nope.png"),
                  "--out", str(tmp_path / "png")]) == 2
     assert "cannot read image" in capsys.readouterr().err
