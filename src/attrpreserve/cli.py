@@ -159,10 +159,12 @@ def _explainers_arg(p, flag: str, default: tuple[str, ...]) -> None:
                    help="comma-separated explainers: " + ", ".join(EXPLAINERS))
 
 
-def _photo_strength(recipe: str) -> float:
-    """``demo --photos``'s strength of ``recipe`` when --strength is not given."""
-    return (pipeline.PHOTOS_CPU.strength if recipe == pipeline.PHOTOS_CPU.recipe
-            else PHOTO_STRENGTHS[recipe][0])
+def _photo_strength(recipe: str) -> float | None:
+    """``demo --photos``'s strength of ``recipe`` when --strength is not given (None for a
+    recipe the photo presets have none for, e.g. one registered by a user)."""
+    if recipe == pipeline.PHOTOS_CPU.recipe:
+        return pipeline.PHOTOS_CPU.strength
+    return PHOTO_STRENGTHS[recipe][0] if recipe in PHOTO_STRENGTHS else None
 
 
 def _device_arg(p, what: str) -> None:
@@ -228,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {pipeline.PHOTOS_CPU.recipe})")
     g.add_argument("--strength", type=float,
                    help="--photos: the recipe's strength (default: " + ", ".join(
-                       f"{r} {_photo_strength(r):g}" for r in sorted(pipeline.RECIPES)) + ")")
+                       f"{r} {_photo_strength(r):g}" for r in sorted(pipeline.RECIPES)
+                       if _photo_strength(r) is not None) + ")")
     _device_arg(g, "--photos only: where training, the photo cache and explainers run")
 
     p = command("train", help="train a teacher", description="Train a teacher classifier "
@@ -482,6 +485,9 @@ def _photos_demo(args) -> dict:
         raise ValueError("--photos runs its own preset: drop --quick / --sweeps")
     recipe = args.recipe or pipeline.PHOTOS_CPU.recipe
     strength = args.strength if args.strength is not None else _photo_strength(recipe)
+    if strength is None:
+        raise ValueError(f"--photos --recipe {recipe}: the photo presets have no strength for "
+                         "it; give --strength")
     cfg = pipeline.photos.with_overrides(pipeline.PHOTOS_CPU, recipe=recipe, strength=strength)
     return pipeline.photos_demo(args.photos, args.out or "runs/photos", cfg, seed=args.seed,
                                 progress=not args.no_progress,
