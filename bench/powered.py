@@ -48,6 +48,7 @@ import torch
 from attrpreserve.evaluate.runner import collect_pairs
 from attrpreserve.data.images import spread
 from attrpreserve.evaluate.stats import delta_ci, gaps_recovered, mean_ci
+from attrpreserve.fileio import atomic_write
 from attrpreserve.pipeline import photos, stages
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
@@ -153,14 +154,17 @@ def score(models: dict, batches, layer: str | None, explainer: str = "gradcam") 
     return out
 
 
+def write_json(path: Path, value, indent=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=indent)))
+
+
 def cached_json(path: Path, make) -> dict:
+    """``path``'s JSON if it exists, else ``make()`` written there atomically."""
     if path.is_file():
         return json.loads(path.read_text())
     value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
+    write_json(path, value)
     return value
 
 
@@ -256,7 +260,7 @@ def tune(args, root: Path, out: Path) -> dict:
     chosen = {"lr": lr, "lam": best["lam"] if best else None,
               "drop": best["drop"] if best else None, "naive_spearman": n_spear,
               "table": table, "layer": args.layer, "proxy_photos": cfg.n_train}
-    cached_json(chosen_file, lambda: chosen)
+    write_json(chosen_file, chosen)
     return chosen
 
 
@@ -399,9 +403,7 @@ def evaluate(args, root: Path, out: Path) -> None:
     """Phase 3: every seed whose runs are finished; ``OUT/summary.json``."""
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [r for r in (evaluate_seed(args, root, out, s) for s in seeds) if r]
-    tmp = out / "summary.tmp"
-    tmp.write_text(json.dumps({"seeds": results}, indent=1))
-    tmp.replace(out / "summary.json")
+    write_json(out / "summary.json", {"seeds": results}, indent=1)
 
 
 def pct(entry: dict) -> str:
