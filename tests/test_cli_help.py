@@ -11,6 +11,7 @@ import pytest
 from attrpreserve import pipeline
 from attrpreserve.cli import DATA_FLAGS, build_parser
 from attrpreserve.engine import TrainConfig
+from attrpreserve.pipeline import onnx_export
 
 INHERITED = object()  # a data flag left unset keeps the reference checkpoint's value
 
@@ -35,6 +36,7 @@ def code_defaults() -> dict[str, dict]:
                for f in fields(r.Options)}
     demo, evaluate, audit, explain = map(_params, (pipeline.demo, pipeline.evaluate,
                                                    pipeline.audit, pipeline.explain))
+    exporting = _params(onnx_export.export)
     return {
         "demo": {"quick": False, "sweeps": False, "out": demo["out"], "seed": demo["seed"],
                  "no_progress": not demo["progress"], "photos": None,
@@ -55,6 +57,8 @@ def code_defaults() -> dict[str, dict]:
                                                         "seed", "faithfulness")},
                   "no_progress": not audit["progress"], "device": "auto"},
         "explain": {"class_names": explain["class_names"], "methods": explain["methods"]},
+        "export": {**inherited, "format": "onnx", "split": exporting["split"],
+                   "n": exporting["n"]},
     }
 
 

@@ -21,6 +21,7 @@ from .attribution import EXPLAINERS
 from .data import PREPROCESS, SCENES_DEFAULT_N, get_preprocess
 from .engine import OPTIMIZERS, TrainConfig
 from .matching import MATCHERS
+from .pipeline import onnx_export
 from .pipeline.photos import STRENGTHS as PHOTO_STRENGTHS
 from .recipes import option_flag
 from .report.words import audit_headline
@@ -329,6 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
 
+    exporting = inspect.signature(onnx_export.export).parameters
+    p = command("export", help="write a model as ONNX and check the file in onnxruntime",
+                description="Write a model as an ONNX file: float, or int8 QDQ for a "
+                "quantization-aware checkpoint (its int8 weights and learnt ranges; onnxruntime "
+                "runs int8 kernels), and check the file in onnxruntime against the PyTorch "
+                "model on the first --n images of the model's data (top-1 agreement, max "
+                "|logit difference|). Writes OUT and OUT.json (classes, data, input size, the "
+                "check, versions). OUT then works wherever a model is asked for, with the "
+                "black-box explainers occlusion and rise; 'audit --candidate OUT' also scores "
+                "the PyTorch model it came from. Needs the onnx extra: pip install "
+                "'attrpreserve[onnx]'.")
+    _config_arg(p)
+    p.add_argument("--model", required=True, help="model to export: " + MODEL_REF)
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="file format")
+    _data_args(p, inherit="the model's")
+    p.add_argument("--split", default=exporting["split"].default,
+                   choices=("train", "val", "test"), help="the split whose images check the file")
+    p.add_argument("--n", type=int, default=exporting["n"].default,
+                   help="images the check runs (the split's first N)")
+    p.add_argument("--out", required=True, help="ONNX file to write (FILE.onnx; its sidecar "
+                                                "FILE.onnx.json is written beside it)")
+
     p = command("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
                        description="Draw each explainer's map over an image file: one PNG per "
                        "method and class, named IMAGE_CLASS_METHOD.png.")
@@ -568,7 +591,13 @@ def run(args: argparse.Namespace) -> int:
         _say_classes(scope)
         for e in explainers:
             print(f"[{e}] " + audit_headline(result, e)["summary"])
+            if "source_candidate" in result:  # an ONNX candidate beside its PyTorch source
+                print(onnx_export.source_line(result, e))
         print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")
+    elif args.command == "export":
+        sidecar = onnx_export.export(args.model, args.out, _data_overrides(args), args.split,
+                                     args.n)
+        print(onnx_export.export_lines(sidecar, args.out))
     elif args.command == "explain":
         methods = _names(args.methods)
         for path in pipeline.explain(args.model, args.image, args.out, methods,

@@ -6,7 +6,8 @@ registered here, explicitly, so loading never depends on which modules happen to
 imported (``tests/test_architecture.py`` loads pruned, QAT and resumable runs after importing
 only this module, in a fresh interpreter).
 
-- :func:`load_model` -- ``(model, sidecar)`` of a checkpoint folder or ``pretrained:NAME[=PATH]``;
+- :func:`load_model` -- ``(model, sidecar)`` of a checkpoint folder, ``pretrained:NAME[=PATH]``
+  or an exported ``FILE.onnx`` (run by onnxruntime: ``compress.onnx``);
 - :func:`load_checkpoint` -- a checkpoint folder (``models.checkpoint`` reads and writes files);
 - :func:`load_pretrained` -- a ``pretrained:`` spec with its ImageNet weights;
 - :data:`REBUILD_STEPS` / :func:`register_rebuild_step` -- the replayable structural steps.
@@ -19,15 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .compress import quantize, structured
+from .compress import onnx, quantize, structured
 from .models import pretrained
-from .models.checkpoint import WEIGHTS, init_from_file, read_checkpoint
+from .models.checkpoint import WEIGHTS, init_from_file, read_checkpoint, read_sidecar
 from .models.registry import create_model
 from .models.subset import restrict_classes
 from .registry import Registry
 
-__all__ = ["REBUILD_STEPS", "load_checkpoint", "load_model", "load_pretrained", "rebuild",
-           "register_rebuild_step"]
+__all__ = ["REBUILD_STEPS", "load_checkpoint", "load_model", "load_pretrained", "read_meta",
+           "rebuild", "register_rebuild_step"]
 
 # Steps that turn a freshly built registry model into the form its weights were saved from
 # (channel-pruned shapes, quantization-aware wrappers, ...). A recipe that changes a model's
@@ -100,11 +101,20 @@ def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
 
 
 def load_model(ref: str | Path) -> tuple[nn.Module, dict]:
-    """``(model, sidecar)`` of a checkpoint folder or of a ``pretrained:NAME[=WEIGHTS]`` spec
-    (ImageNet weights from a local file; its sidecar's data names no dataset: ``--data`` does)."""
+    """``(model, sidecar)`` of a checkpoint folder, of a ``pretrained:NAME[=WEIGHTS]`` spec
+    (ImageNet weights from a local file; its sidecar's data names no dataset: ``--data`` does)
+    or of an ``attrpreserve export``-ed ``.onnx`` file (``compress.onnx.load_onnx``)."""
+    if onnx.is_onnx(ref):
+        return onnx.load_onnx(ref)
     if not pretrained.is_pretrained(ref):
         return load_checkpoint(ref)
     meta = pretrained.pretrained_meta(ref)
     model = load_pretrained(ref, meta["input_size"])
     meta["data"] = {"spec": None, "size": meta.pop("input_size"), "batch_size": 32}
     return model, meta
+
+
+def read_meta(ref: str | Path) -> dict:
+    """The sidecar of a checkpoint folder or an exported ``.onnx`` file, without loading the
+    model (its classes, data, settings)."""
+    return onnx.read_sidecar(ref) if onnx.is_onnx(ref) else read_sidecar(ref)

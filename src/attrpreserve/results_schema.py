@@ -235,22 +235,28 @@ AUDIT_EXPLAINER = Record({
 # single-label (softmax) models: top1 per model and top1_agreement; multi-label: mAP / F1 and
 # the sigmoid decisions' agreement
 TASK_SIDE = Record({}, {"mAP": METRIC, "F1": METRIC, "top1": METRIC})
+AUDIT_TASK = Record({"a": TASK_SIDE, "b": TASK_SIDE, "single_label": BOOL},
+                    optional={"decision_agreement": METRIC, "label_set_agreement": METRIC,
+                              "pair_decision_agreement": METRIC, "top1_agreement": METRIC,
+                              "definitions": MapOf(STR)})
+
+# an ONNX candidate's PyTorch source (its export sidecar names it) audited against the same
+# reference, data and explainers: the candidate's measures, side by side (pipeline.onnx_export)
+SOURCE_CANDIDATE = Record({"candidate": STR, "task": AUDIT_TASK, "explainers": MapOf(
+    Record({"agreement": Record(AUDIT_AGREEMENT_CI, LATER_CI)}))})
 
 AUDIT = Record(
     {"images": INT, "pairs": INT,
      "localization": BOOL,  # whether the data had masks
      "class_names": ListOf(STR),
-     "task": Record({"a": TASK_SIDE, "b": TASK_SIDE, "single_label": BOOL},
-                    optional={"decision_agreement": METRIC, "label_set_agreement": METRIC,
-                              "pair_decision_agreement": METRIC, "top1_agreement": METRIC,
-                              "definitions": MapOf(STR)}),
+     "task": AUDIT_TASK,
      "definitions": MapOf(STR),  # metric -> definition
      "settings": Record({"n_boot": INT, "seed": INT, "confidence": NUMBER,
                          "low_spearman": NUMBER, "peak_tolerance_cells": NUMBER,
                          "explainers": ListOf(STR), "layers": MapOf(OrNull(STR))}),
      "explainers": MapOf(AUDIT_EXPLAINER)},
     optional={"reference": STR, "candidate": STR, "split": STR,  # pipeline.audit's additions
-              "versions": VERSIONS})
+              "versions": VERSIONS, "source_candidate": SOURCE_CANDIDATE})
 
 
 # --------------------------------------------------------------------------------------------

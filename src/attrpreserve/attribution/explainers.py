@@ -31,6 +31,8 @@ EXPLAINERS.register("lrp_a1b0", lrp_a1b0, resolution="input", differentiable=Fal
 EXPLAINERS.register("ebp", ebp, resolution="input", differentiable=False)
 # RAP: hand-written propagation run under no_grad; evaluation only.
 EXPLAINERS.register("rap", rap, resolution="input", differentiable=False)
-# Black-box: forward passes only, no gradient by construction.
-EXPLAINERS.register("occlusion", occlusion, resolution="input", differentiable=False)
-EXPLAINERS.register("rise", rise, resolution="input", differentiable=False)
+# Black-box: forward passes only, no gradient by construction (``black_box``: they explain
+# models without autograd or layers to hook, e.g. an ONNX file run by onnxruntime).
+EXPLAINERS.register("occlusion", occlusion, resolution="input", differentiable=False,
+                    black_box=True)
+EXPLAINERS.register("rise", rise, resolution="input", differentiable=False, black_box=True)

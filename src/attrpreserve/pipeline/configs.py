@@ -17,7 +17,7 @@ from ..data import build_dataset, get_preprocess
 from ..data.images import Relabeled, class_folders
 from ..engine import TrainConfig
 from ..matching import MATCHERS
-from ..models.checkpoint import read_sidecar
+from ..loading import read_meta
 from ..models.pretrained import (class_indices, classes_option, imagenet_classes, is_pretrained,
                                  pretrained_meta)
 from ..recipes import RECIPES
@@ -135,14 +135,14 @@ def scope_to_folder(refs: list, data: DataConfig | dict | None = None
 
 def _classes(ref) -> list[str]:
     """The class names of a checkpoint folder or ``pretrained:`` spec, without loading it."""
-    return pretrained_meta(ref)["classes"] if is_pretrained(ref) else read_sidecar(ref)["classes"]
+    return pretrained_meta(ref)["classes"] if is_pretrained(ref) else read_meta(ref)["classes"]
 
 
 def _class_folder(data: DataConfig | dict | None, refs: list) -> Path | None:
     """The folder of an ``images:`` / ``cached:`` data spec when it has class folders."""
     spec = data.spec if isinstance(data, DataConfig) else (data or {}).get("spec")
     if spec is None and refs and not is_pretrained(refs[0]):
-        spec = read_sidecar(refs[0])["data"]["spec"]
+        spec = read_meta(refs[0])["data"]["spec"]
     kind, _, arg = str(spec).partition(":")
     if kind not in ("images", "cached") or not arg:
         return None

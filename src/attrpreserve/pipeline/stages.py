@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__, distributed, state
 from ..data import get_preprocess
+from ..compress.onnx import check_explainers, is_onnx
 from ..engine import fit
 from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
@@ -28,6 +29,7 @@ from ..models.pretrained import is_pretrained
 from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,
                        fine_tuning_step)
 from ..report.words import gap_entry, gap_words, metric, naive_baselines
+from . import onnx_export
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
 
 
@@ -147,6 +149,8 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     (``results_schema.RESULTS``).
     """
     loaded = load_models(models, device)
+    for entry in loaded.values():
+        check_explainers(entry.model, explainers)
     first = loaded[teacher or next(iter(loaded))]
     data = resolve_data(data, first.meta)
     adapt = labels_for(first.model, first.meta["classes"])
@@ -200,9 +204,16 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
 
     pair = load_models({"a": reference, "b": candidate}, device)
     (model_a, meta, _), model_b = pair["a"], pair["b"].model
+    for model in (model_a, model_b):
+        check_explainers(model, explainers)
     loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
-    result = run_audit(model_a, model_b, loader, tuple(explainers), n_boot=n_boot, seed=seed,
-                       top=top, progress=progress, faithfulness=faithfulness)
+    options = dict(n_boot=n_boot, seed=seed, top=top, progress=progress,
+                   faithfulness=faithfulness)
+    result = run_audit(model_a, model_b, loader, tuple(explainers), **options)
+    if is_onnx(candidate):  # the ONNX file's PyTorch source, scored beside it
+        source = onnx_export.audit_source(candidate, model_a, loader, tuple(explainers), **options)
+        if source is not None:
+            result["source_candidate"] = source
     result.update(reference=str(reference), candidate=str(candidate), split=split,
                   versions=versions())
     out = Path(out)
@@ -241,6 +252,7 @@ def _overlays(ref, image_path, methods, class_names, label: str = "") -> list[tu
     for m in methods:
         if m not in EXPLAINERS:
             raise ValueError(f"unknown explainer {m!r}; known: {', '.join(EXPLAINERS)}")
+    check_explainers(model, methods)
     size = meta["data"]["size"]
     x = _read_image(image_path, size)
     names = meta["classes"]

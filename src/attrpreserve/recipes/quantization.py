@@ -118,6 +118,9 @@ def deployed(model: nn.Module) -> nn.Module:
 
 
 def deployed_file(checkpoint: str | Path) -> Path:
-    """The weights file that ships for a checkpoint folder (int8 export if there is one)."""
+    """The weights file that ships for a checkpoint folder (int8 export if there is one); a
+    model file (an ONNX export) ships as itself."""
+    if Path(checkpoint).is_file():
+        return Path(checkpoint)
     int8 = Path(checkpoint) / INT8_FILE
     return int8 if int8.is_file() else Path(checkpoint) / "model.safetensors"
