@@ -16,9 +16,9 @@ modules (packed weights, quantized tensors); the TorchScript one maps them to QD
 deprecated but present in the pinned torch (< 2.15); its deprecation warning is silenced in
 :func:`_export` only.  Two modules of the converted model are rewritten for it
 (:func:`_exportable`), computing the same numbers: the VGG head's whole-map max-pool becomes a
-``MaxPool2d`` of the map's fixed size, and zero padding of a quantized tensor (EfficientNet-Lite's
-"SAME" padding) pads its dequantized values and requantizes them on the same grid (the zero
-point pads either way).  The input's height and width are fixed at export, the batch is free.
+``MaxPool2d`` of the map's fixed size, and the two int8 ops it has no QDQ form for,
+EfficientNet-Lite's zero padding ("SAME") and ReLU6, run on the dequantized values and
+requantize on their input's grid (:class:`_OnInputGrid`).  The input's height and width are fixed at export, the batch is free.
 
 onnxruntime is imported when needed: the package works without the ``onnx`` extra.
 """
@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.ao.nn.quantized as nnq
 from torch import nn
 
 from ..attribution import EXPLAINERS
@@ -73,18 +73,20 @@ def runtime_versions() -> dict:
     return {"onnx": onnx.__version__, "onnxruntime": _runtime().__version__}
 
 
-class _QuantizedZeroPad(nn.Module):
-    """``ZeroPad2d`` that the TorchScript exporter can write for quantized inputs: pad the
-    dequantized values with 0 and requantize on the input's grid (exact: 0 is the zero point)."""
+class _OnInputGrid(nn.Module):
+    """``module`` as the TorchScript exporter can write it for a quantized input: applied to the
+    dequantized values, requantized on the input's grid.  Exact for what is rewritten here:
+    zero padding (0 is the zero point) and ReLU6 (torch's int8 ReLU6 keeps its input's grid and
+    clamps at the grid points of 0 and 6, as requantizing the float clamp does)."""
 
-    def __init__(self, padding):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.padding = tuple(padding)
+        self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_quantized:
-            return F.pad(x, self.padding)
-        return torch.quantize_per_tensor(F.pad(x.dequantize(), self.padding), x.q_scale(),
+            return self.module(x)
+        return torch.quantize_per_tensor(self.module(x.dequantize()), x.q_scale(),
                                          x.q_zero_point(), x.dtype)
 
 
@@ -112,7 +114,9 @@ def _exportable(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str
     int8 = convert_int8(model)
     for name, m in list(int8.named_modules()):
         if isinstance(m, nn.ZeroPad2d):
-            int8.set_submodule(name, _QuantizedZeroPad(m.padding))
+            int8.set_submodule(name, _OnInputGrid(nn.ZeroPad2d(m.padding)))
+        elif isinstance(m, nnq.ReLU6):
+            int8.set_submodule(name, _OnInputGrid(nn.ReLU6()))
     _static_pools(int8, example)
     return int8, "int8 QDQ"
 
