@@ -54,7 +54,7 @@ def code_defaults() -> dict[str, dict]:
                      "explainers": evaluate["explainers"], "seed": evaluate["seed"],
                      "no_progress": not evaluate["progress"], "report": None, "device": "auto"},
         "audit": {**inherited, **{k: audit[k] for k in ("split", "explainers", "n_boot", "top",
-                                                        "seed", "faithfulness")},
+                                                        "seed", "faithfulness", "require")},
                   "no_progress": not audit["progress"], "device": "auto"},
         "explain": {"class_names": explain["class_names"], "methods": explain["methods"]},
         "export": {**inherited, "format": "onnx", "split": exporting["split"],

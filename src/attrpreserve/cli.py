@@ -20,6 +20,7 @@ from . import distributed, logs, pipeline, state
 from .attribution import EXPLAINERS
 from .data import PREPROCESS, SCENES_DEFAULT_N, get_preprocess
 from .engine import OPTIMIZERS, TrainConfig
+from .evaluate import gate
 from .matching import MATCHERS
 from .pipeline import onnx_export
 from .pipeline.photos import STRENGTHS as PHOTO_STRENGTHS
@@ -327,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compare deletion / insertion AUC (slower)")
     p.add_argument("--seed", type=int, default=audit["seed"].default,
                    help="seed of the bootstrap")
+    p.add_argument("--require", action="append", metavar="SPEC",
+                   help="a release gate: comma-separated requirements [EXPLAINER:]MEASURE"
+                        "[.low|.high] OP NUMBER, OP one of >= > <= <, e.g. "
+                        "'spearman>=0.8,top1_agreement>=0.98' or 'gradcam:spearman.low>=0.7' "
+                        "(.low / .high: the CI's ends; no prefix: every audited explainer). "
+                        "The verdict goes into audit.json; exit status 1 with one line per "
+                        "failed requirement, and a missing or undefined measure fails. "
+                        "Measures: docs/metrics.md, 'Release gates'. Repeatable "
+                        "(default: none, no gate)")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
 
@@ -579,6 +589,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} and {report}")
     elif args.command == "audit":
         explainers = _names(args.explainers)
+        requirements = gate.parse(args.require) if args.require else None  # before any work
+        gate.require_explainers(requirements or (), explainers)
         (reference, candidate), scope = pipeline.scope_to_folder(
             [args.reference, args.candidate], _data_overrides(args))
         with logs.phase("audit", not args.no_progress):
@@ -587,13 +599,16 @@ def run(args: argparse.Namespace) -> int:
                                     n_boot=args.n_boot, top=args.top, seed=args.seed,
                                     faithfulness=args.faithfulness,
                                     progress=logs.bars(not args.no_progress),
-                                    device=distributed.resolve_device(args.device))
+                                    device=distributed.resolve_device(args.device),
+                                    require=requirements)
         _say_classes(scope)
         for e in explainers:
             print(f"[{e}] " + audit_headline(result, e)["summary"])
             if "source_candidate" in result:  # an ONNX candidate beside its PyTorch source
                 print(onnx_export.source_line(result, e))
         print(f"wrote {Path(args.out) / 'audit.json'} and {Path(args.out) / 'audit.html'}")
+        if requirements:
+            return _gate_status(result["gate"])
     elif args.command == "export":
         sidecar = onnx_export.export(args.model, args.out, _data_overrides(args), args.split,
                                      args.n)
@@ -621,6 +636,18 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = formatter
     distributed.shutdown(wait=code == 0)
     return code
+
+
+def _gate_status(verdict: dict) -> int:
+    """``audit --require``: 0 and one "gate passed" line, or 1 and one stderr line per failed
+    requirement (``attrpreserve: gate: gradcam spearman 0.61, required >= 0.8``)."""
+    failed = [c["line"] for c in verdict["checks"] if not c["passed"]]
+    if not failed:
+        print("gate passed: " + "; ".join(c["line"] for c in verdict["checks"]))
+        return 0
+    for line in failed:
+        print(f"{_prefix('gate')}{line}", file=sys.stderr)
+    return 1
 
 
 def _prefix(kind: str) -> str:

@@ -245,6 +245,14 @@ AUDIT_TASK = Record({"a": TASK_SIDE, "b": TASK_SIDE, "single_label": BOOL},
 SOURCE_CANDIDATE = Record({"candidate": STR, "task": AUDIT_TASK, "explainers": MapOf(
     Record({"agreement": Record(AUDIT_AGREEMENT_CI, LATER_CI)}))})
 
+# the verdict of ``audit --require`` (evaluate.gate): the requirements as parsed, and one check
+# per requirement and audited explainer (explainer null for a task measure); value null when
+# the audit lacks the measure or it is undefined, which fails
+GATE = Record({"passed": BOOL, "requirements": ListOf(STR), "checks": ListOf(Record({
+    "requirement": STR, "explainer": OrNull(STR), "measure": STR,
+    "bound": Choice(("estimate", "low", "high")), "op": Choice((">=", ">", "<=", "<")),
+    "threshold": NUMBER, "value": METRIC, "passed": BOOL, "line": STR}))})
+
 AUDIT = Record(
     {"images": INT, "pairs": INT,
      "localization": BOOL,  # whether the data had masks
@@ -256,7 +264,8 @@ AUDIT = Record(
                          "explainers": ListOf(STR), "layers": MapOf(OrNull(STR))}),
      "explainers": MapOf(AUDIT_EXPLAINER)},
     optional={"reference": STR, "candidate": STR, "split": STR,  # pipeline.audit's additions
-              "versions": VERSIONS, "source_candidate": SOURCE_CANDIDATE})
+              "versions": VERSIONS, "source_candidate": SOURCE_CANDIDATE,
+              "gate": GATE})  # audit --require
 
 
 # --------------------------------------------------------------------------------------------

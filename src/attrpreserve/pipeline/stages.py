@@ -21,6 +21,7 @@ from ..compress.onnx import check_explainers, is_onnx
 from ..engine import fit
 from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
+from ..evaluate.gate import check as check_gate
 from ..loading import load_model
 from ..matching import create_matcher
 from ..models import class_probabilities, create_model, save_checkpoint
@@ -191,22 +192,30 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
                         "seed": seed, "versions": versions()})
 
 
-def audit(reference: str | Path, candidate: str | Path, out: str | Path,
-          data: DataConfig | dict | None = None, split: str = "test",
+def audit(reference: str | Path | Loaded, candidate: str | Path | Loaded, out: str | Path | None,
+          data=None, split: str = "test",
           explainers=("gradcam",), n_boot: int = 1000, top: int = 12, seed: int = 0,
-          faithfulness: bool = False, progress: bool = True, device: str = "cpu") -> dict:
-    """How far ``candidate``'s explanations moved from ``reference``'s: OUT/audit.json + .html.
+          faithfulness: bool = False, progress: bool = True, device: str = "cpu",
+          require=None) -> dict:
+    """How far ``candidate``'s explanations moved from ``reference``'s: OUT/audit.json + .html
+    (``out`` None: no files).
 
-    Data defaults to the reference checkpoint's (``data`` overrides it); see
-    :func:`attrpreserve.evaluate.audit` for what is measured.
+    Data defaults to the reference checkpoint's (``data``, a ``DataConfig`` or a dict, overrides
+    it; any other ``data`` is the loader itself, ``split`` then unrecorded); see
+    :func:`attrpreserve.evaluate.audit` for what is measured. ``require`` (a gate spec or
+    parsed requirements, :mod:`attrpreserve.evaluate.gate`): its verdict is the document's
+    ``gate``. The typed API over this stage is :func:`attrpreserve.audit`.
     """
     from ..report import write_audit_report  # here: matplotlib loads only when a page is drawn
 
     pair = load_models({"a": reference, "b": candidate}, device)
     (model_a, meta, _), model_b = pair["a"], pair["b"].model
+    reference, candidate = pair["a"].source, pair["b"].source  # Loaded entries: their names
     for model in (model_a, model_b):
         check_explainers(model, explainers)
-    loader = resolve_data(data, meta).loader(split, adapt=labels_for(model_a, meta["classes"]))
+    given = data is not None and not isinstance(data, (DataConfig, dict))  # a loader
+    loader = data if given else resolve_data(data, meta).loader(
+        split, adapt=labels_for(model_a, meta["classes"]))
     options = dict(n_boot=n_boot, seed=seed, top=top, progress=progress,
                    faithfulness=faithfulness)
     result = run_audit(model_a, model_b, loader, tuple(explainers), **options)
@@ -214,12 +223,17 @@ def audit(reference: str | Path, candidate: str | Path, out: str | Path,
         source = onnx_export.audit_source(candidate, model_a, loader, tuple(explainers), **options)
         if source is not None:
             result["source_candidate"] = source
-    result.update(reference=str(reference), candidate=str(candidate), split=split,
-                  versions=versions())
+    result.update(reference=str(reference), candidate=str(candidate), versions=versions(),
+                  **({} if given else {"split": split}))
+    if require is not None:
+        result["gate"] = check_gate(result, require).to_dict()
+    if out is None:
+        return result
     out = Path(out)
     write_results(result, out / "audit.json")
     names = (f"{Path(reference).name} (reference)", f"{Path(candidate).name} (candidate)")
-    write_audit_report(result, out / "audit.html", model_a, model_b, loader.dataset, names)
+    write_audit_report(result, out / "audit.html", model_a, model_b,
+                       getattr(loader, "dataset", None), names)
     return result
 
 

@@ -71,6 +71,8 @@ def write_audit_report(result: dict, out_html: str | Path, model_a=None, model_b
          "Mean Spearman over each image's ground-truth classes (a blank map against a "
          "non-blank one scores 0); the dashed line is the low-agreement threshold."),
     ]
+    if "gate" in result:  # audit --require: the verdict first
+        sections.insert(0, _gate_section(result["gate"]))
     per_class = _per_class_html(result, explainers, class_names, names)
     if per_class:
         sections.append(("per-class", "Per class", per_class, ""))
@@ -90,6 +92,19 @@ def write_audit_report(result: dict, out_html: str | Path, model_a=None, model_b
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(document(title, sub, sections), encoding="utf-8")
     return out_html
+
+
+def _gate_section(verdict: dict) -> tuple[str, str, str, str]:
+    """The release gate's section: one row per check, its requirement, value and outcome."""
+    rows = [[c["requirement"], c["explainer"] or "task", "–" if c["value"] is None else
+             c["value"], "pass" if c["passed"] else "FAIL", c["line"]] for c in verdict["checks"]]
+    body = table(["requirement", "explainer", "value", "outcome", "statement"], rows,
+                 numeric_from=2)
+    failed = sum(not c["passed"] for c in verdict["checks"])
+    title = "Release gate: " + ("passed" if verdict["passed"] else f"failed ({failed} of "
+                                f"{len(verdict['checks'])} checks)")
+    return ("gate", title, body, "The requirements given to audit --require, each checked on "
+            "every audited explainer it applies to; a missing or undefined value fails.")
 
 
 def _headline_html(result: dict, explainers: list[str], names) -> str:
