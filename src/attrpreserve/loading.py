@@ -22,8 +22,9 @@ from torch import nn
 
 from .compress import onnx, quantize, structured
 from .models import pretrained
-from .models.checkpoint import WEIGHTS, init_from_file, read_checkpoint, read_sidecar
-from .models.registry import create_model
+from .models.checkpoint import (SIDECAR, WEIGHTS, check_finite, init_from_file,
+                                read_checkpoint, read_sidecar)
+from .models.registry import check_spec, create_model
 from .models.subset import restrict_classes
 from .registry import Registry
 
@@ -56,20 +57,40 @@ def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model from its sidecar and load its weights; returns ``(model, sidecar)``."""
+    """Rebuild the model from its sidecar and load its weights; returns ``(model, sidecar)``.
+
+    Each file is checked before it is used (``models.checkpoint``), the spec before anything
+    is built (``models.registry.check_spec``: types, ranges, size), a spec without rebuild
+    steps against the stored shapes, and the loaded weights for NaN and infinities; every
+    failure is a one-line ``ValueError`` naming the file and the key."""
     meta, state = read_checkpoint(directory, map_location)
-    weights = Path(directory) / WEIGHTS
+    side, weights = Path(directory) / SIDECAR, Path(directory) / WEIGHTS
+    shapes = check_spec(meta["model"], str(side))
+    if not meta["model"].get("rebuild"):
+        _check_shapes(shapes, state, side, weights)
     model = rebuild(meta["model"], state)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch: torch's message names the layer
         first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), exc)
-        raise ValueError(f"{weights}: weights do not fit the architecture: {first}") from exc
+        raise ValueError(f"{weights}: weights do not fit the architecture: {first}") from None
     if missing or unexpected:
         raise ValueError(f"{weights}: weights do not fit the architecture "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval(), meta
+    return check_finite(model, str(directory)).eval(), meta
 
+
+def _check_shapes(shapes: dict, state: dict, side: Path, weights: Path) -> None:
+    """The weights hold exactly the tensors the sidecar's spec builds, of the same shapes."""
+    missing = [k for k in shapes if k not in state]
+    unexpected = [k for k in state if k not in shapes]
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not hold the model {side} describes (missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]})")
+    for key, shape in shapes.items():
+        if tuple(state[key].shape) != shape:
+            raise ValueError(f"{weights} does not hold the model {side} describes: {key} is "
+                             f"{list(state[key].shape)} there, {list(shape)} in the spec")
 
 
 def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
@@ -93,6 +114,7 @@ def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
     else:
         model = create_model("torchvision_imagenet", arch=name, **kwargs)
     init_from_file(model, path)
+    check_finite(model, ref)
     subset = pretrained.class_subset(ref)
     if subset is not None:
         model = restrict_classes(model, subset)

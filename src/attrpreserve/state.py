@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextvars
 import json
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,13 +34,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from . import distributed
-from .fileio import atomic_write
+from .models.checkpoint import write_atomically, write_tensors
 from .registry import Registry
 
 STATE_DIR, STATE_FILE, FORMAT = ".state", "state.json", "attrpreserve-state-v1"
+TENSORS = re.compile(r"tensors-\d{6,}\.safetensors")  # the only tensor files state.json names
 
 _ACTIVE: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("session", default=None)
 
@@ -230,9 +233,12 @@ class Session:
             snap = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read training state {path}: {exc}") from None
-        if snap.get("format") != FORMAT:
+        if not isinstance(snap, dict) or snap.get("format") != FORMAT:
             raise ValueError(f"{path}: not an attrpreserve training state ({FORMAT})")
-        diff = _differences(snap["config"], self.config)
+        if not isinstance(snap.get("tensors"), str) or not TENSORS.fullmatch(snap["tensors"]):
+            raise ValueError(f"{path}: its tensor file {snap.get('tensors')!r} is not a "
+                             f"tensors-NNNNNN.safetensors file inside {self.dir}: refused")
+        diff = _differences(snap.get("config"), self.config)
         if diff:
             raise ValueError(f"{self.dir} was written by a different run ({'; '.join(diff[:3])}): "
                              f"rerun with the same settings, or delete {self.dir} to start over")
@@ -247,7 +253,12 @@ class Session:
 
     def tensors(self) -> dict:
         if self._tensors is None:
-            self._tensors = load_file(str(self.dir / self.snapshot["tensors"]))
+            path = self.dir / self.snapshot["tensors"]
+            try:
+                self._tensors = load_file(str(path))
+            except (SafetensorError, OSError) as exc:
+                raise ValueError(f"cannot read training state {path}: {exc}: delete "
+                                 f"{self.dir} to start over") from None
         return self._tensors
 
     def _next_serial(self) -> int:
@@ -272,12 +283,12 @@ class Session:
         name = f"tensors-{self.serial:06d}.safetensors"
         self.serial += 1
         plain = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-        atomic_write(self.dir / name, lambda p: save_file(plain, str(p)))
+        write_tensors(self.dir / name, plain)
         doc = {"format": FORMAT, "config": self.config, "phase": index, "done": done,
                "phases": self.completed, "world_size": distributed.world_size(), **meta,
                "tensors": name}
         text = json.dumps(doc, indent=1)
-        atomic_write(self.dir / STATE_FILE, lambda p: p.write_text(text))
+        write_atomically(self.dir / STATE_FILE, lambda p: p.write_text(text))
         for old in self.dir.glob("tensors-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)

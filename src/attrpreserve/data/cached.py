@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from .. import logs
 from .boxes import VOID, box_mask, load_boxes, to_window
-from .images import EVAL_RESIZE, resolve_class, spec_options, split_folder, spread
+from .images import (BOMBS, EVAL_RESIZE, opened, refuse_bombs, resolve_class, spec_options,
+                     split_folder, spread)
 
 CACHE_ENV = "ATTRPRESERVE_CACHE"
 FORMAT = 1  # bump when the stored layout or the decoding changes
@@ -64,11 +65,11 @@ def cache_dir() -> Path | None:
 
 def decode_one(path: Path, side: int) -> np.ndarray:
     """One photo as ``side x side x 3`` uint8: shorter side resized to ``side``, center square."""
-    try:
+    try:  # run under ``images.refuse_bombs`` (``decode``): a bomb's warning is then an error
         with Image.open(path) as img:
             img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale when enough
             img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, *BOMBS) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     w, h = img.size
     c = min(w, h)
@@ -88,7 +89,7 @@ def decode(files: list[Path], side: int, workers: int | None = None,
         out[i] = torch.from_numpy(decode_one(files[i], side))
         bar.update(1)
 
-    with ThreadPoolExecutor(workers) as pool:
+    with refuse_bombs(), ThreadPoolExecutor(workers) as pool:
         list(pool.map(work, range(len(files))))
     bar.close()
     return out.permute(0, 3, 1, 2).contiguous()
@@ -109,8 +110,12 @@ def load_or_decode(files: list[Path], side: int, key: str, name: str,
     path = folder / f"photos-{name}-{side}px-{len(files)}-{key}.pt" if folder else None
     t0 = time.perf_counter()
     if path is not None and path.is_file():
-        images = torch.load(path, weights_only=True)
-        if images.dtype == torch.uint8 and tuple(images.shape) == (len(files), 3, side, side):
+        try:
+            images = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001  a truncated or foreign cache file: decode again
+            images = None
+        if torch.is_tensor(images) and images.dtype == torch.uint8 \
+                and tuple(images.shape) == (len(files), 3, side, side):
             return images, _timing("file", len(files), t0, path)
     images = decode(files, side, progress=progress, desc=f"decode {name}")
     if path is not None:
@@ -322,7 +327,7 @@ def square_boxes(root: Path, options: dict, files: list[Path]) -> list | None:
     out = []
     for f, bs in zip(files, boxes):
         if bs:
-            with Image.open(f) as img:
+            with opened(f) as img:
                 w, h = img.size
             c = min(w, h)
             bs = [to_window(b, ((w - c) / 2 / w, (h - c) / 2 / h, (w + c) / 2 / w,

@@ -24,11 +24,14 @@ Training items are random-resized crops (scale 0.25-1 of the area, aspect 3/4-4/
 horizontal flips; val / test items are resized (shorter side ``size / 0.875``) and center-cropped,
 the usual ImageNet evaluation. Items are ``(image float 3 x S x S in [0, 1], labels float K,
 mask int64 S x S)``; the mask is the photo's boxes under the same crop, or all 255 (void: no
-localisation) for a photo without boxes. A file with an image suffix that cannot be read raises ``ValueError`` naming it.
+localisation) for a photo without boxes. A file with an image suffix that cannot be read, or
+of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb), raises ``ValueError``
+naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import warnings
@@ -190,23 +193,49 @@ def class_folders(root: Path) -> list[str]:
     return sorted(names)
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """The photo as RGB; ``ValueError`` naming the file if it cannot be read."""
+# Pixel limit: a photo of more than PIL's ``Image.MAX_IMAGE_PIXELS`` (89.5 Mpx by default) is
+# refused, naming its file: PIL only warns up to twice that (a warning that names no file) and
+# raises beyond it. Decoding such a file could take gigabytes (a decompression bomb).
+BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def refuse_bombs():
+    """A context in which PIL's decompression-bomb warning is an error (wrap a thread pool in
+    it from the calling thread: ``warnings`` filters are not thread-safe to change)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+@contextlib.contextmanager
+def opened(path: Path):
+    """``Image.open(path)`` (header read; decoding is lazy) under the pixel limit; a
+    ``ValueError`` naming the file when it cannot be read or is larger than the limit."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+        with refuse_bombs():
+            img = Image.open(path)
+    except (UnidentifiedImageError, OSError, *BOMBS) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
+    with img:
+        yield img
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The photo as RGB; ``ValueError`` naming the file if it cannot be read (or is too large)."""
+    with opened(path) as img:
+        try:
+            return img.convert("RGB")
+        except OSError as err:  # a truncated file fails when decoded
+            raise ValueError(f"cannot read image {path}: {err}") from None
 
 
 def check_readable(files: list[Path]) -> None:
-    """Open every file's header (cheap); ``ValueError`` naming the first unreadable one."""
+    """Open every file's header (cheap); ``ValueError`` naming the first unreadable one (or the
+    first beyond the pixel limit)."""
     for path in files:
-        try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018  (header only)
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
+        with opened(path):
+            pass
 
 
 def crop_box(width: int, height: int, size: int, train: bool) -> tuple[tuple[int, ...], bool]:
@@ -301,7 +330,7 @@ class ImageSet(Dataset):
         """Photo ``i``'s box mask under the crop ``(left, top, right, bottom)`` px and flip."""
         boxes = self.boxes[i] if self.boxes else []
         if boxes and self.targets[i] >= 0:
-            with Image.open(self.files[i]) as img:
+            with opened(self.files[i]) as img:
                 w, h = img.size
             window = (crop[0] / w, crop[1] / h, crop[2] / w, crop[3] / h)
             boxes = [to_window(b, window) for b in boxes]
