@@ -134,3 +134,25 @@ def test_export_errors_are_one_line(exported, tmp_path, capsys):
     (tmp_path / "bare.onnx").write_bytes((exported / "teacher.onnx").read_bytes())
     with pytest.raises(ValueError, match="sidecar"):
         load_onnx(tmp_path / "bare.onnx")
+
+
+def test_qat_checkpoint_export_records_the_int8_check(exported, capsys):
+    """A fake-quant checkpoint exports as int8 QDQ; the sidecar holds its check against the
+    fake-quant model and torch's int8 model, in steps of the int8 output grid."""
+    from attrpreserve.loading import load_checkpoint
+    from attrpreserve.models import save_checkpoint
+
+    teacher, meta = load_checkpoint(exported / "teacher")
+    qat = prepare_qat(teacher, calibration=torch.rand(32, 3, 64, 64)).eval()
+    meta = {k: v for k, v in meta.items() if k != "model"}  # the QAT model's spec is its own
+    save_checkpoint(exported / "qat", qat, {**meta, "role": "compressed"})
+    assert main(["export", "--model", str(exported / "qat"), "--n", "16",
+                 "--out", str(exported / "qat.onnx")]) == 0
+    assert "output steps" in capsys.readouterr().out
+    side = json.loads(sidecar_path(exported / "qat.onnx").read_text())["onnx"]
+    assert side["form"] == "int8 QDQ"
+    int8 = side["check_int8"]
+    assert int8["output_step"] > 0 and int8["images"] == 16
+    assert int8["max_abs_logit_diff_steps"] == pytest.approx(
+        int8["max_abs_logit_diff"] / int8["output_step"])
+    assert int8["max_abs_logit_diff_steps"] <= 4 and side["check"]["top1_agreement"] >= 0.9

@@ -53,6 +53,19 @@ def _agreement(model, onnx_model, images) -> dict:
                                   "mean_abs_logit_diff", "images")}
 
 
+def _output_step(int8_model, images) -> float:
+    """The int8 model's output grid step: the scale of the quantized logits it dequantizes."""
+    seen = []
+    hook = int8_model.dequant.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].q_scale()))
+    try:
+        with torch.no_grad():
+            int8_model(images)
+    finally:
+        hook.remove()
+    return float(seen[0])
+
+
 def _latencies(model, onnx_model, size: int) -> dict:
     """Batch-1 CPU latency (ms) of the PyTorch model that ships (int8 for fake quant) and of
     the ONNX file in onnxruntime, measured in the same call (compare the ratio)."""
@@ -69,7 +82,8 @@ def export(model_ref: str | Path, out: str | Path, data: DataConfig | dict | Non
     data unless ``data`` overrides it). Writes and returns the sidecar ``OUT.json``: the
     source's classes, data and settings, and under ``"onnx"`` the source reference, form,
     opset, input size, file size, the check (``top1_agreement``, ``max_abs_logit_diff``, ...;
-    a fake-quant source's int8 file also against torch's int8 model: ``check_int8``), batch-1
+    a fake-quant source's int8 file also against torch's int8 model: ``check_int8``; and the
+    logit differences in steps of the int8 output grid, ``max_abs_logit_diff_steps``), batch-1
     CPU latency of both and the versions.
     """
     if not is_onnx(out):
@@ -88,7 +102,11 @@ def export(model_ref: str | Path, out: str | Path, data: DataConfig | dict | Non
               "check": {"split": split, "data": data.spec,
                         **_agreement(model, onnx_model, images)}}
     if is_qat(model):
-        record["check_int8"] = _agreement(convert_int8(model), onnx_model, images)
+        int8 = convert_int8(model)
+        step = _output_step(int8, images[:1])
+        record["check_int8"] = {**_agreement(int8, onnx_model, images), "output_step": step}
+        for check in (record["check"], record["check_int8"]):
+            check["max_abs_logit_diff_steps"] = check["max_abs_logit_diff"] / step
     record["latency_ms"] = _latencies(model, onnx_model, data.size)
     record["versions"] = {"torch": torch.__version__, **runtime_versions()}
     sidecar = {**{k: meta[k] for k in CARRIED if k in meta}, "data": asdict(data),
@@ -142,6 +160,8 @@ def export_lines(sidecar: dict, out: str | Path) -> str:
             f"agreement {check['top1_agreement']:.3f}, max |logit diff| "
             f"{check['max_abs_logit_diff']:.3g}")
     if "check_int8" in rec:
-        text += (f" (vs torch's int8 model: {rec['check_int8']['top1_agreement']:.3f}, "
-                 f"{rec['check_int8']['max_abs_logit_diff']:.3g})")
+        int8 = rec["check_int8"]
+        text += (f" = {check['max_abs_logit_diff_steps']:.1f} output steps (vs torch's int8 "
+                 f"model: {int8['top1_agreement']:.3f}, {int8['max_abs_logit_diff_steps']:.1f} "
+                 f"steps)")
     return text
