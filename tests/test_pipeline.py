@@ -188,8 +188,11 @@ def test_demo_resumes_finished_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.stages, "compress", lambda *a, **k: calls.append("compress"))
     pipeline.demo(tmp_path, seed=0, progress=True, cfg=cfg)
     assert calls == []  # an interrupted demo restarts where it stopped (progress bars or not)
-    pipeline.demo(tmp_path, seed=0, progress=False,
-                  cfg=pipeline.DemoConfig(**{**cfg.__dict__, "lam": 1.0}))
+    changed = pipeline.DemoConfig(**{**cfg.__dict__, "lam": 1.0})
+    with pytest.raises(ValueError, match="kd\\+wcam holds a finished run made with other"):
+        pipeline.demo(tmp_path, seed=0, progress=False, cfg=changed)  # never replaced silently
+    assert calls == []
+    pipeline.demo(tmp_path, seed=0, progress=False, cfg=changed, force=True)
     assert calls == ["compress"]  # changed settings are never served from a stale checkpoint
 
 

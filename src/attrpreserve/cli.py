@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import functools
+import glob
 import inspect
+import os
+import shlex
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from . import distributed, logs, pipeline, state
+from . import distributed, logs, outputs, pipeline, state
 from .attribution import EXPLAINERS
 from .data import PREPROCESS, SCENES_DEFAULT_N, get_preprocess
-from .engine import OPTIMIZERS, TrainConfig
+from .data.images import check_readable
 from .evaluate import gate
+from .engine import OPTIMIZERS, TrainConfig
 from .matching import MATCHERS
 from .pipeline import onnx_export
+from .pipeline.configs import read_paths
 from .pipeline.photos import STRENGTHS as PHOTO_STRENGTHS
 from .recipes import option_flag
 from .report.words import audit_headline
@@ -142,6 +149,12 @@ def _progress_arg(p) -> None:
                         "line per epoch and per long phase)")
 
 
+def _force_arg(p, what: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} (without it such an output is refused: exit 2, nothing "
+                        "written)")
+
+
 MODEL_REF = ("a checkpoint folder, or an ImageNet model 'pretrained:efficientnet-lite0' / "
              "'pretrained:ARCH=WEIGHTS.pth' (docs/pretrained.md)")
 
@@ -213,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "curves in the report (OUT/sweep)")
     p.add_argument("--out", help=f"output folder (default: {demo['out'].default}; with --photos "
                                  "runs/photos)")
+    _force_arg(p, "runs in OUT made with other settings (another seed, preset or recipe "
+                  "strength); runs made with the same settings are reused, not retrained")
     p.add_argument("--seed", type=int, default=demo["seed"].default,
                    help="seed of the compression runs (the scenes, the shipped teacher and the "
                         "bootstrap stay those of seed 0)")
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, teacher.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    _force_arg(p, "a finished checkpoint in OUT (--resume continues an unfinished one)")
 
     p = command("compress", help="compress a teacher, optionally matching attributions",
                        description="Compress a teacher checkpoint with a recipe (--method) "
@@ -283,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, compressing.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    _force_arg(p, "a finished checkpoint in OUT (--resume continues an unfinished one)")
 
     p = command("evaluate", help="score checkpoints: task, localisation, agreement, cost",
                        description="Evaluate one or more checkpoints on a split; agreement is "
@@ -304,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the bootstrap intervals, recorded in results.json")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="results JSON file to write")
+    _force_arg(p, "an existing --out or --report file")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")
     _device_arg(p, "where the explainers run (size and latency are always measured on the CPU)")
 
@@ -339,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none, no gate)")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
+    _force_arg(p, "OUT/audit.json and OUT/audit.html of an earlier audit")
 
     exporting = inspect.signature(onnx_export.export).parameters
     p = command("export", help="write a model as ONNX and check the file in onnxruntime",
@@ -361,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images the check runs (the split's first N)")
     p.add_argument("--out", required=True, help="ONNX file to write (FILE.onnx; its sidecar "
                                                 "FILE.onnx.json is written beside it)")
+    _force_arg(p, "an existing --out file")
 
     p = command("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
                        description="Draw each explainer's map over an image file: one PNG per "
@@ -375,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicts; a softmax model's top-1)")
     _explainers_arg(p, "--methods", explain["methods"].default)
     p.add_argument("--out", required=True, help="folder for the PNG files")
+    _force_arg(p, "PNG files of the same image already in OUT")
     return parser
 
 
@@ -396,7 +417,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {path} not found")
-    values = yaml.safe_load(p.read_text()) or {}
+    values = _read_yaml(p) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of flag names to values")
     sub = commands[argv[0]]
@@ -413,6 +434,19 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
         sub.set_defaults(**{action.dest: _config_value(path, key, action, value)})
         action.required = False  # a required flag given by the config is satisfied
     return parser.parse_args(argv)
+
+
+def _read_yaml(path: Path):
+    """The YAML document of ``path``; a ``ValueError`` naming the file and line if malformed."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}{line}: not valid YAML ({problem})") from None
 
 
 def _config_value(path: str, key, action: argparse.Action, value):
@@ -479,6 +513,29 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+def _model_names(refs: list[str]) -> dict[str, str]:
+    """``{name: ref}`` of evaluate's --model arguments, in order: each one's folder name, with
+    as many parent folders as tell two apart (``runs/a/wcam`` and ``runs/b/wcam`` become
+    ``a/wcam`` and ``b/wcam``); the same model given twice is an error."""
+    seen: dict[str, str] = {}
+    for ref in refs:
+        key = os.path.realpath(ref)
+        if key in seen:
+            also = "" if seen[key] == ref else f" (as {seen[key]})"
+            raise ValueError(f"--model {ref} is given twice{also}: give each model once")
+        seen[key] = ref
+    parts = {ref: Path(ref).parts or (ref,) for ref in refs}
+    depth = dict.fromkeys(refs, 1)
+    while True:
+        names = {ref: "/".join(parts[ref][-depth[ref]:]) for ref in refs}
+        clash = [r for r in refs if list(names.values()).count(names[r]) > 1]
+        longer = [r for r in clash if depth[r] < len(parts[r])]
+        if not longer:  # no clash left, or only the full paths themselves differ
+            return {(ref if ref in clash else names[ref]): ref for ref in refs}
+        for ref in longer:
+            depth[ref] += 1
+
+
 def _run_options(args) -> dict:
     """``resume`` / ``checkpoint_every`` / ``device`` for the pipeline, checked up front.
 
@@ -524,10 +581,71 @@ def _photos_demo(args) -> dict:
     cfg = pipeline.photos.with_overrides(pipeline.PHOTOS_CPU, recipe=recipe, strength=strength)
     return pipeline.photos_demo(args.photos, args.out or "runs/photos", cfg, seed=args.seed,
                                 progress=not args.no_progress,
-                                device=distributed.resolve_device(args.device))
+                                device=distributed.resolve_device(args.device), force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the command's outputs before any work, then run it holding their folder's lock."""
+    folder = _claim(args)
+    with outputs.lock(folder, f"attrpreserve {args.command}") if folder else nullcontext():
+        return _run_command(args)
+
+
+def _io(args) -> tuple[list[outputs.Output], list[tuple[str, str]]]:
+    """The command's outputs (the first one's folder is locked) and the paths it reads."""
+    Out, c = outputs.Output, args.command
+    reads = [("--config", getattr(args, "config", None))]
+    reads += [("--data", p) for p in read_paths(getattr(args, "data", None))]
+    refs = {"compress": ["teacher"], "audit": ["reference", "candidate"], "train": ["init"],
+            "evaluate": ["model", "teacher"], "explain": ["model", "image"],
+            "export": ["model"], "demo": ["photos"]}.get(c, [])
+    for name in refs:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            reads += [(f"--{name}", p) for p in read_paths(value)]
+    if c == "evaluate":
+        report = args.report or (args.out and str(Path(args.out).with_suffix(".html")))
+        return [Out("--out", args.out, False), Out("--report", report, False)], reads
+    if c == "export":
+        return [Out("--out", args.out, False)], reads
+    if c == "demo":
+        return [Out("--out", args.out or ("runs/photos" if args.photos else "runs/demo"))], reads
+    return [Out("--out", args.out)], reads
+
+
+def _claim(args) -> Path | None:
+    """``outputs.check`` of the command's outputs, and a finished result already there refused
+    without ``--force``; returns the folder to lock (a file output's folder)."""
+    outs, reads = _io(args)
+    outputs.check(outs, reads)
+    done = _finished(args)
+    if done is not None and not getattr(args, "force", False):
+        raise ValueError(f"{done} holds a finished result: add --force to replace it, or "
+                         "choose another output")
+    first = Path(outs[0].path)
+    return first if outs[0].folder else first.parent
+
+
+def _finished(args) -> Path | None:
+    """The finished result the command would replace (None: nothing to replace; the demo
+    checks each of its runs itself, ``stages.reusable``)."""
+    c, out = args.command, Path(args.out or ".")
+    if c in ("train", "compress") and not args.resume:
+        candidates = [out / "model.json"]
+    elif c == "evaluate":
+        candidates = [out, Path(args.report or out.with_suffix(".html"))] if args.out else []
+    elif c == "audit":
+        candidates = [out / "audit.json", out / "audit.html"]
+    elif c == "explain":
+        candidates = sorted(out.glob(f"{glob.escape(Path(args.image).stem)}_*.png"))[:1]
+    elif c == "export":
+        candidates = [out]
+    else:
+        candidates = []
+    return next((p for p in candidates if p.exists()), None)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.sweeps and args.quick:
             raise ValueError("--sweeps needs the full demo (the quick one runs one recipe); "
@@ -537,7 +655,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             out = args.out or "runs/demo"
             results = pipeline.demo(out, quick=args.quick, seed=args.seed,
-                                    progress=not args.no_progress, sweeps=args.sweeps)
+                                    progress=not args.no_progress, sweeps=args.sweeps,
+                                    force=args.force)
         print(pipeline.format_table(results))
         print(f"wrote {Path(out) / 'results.json'} and report.html "
               f"({results['wall_seconds']:.0f} s)")
@@ -560,13 +679,13 @@ def run(args: argparse.Namespace) -> int:
         _say(f"compressed model saved to {args.out} "
              f"(val mAP {meta['history']['best_val_mAP']:.3f}{extra})")
     elif args.command == "evaluate":
-        models = {Path(m).name or m: m for m in args.model}
+        models = _model_names(args.model)
         control = None
         if args.control:
             if args.control not in args.model:
                 raise ValueError(f"--control {args.control} is not one of the --model "
                                  "arguments")
-            control = Path(args.control).name or args.control
+            control = next(name for name, ref in models.items() if ref == args.control)
         teacher = None
         if args.teacher:
             teacher = Path(args.teacher).name + (" (teacher)" if Path(args.teacher).name in models
@@ -615,6 +734,7 @@ def run(args: argparse.Namespace) -> int:
         print(onnx_export.export_lines(sidecar, args.out))
     elif args.command == "explain":
         methods = _names(args.methods)
+        check_readable([Path(args.image)])  # a bomb or unreadable image, named, before loading
         for path in pipeline.explain(args.model, args.image, args.out, methods,
                                      args.class_names):
             print(f"wrote {path}")
@@ -625,17 +745,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     formatter, warnings.formatwarning = warnings.formatwarning, _warning_line
+    args = None
     try:
         args = _apply_config(parser, argv)
+        _refuse_ignored(args)
         code = run(args)
     except (ValueError, FileNotFoundError) as exc:  # usage: bad flags, config, paths
         code = _error(exc, 2)
+    except OSError as exc:  # writing an output: disk full, read-only, a file in the way
+        if not exc.errno:
+            raise
+        code = _error(_os_error(exc, getattr(args, "out", None)), 2)
     except FloatingPointError as exc:  # training diverged; the last good state is kept
         code = _error(exc, 1)
+    except KeyboardInterrupt:
+        code = _interrupted(argv, args)
     finally:
         warnings.formatwarning = formatter
     distributed.shutdown(wait=code == 0)
     return code
+
+
+# Errors of writing (the rest are "cannot access": a permission, a missing parent).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def _gate_status(verdict: dict) -> int:
@@ -648,6 +781,36 @@ def _gate_status(verdict: dict) -> int:
     for line in failed:
         print(f"{_prefix('gate')}{line}", file=sys.stderr)
     return 1
+
+
+def _os_error(exc: OSError, out: str | None) -> str:
+    """``cannot write PATH: <reason>``: the path the error names, else the command's --out."""
+    verb = "cannot write" if exc.errno in WRITE_ERRNOS else "cannot access"
+    where = f" {exc.filename}" if exc.filename else f" under {out}" if out else ""
+    return f"{verb}{where}: {exc.strerror or os.strerror(exc.errno)}"
+
+
+def _interrupted(argv: list[str], args) -> int:
+    """Ctrl-C: one line; a training run with a snapshot in OUT/.state says how to continue it
+    (the same command with --resume). Exit status 130, the shell's for SIGINT."""
+    out = getattr(args, "out", None)
+    line = "interrupted"
+    if getattr(args, "command", None) in ("train", "compress") and out and state.exists(out):
+        again = ["attrpreserve", *(a for a in argv if a != "--resume"), "--resume"]
+        line += f"; continue with: {shlex.join(again)}"
+    print(f"attrpreserve: {line}", file=sys.stderr)
+    return 130
+
+
+def _refuse_ignored(args) -> None:
+    """A flag the command would ignore is an error (``demo``'s --photos options without it)."""
+    if args.command == "demo" and not args.photos:
+        given = [flag for flag, value, default in (
+            ("--device", args.device, "auto"), ("--recipe", args.recipe, None),
+            ("--strength", args.strength, None)) if value != default]
+        if given:
+            raise ValueError(f"{given[0]} applies to demo --photos only: add --photos FOLDER "
+                             f"or drop {given[0]}")
 
 
 def _prefix(kind: str) -> str:

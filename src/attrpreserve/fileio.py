@@ -1,23 +1,38 @@
-"""Durable file writes (a leaf module: checkpoints, training state and results all use it)."""
+"""Durable file writes (a leaf module: checkpoints, training state, results and reports use it)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_text"]
 
 
 def atomic_write(path: str | Path, write) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync
-    the folder: a reader (or a run killed at any instant) sees the old file or the new one."""
+    the folder: a reader (or a run killed at any instant) sees the old file or the new one.
+
+    The temporary name is unique (``.NAME.XXXX.tmp``), so two writers never share one, and it is
+    removed when ``write`` fails (disk full, Ctrl-C): nothing half-written is left behind."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of a UTF-8 text (results JSON, HTML reports)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .. import logs
+from ..fileio import atomic_write
 from .boxes import VOID, box_mask, load_boxes, to_window
 from .images import (BOMBS, EVAL_RESIZE, opened, refuse_bombs, resolve_class, spec_options,
                      split_folder, spread)
@@ -120,9 +121,7 @@ def load_or_decode(files: list[Path], side: int, key: str, name: str,
     images = decode(files, side, progress=progress, desc=f"decode {name}")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(images, tmp)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: torch.save(images, tmp))
     return images, _timing("decoded", len(files), t0, path)
 
 

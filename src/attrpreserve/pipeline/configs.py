@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed
-from ..data import build_dataset, get_preprocess
+from ..data import DATASETS, build_dataset, get_preprocess
 from ..data.images import Relabeled, class_folders
 from ..engine import TrainConfig
 from ..matching import MATCHERS
@@ -131,6 +131,19 @@ def scope_to_folder(refs: list, data: DataConfig | dict | None = None
     why = f"{wider[0]} has {len(_classes(wider[0]))}" if free else "classes=all"
     return refs, (f"{', '.join(shown)}: scored over all {total} classes, not the "
                   f"{len(names)} of {folder} ({why})")
+
+
+def read_paths(ref: str | Path | None) -> list[str]:
+    """The files and folders that a model reference (checkpoint folder, ``pretrained:`` spec,
+    model file) or a data spec (``images:FOLDER,boxes=FILE``, ...) reads: the outputs of a
+    command are checked against them (``outputs.check``) before any work."""
+    if ref is None or not str(ref).strip():
+        return []
+    kind, sep, rest = str(ref).partition(":")
+    if not sep or not (kind == "pretrained" or kind in DATASETS):
+        return [str(ref)]
+    values = (token.partition("=")[2] if "=" in token else token for token in rest.split(","))
+    return [v for v in values if v and Path(v).exists()]
 
 
 def _classes(ref) -> list[str]:

@@ -151,8 +151,12 @@ FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"),
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
-         progress: bool = True, cfg: DemoConfig | None = None, sweeps: bool = False) -> dict:
+         progress: bool = True, cfg: DemoConfig | None = None, sweeps: bool = False,
+         force: bool = False) -> dict:
     """Teacher, then each recipe with naive / AT / WCAM matching, evaluated on held-out data.
+
+    Finished runs in ``out`` are reused; one made with other settings (another seed, preset or
+    teacher) is replaced only with ``force`` (``stages.reusable``).
 
     ``sweeps``: also run :func:`sweep` (naive vs WCAM) at ``cfg.sweep_strengths`` for every
     recipe but distillation, under ``OUT/sweep``; the report draws the curves.
@@ -161,7 +165,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     out, t0 = Path(out), time.perf_counter()
     teacher_cfg = cfg.teacher_cfg(seed if cfg.teacher == "train" else 0, progress)
     data = teacher_cfg.data
-    if not stages.is_finished(out / "teacher", teacher_cfg):
+    if not stages.reusable(out / "teacher", teacher_cfg, force):
         if cfg.teacher == "shipped":
             install_shipped_teacher(out / "teacher", teacher_cfg)
         else:
@@ -171,14 +175,14 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
         for matching in cfg.matchings:
             name = recipe if matching == "none" else f"{recipe}+{matching}"
             ccfg = cfg.compress_cfg(out / "teacher", recipe, matching, seed, progress)
-            if not stages.is_finished(out / name, ccfg):
+            if not stages.reusable(out / name, ccfg, force):
                 stages.compress(ccfg, out / name)
             ckpts[name] = out / name
     for recipe in cfg.recipes if sweeps else ():
         if recipe != "kd":
             sweep(cfg.compress_cfg(out / "teacher", recipe, "wcam", seed, progress),
                   cfg.sweep_strengths[recipe], out / "sweep", ("none", "wcam"),
-                  cfg.unstructured_rounds, data, seed=seed, progress=progress)
+                  cfg.unstructured_rounds, data, seed=seed, progress=progress, force=force)
     models = stages.load_models(ckpts)  # once, for the evaluation and the report
     with logs.phase("evaluate", progress):
         results = stages.evaluate(models, "teacher", data, "test", cfg.explainers, seed=seed,
@@ -196,7 +200,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
 
 def sweep(base: CompressConfig, strengths, out: str | Path, matchings=("none", "wcam"),
           rounds: int = 2, data: DataConfig | dict | None = None, split: str = "test",
-          seed: int = 0, progress: bool = True) -> dict:
+          seed: int = 0, progress: bool = True, force: bool = False) -> dict:
     """``base.method`` at each strength, once per matching, all evaluated with the teacher.
 
     ``base`` is the matched run's config (its ``lam`` / ``drop``; naive runs get 0); each point
@@ -210,7 +214,7 @@ def sweep(base: CompressConfig, strengths, out: str | Path, matchings=("none", "
         for matching in matchings:
             name = f"{base.method}@{value:g}" + ("" if matching == "none" else f"+{matching}")
             cfg = base.with_matching(matching, base.lam, base.drop).with_strength(value, rounds)
-            if not stages.is_finished(out / name, cfg):
+            if not stages.reusable(out / name, cfg, force):
                 stages.compress(cfg, out / name)
             ckpts[name], points[name] = out / name, (base.method, matching, value)
     with logs.phase(f"evaluate {base.method} sweep", progress):

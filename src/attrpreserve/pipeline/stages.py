@@ -22,6 +22,7 @@ from ..engine import fit
 from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
 from ..evaluate.gate import check as check_gate
+from ..fileio import atomic_write_text
 from ..loading import load_model
 from ..matching import create_matcher
 from ..models import class_probabilities, create_model, save_checkpoint
@@ -357,6 +358,18 @@ def is_finished(directory: str | Path, cfg) -> bool:
     return made_with(json.loads(side.read_text()).get("config", {}), cfg)
 
 
+def reusable(directory: str | Path, cfg, force: bool = False) -> bool:
+    """True when ``directory`` holds this very run (``is_finished``), which a rerun reuses;
+    False when it holds none. A finished run made with other settings is a ``ValueError``
+    unless ``force``: a rerun must not replace one experiment with another without a word."""
+    if is_finished(directory, cfg):
+        return True
+    if force or not (Path(directory) / "model.json").is_file():
+        return False
+    raise ValueError(f"{directory} holds a finished run made with other settings: add --force "
+                     "to replace it, or choose another --out")
+
+
 def made_with(saved: dict, cfg) -> bool:
     """True if a checkpoint's saved ``config`` is ``cfg`` in every setting that changes its
     result."""
@@ -377,9 +390,10 @@ def _settings(config: dict) -> dict:
 
 
 def write_results(results: dict, path: str | Path) -> None:
+    """results.json / audit.json, written atomically (a reader never sees half of it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    atomic_write_text(path, json.dumps(results, indent=2))
 
 
 # (header, words.metric key): the task (single-label models: top-1; multi-label ones: mAP, F1

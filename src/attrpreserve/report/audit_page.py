@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..attribution import EXPLAINERS
+from ..fileio import atomic_write_text
 from ..results_schema import validate_audit
 from . import figures
 from .html import card, document, escape, kv_table, table, wrapped
@@ -90,7 +91,7 @@ def write_audit_report(result: dict, out_html: str | Path, model_a=None, model_b
         sub.append(f"attrpreserve {result['versions']['attrpreserve']}")
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(document(title, sub, sections), encoding="utf-8")
+    atomic_write_text(out_html, document(title, sub, sections))
     return out_html
 
 

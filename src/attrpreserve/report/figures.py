@@ -21,6 +21,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator,  # noqa: E402
                                NullFormatter)
 
+from ..fileio import atomic_write  # noqa: E402
 from ..results_schema import CENTER_BASELINE, SELF_AGREEMENT  # noqa: E402
 from .html import png  # noqa: E402
 from .words import (class_name, matching_of, matching_words, metric,  # noqa: E402
@@ -160,7 +161,7 @@ def save_overlays(rows: list[tuple[torch.Tensor, torch.Tensor, str]], path: str 
         sheet[top:top + s.shape[0], :s.shape[1]] = s
         top += s.shape[0]
     path = _written(path)
-    Image.fromarray(sheet).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(sheet).save(tmp, format="PNG"))
     return path
 
 

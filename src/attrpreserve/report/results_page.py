@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_text
 from ..loading import load_model
 from ..models.checkpoint import SIDECAR
 from ..results_schema import CENTER_BASELINE, SELF_AGREEMENT, validate_results
@@ -136,7 +137,7 @@ def write_report(results: dict, out_html: str | Path,
     sections.append(("config", "Configuration and versions", _config_html(results), ""))
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(document(title, _subtitle(results), sections), encoding="utf-8")
+    atomic_write_text(out_html, document(title, _subtitle(results), sections))
     return out_html
 
 
