@@ -6,9 +6,10 @@ through compression, beyond what fine-tuning alone moves them?
     python bench/powered.py --smoke --out /tmp/powered-smoke # a handful of photos: tests the script
 
 The teacher is ImageNet EfficientNet-Lite0 restricted to Imagenette's 10 classes
-(``pretrained:efficientnet-lite0,classes=FOLDER``); the recipe is unstructured pruning to
-``--strength`` sparsity in one shot (BatchNorm recalibrated after the surgery, then frozen), every
-run fine-tuned with the labels (cross entropy + distillation + lambda x matching) at 128 px.
+(``pretrained:efficientnet-lite0,classes=FOLDER``); the recipe (``--recipe``) is unstructured
+pruning to ``--strength`` sparsity in one shot (BatchNorm recalibrated after the surgery, then
+frozen) by default, or 4-bit QAT, or filter pruning, every run fine-tuned with the labels (cross
+entropy + distillation + lambda x matching) at 128 px. Give each recipe its own ``--out``.
 
 Phases (each reuses what an earlier call finished; an interrupted run continues from its
 training state):
@@ -58,6 +59,9 @@ POWERED = replace(
     matchings=("none", "wcam"), checkpoint_every=50)
 
 
+DEFAULT_STRENGTH = {"unstructured": 0.8, "structured": 0.3, "quantization": 4}
+
+
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -69,7 +73,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/powered", help="output folder (default runs/powered)")
     p.add_argument("--phase", choices=("tune", "train", "evaluate", "all"), default="all",
                    help="which phase to run (default all, in order)")
-    p.add_argument("--strength", type=float, default=0.8, help="sparsity (default 0.8)")
+    p.add_argument("--recipe", choices=tuple(DEFAULT_STRENGTH), default="unstructured",
+                   help="the compression recipe (default unstructured); use its own --out")
+    p.add_argument("--strength", type=float,
+                   help="the recipe's strength: sparsity, filter rate or bits (default: "
+                        + ", ".join(f"{r} {v:g}" for r, v in DEFAULT_STRENGTH.items()) + ")")
     p.add_argument("--layer", default=LAYER, help=f"matched layer (default {LAYER})")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
@@ -86,7 +94,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--smoke", action="store_true", help="a handful of photos at 64 px, 1 seed")
     p.add_argument("--report-only", action="store_true", help="print the table of OUT and stop")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.strength is None:
+        args.strength = DEFAULT_STRENGTH[args.recipe]
+    return args
 
 
 def say(*parts) -> None:
@@ -94,7 +105,8 @@ def say(*parts) -> None:
 
 
 def base_config(args) -> photos.PhotosConfig:
-    cfg = replace(POWERED, strength=args.strength, layer=args.layer, epochs=args.epochs)
+    cfg = replace(POWERED, recipe=args.recipe, strength=args.strength, layer=args.layer,
+                  epochs=args.epochs)
     if args.smoke:
         cfg = replace(cfg, size=64, n_train=8, n_val=6, epochs=1, batch_size=4,
                       checkpoint_every=None, recalibrate_bn=2)
@@ -102,9 +114,11 @@ def base_config(args) -> photos.PhotosConfig:
 
 
 def train_run(root: Path, cfg: photos.PhotosConfig, matching: str, strength: float, seed: int,
-              out: Path) -> dict:
-    """One compression run (reused when finished); prints its optimiser steps and speed."""
-    ccfg = photos.compress_config(root, cfg, matching, seed, progress=False, strength=strength)
+              out: Path, control: bool = False) -> dict:
+    """One compression run, or with ``control`` the recipe's fine-tune-only control (reused when
+    finished); prints its optimiser steps and speed."""
+    ccfg = (photos.control_config(root, cfg, seed, progress=False) if control else
+            photos.compress_config(root, cfg, matching, seed, progress=False, strength=strength))
     n = len(ccfg.data.loader("train").dataset)
     steps = -(-n // cfg.batch_size) * cfg.epochs
     say(f"{out.name}: {matching} at {strength:g}, lambda {ccfg.lam:g}, drop {ccfg.drop:g}, "
@@ -220,7 +234,7 @@ def tune(args, root: Path, out: Path) -> dict:
     naive = {}
     for lr in floats(args.lrs):
         run = out / "tune" / f"naive-lr{lr:g}"
-        c = replace(cfg, recipe_lr={"unstructured": lr})
+        c = replace(cfg, recipe_lr={args.recipe: lr})
         train_run(root, c, "none", args.strength, 0, run)
         naive[lr] = heldout(root, c, run, args.layer)
         top1 = mean(naive[lr]["models"]["run"]["correct"])
@@ -228,7 +242,7 @@ def tune(args, root: Path, out: Path) -> dict:
         say(f"  held-out top-1 {top1:.3f}")
     lr = max(naive, key=lambda k: (mean(naive[k]["models"]["run"]["correct"]), -k))
     base = naive[lr]["models"]["run"]
-    cfg = replace(cfg, recipe_lr={"unstructured": lr})
+    cfg = replace(cfg, recipe_lr={args.recipe: lr})
     lams, drops, scores = floats(args.lams), floats(args.drops), {}
 
     def candidate(lam, drop):
@@ -297,10 +311,10 @@ def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, 
 
 def train(args, root: Path, out: Path, chosen: dict) -> None:
     """Phase 2: control, naive and WCAM per seed at the full budget."""
-    cfg = replace(base_config(args), recipe_lr={"unstructured": chosen["lr"]})
+    cfg = replace(base_config(args), recipe_lr={args.recipe: chosen["lr"]})
     for seed, name, matching, strength, extra in run_plan(args, out, chosen):
         train_run(root, replace(cfg, **extra), matching, strength, seed,
-                  out / f"seed{seed}" / name)
+                  out / f"seed{seed}" / name, control=name == "control")
 
 
 # (name, explainer, layer): Grad-CAM where the loss matches and at the head (plain CAM), and LRP,

@@ -42,3 +42,11 @@ def test_the_plan_runs_control_naive_and_wcam_seed_by_seed():
     # no admissible WCAM: the control and naive runs still run
     assert [n for _, n, *_ in powered.run_plan(Args, Path("o"), {"lam": None, "drop": None})] \
         == ["control", "naive"] * 2
+
+
+def test_each_recipe_gets_its_own_default_strength():
+    assert powered.parse([]).strength == 0.8
+    args = powered.parse(["--recipe", "quantization"])
+    assert (args.recipe, args.strength) == ("quantization", 4)
+    assert powered.base_config(args).recipe == "quantization"
+    assert powered.parse(["--recipe", "structured", "--strength", "0.5"]).strength == 0.5

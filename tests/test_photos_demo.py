@@ -139,6 +139,23 @@ def test_each_recipe_fine_tunes_at_its_own_lr(tmp_path):
     assert lrs == {"quantization": 3e-4, "unstructured": 1e-3, "kd": 5e-3}
 
 
+def test_the_control_trains_like_its_recipe_and_compresses_nothing(tmp_path):
+    """A QAT run's control has QAT's lr and BatchNorm handling but no fake-quant (bits 0 is not
+    a strength: it was refused); a pruning run's control is that recipe at strength 0."""
+    cfg = photos.with_overrides(photos.CPU, lr=1e-3, recipe_lr={"quantization": 3e-4},
+                                recalibrate_bn=7)
+    for recipe, strength in (("quantization", 4), ("unstructured", 0.8), ("structured", 0.3)):
+        run = photos.compress_config(tmp_path, cfg, "none", recipe=recipe, strength=strength)
+        control = photos.control_config(tmp_path, photos.with_overrides(cfg, recipe=recipe))
+        assert (control.train.lr, control.train.freeze_bn, control.train.recalibrate_bn) == (
+            run.train.lr, run.train.freeze_bn, run.train.recalibrate_bn)
+        assert control.method in ("structured", "unstructured") and control.matching == "none"
+        options = vars(control.options)  # nothing pruned
+        assert options.get("rate", 0.0) == 0.0 and options.get("per_round", 0.0) == 0.0
+    with pytest.raises(ValueError, match="no fine-tune-only control"):
+        photos.control_config(tmp_path, photos.with_overrides(cfg, recipe="kd"))
+
+
 TOY = photos.with_overrides(photos.CPU, size=64, n_train=10, n_val=5, n_test=5, epochs=1,
                             batch_size=5, checkpoint_every=None)
 

@@ -23,6 +23,7 @@ import torch
 
 from ..data.images import class_folders, has_split_folders
 from ..engine import TrainConfig, predict
+from ..fileio import atomic_write_text
 from ..evaluate.task import top1_accuracy
 from ..recipes import RECIPES
 from ..state import state_dir
@@ -216,12 +217,28 @@ def compress_config(root: Path, cfg: PhotosConfig, matching: str, seed: int = 0,
                           data=data_config(root, cfg, seed, device), train=train)
 
 
+def control_config(root: Path, cfg: PhotosConfig, seed: int = 0, progress: bool = True,
+                   device: str = "cpu", recipe: str | None = None) -> CompressConfig:
+    """The fine-tune-only control of ``recipe`` (default ``cfg.recipe``): trained exactly like
+    its runs (lr, BatchNorm handling, data, distillation), nothing compressed. Pruning at
+    strength 0 is the identity; a recipe without such a strength (quantization: bits >= 2) is
+    controlled by unstructured pruning at sparsity 0 with its own training settings."""
+    recipe = recipe or cfg.recipe
+    if recipe == "kd":
+        raise ValueError("distillation trains a new student: there is no fine-tune-only control")
+    base = recipe if recipe in ("structured", "unstructured") else "unstructured"
+    ccfg = compress_config(root, cfg, "none", seed, progress, device, recipe=base, strength=0.0)
+    train = replace(ccfg.train, lr=learning_rate(cfg, recipe), **batchnorm_settings(cfg, recipe))
+    return replace(ccfg, train=train)
+
+
 def run_compress(ccfg: CompressConfig, out: Path, device: str = "cpu",
-                 checkpoint_every: int | None = None) -> dict:
+                 checkpoint_every: int | None = None, force: bool = False) -> dict:
     """``stages.compress`` unless ``out`` holds this run; continues an interrupted one. Returns
-    its timing (``OUT/timing.json``, kept from the run that trained it)."""
+    its timing (``OUT/timing.json``, kept from the run that trained it). A finished run made
+    with other settings is replaced only with ``force`` (``stages.reusable``)."""
     timing = out / "timing.json"
-    if stages.is_finished(out, ccfg) and timing.is_file():
+    if stages.reusable(out, ccfg, force) and timing.is_file():
         return {**json.loads(timing.read_text()), "reused": True}
     resume = (state_dir(out) / "state.json").is_file()
     t0 = time.perf_counter()
@@ -233,7 +250,7 @@ def run_compress(ccfg: CompressConfig, out: Path, device: str = "cpu",
             "images_per_s": n * epochs / seconds, "resumed": resume,
             "note": "train images / s over the whole run (teacher loading, surgery, "
                     "per-epoch validation and export included)"}
-    timing.write_text(json.dumps(info, indent=2))
+    atomic_write_text(timing, json.dumps(info, indent=2))
     return info
 
 
@@ -312,22 +329,25 @@ def unseen_note(unseen: dict) -> list[str]:
 
 
 def photos_demo(folder: str | Path, out: str | Path = "runs/photos", cfg: PhotosConfig = CPU,
-                seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
+                seed: int = 0, progress: bool = True, device: str = "cpu",
+                force: bool = False) -> dict:
     """``attrpreserve demo --photos FOLDER``: ``cfg.recipe`` at ``cfg.strength`` with each of
     ``cfg.matchings`` against the restricted pretrained teacher; OUT/results.json and
-    OUT/report.html (reusing finished runs)."""
+    OUT/report.html (reusing finished runs; one made with other settings is replaced only with
+    ``force``)."""
     root, out, t0 = check_inputs(folder, cfg.teacher), Path(out), time.perf_counter()
     timings, runs = {}, {}
     plan = [(CONTROL, "none", 0.0)] if cfg.control else []
     plan += [(run_name(cfg.recipe, cfg.strength, m), m, cfg.strength) for m in cfg.matchings]
     for name, matching, strength in plan:
-        ccfg = compress_config(root, cfg, matching, seed, progress, device, strength=strength)
+        ccfg = (control_config(root, cfg, seed, progress, device) if name == CONTROL else
+                compress_config(root, cfg, matching, seed, progress, device, strength=strength))
         if progress:
             what = ("fine-tuned like the others, nothing compressed" if name == CONTROL else
                     f"{RECIPES[cfg.recipe].label} at {strength:g}, "
                     f"{MATCHING_NAMES.get(matching, matching)}")
             print(f"[photos] {name}: {what}", flush=True)
-        timings[name] = run_compress(ccfg, out / name, device, cfg.checkpoint_every)
+        timings[name] = run_compress(ccfg, out / name, device, cfg.checkpoint_every, force)
         runs[name] = out / name
     if progress:
         print("[photos] evaluating", flush=True)
