@@ -9,24 +9,27 @@ import argparse
 import difflib
 import errno
 import functools
+import glob
 import inspect
 import os
 import shlex
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from . import distributed, logs, pipeline, state
+from . import distributed, logs, outputs, pipeline, state
 from .attribution import EXPLAINERS
 from .data import PREPROCESS, SCENES_DEFAULT_N, get_preprocess
 from .data.images import check_readable
-from .engine import OPTIMIZERS, TrainConfig
 from .evaluate import gate
+from .engine import OPTIMIZERS, TrainConfig
 from .matching import MATCHERS
 from .pipeline import onnx_export
+from .pipeline.configs import read_paths
 from .pipeline.photos import STRENGTHS as PHOTO_STRENGTHS
 from .recipes import option_flag
 from .report.words import audit_headline
@@ -146,6 +149,12 @@ def _progress_arg(p) -> None:
                         "line per epoch and per long phase)")
 
 
+def _force_arg(p, what: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"replace {what} (without it such an output is refused: exit 2, nothing "
+                        "written)")
+
+
 MODEL_REF = ("a checkpoint folder, or an ImageNet model 'pretrained:efficientnet-lite0' / "
              "'pretrained:ARCH=WEIGHTS.pth' (docs/pretrained.md)")
 
@@ -217,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "curves in the report (OUT/sweep)")
     p.add_argument("--out", help=f"output folder (default: {demo['out'].default}; with --photos "
                                  "runs/photos)")
+    _force_arg(p, "runs in OUT made with other settings (another seed, preset or recipe "
+                  "strength); runs made with the same settings are reused, not retrained")
     p.add_argument("--seed", type=int, default=demo["seed"].default,
                    help="seed of the compression runs (the scenes, the shipped teacher and the "
                         "bootstrap stay those of seed 0)")
@@ -256,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, teacher.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    _force_arg(p, "a finished checkpoint in OUT (--resume continues an unfinished one)")
 
     p = command("compress", help="compress a teacher, optionally matching attributions",
                        description="Compress a teacher checkpoint with a recipe (--method) "
@@ -287,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, compressing.train)
     _run_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    _force_arg(p, "a finished checkpoint in OUT (--resume continues an unfinished one)")
 
     p = command("evaluate", help="score checkpoints: task, localisation, agreement, cost",
                        description="Evaluate one or more checkpoints on a split; agreement is "
@@ -308,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the bootstrap intervals, recorded in results.json")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="results JSON file to write")
+    _force_arg(p, "an existing --out or --report file")
     p.add_argument("--report", help="HTML report to write (default: --out with .html)")
     _device_arg(p, "where the explainers run (size and latency are always measured on the CPU)")
 
@@ -343,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none, no gate)")
     _progress_arg(p)
     p.add_argument("--out", required=True, help="output folder")
+    _force_arg(p, "OUT/audit.json and OUT/audit.html of an earlier audit")
 
     exporting = inspect.signature(onnx_export.export).parameters
     p = command("export", help="write a model as ONNX and check the file in onnxruntime",
@@ -365,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images the check runs (the split's first N)")
     p.add_argument("--out", required=True, help="ONNX file to write (FILE.onnx; its sidecar "
                                                 "FILE.onnx.json is written beside it)")
+    _force_arg(p, "an existing --out file")
 
     p = command("explain", help="heatmap overlays of a checkpoint on an image (PNG)",
                        description="Draw each explainer's map over an image file: one PNG per "
@@ -379,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicts; a softmax model's top-1)")
     _explainers_arg(p, "--methods", explain["methods"].default)
     p.add_argument("--out", required=True, help="folder for the PNG files")
+    _force_arg(p, "PNG files of the same image already in OUT")
     return parser
 
 
@@ -564,10 +581,71 @@ def _photos_demo(args) -> dict:
     cfg = pipeline.photos.with_overrides(pipeline.PHOTOS_CPU, recipe=recipe, strength=strength)
     return pipeline.photos_demo(args.photos, args.out or "runs/photos", cfg, seed=args.seed,
                                 progress=not args.no_progress,
-                                device=distributed.resolve_device(args.device))
+                                device=distributed.resolve_device(args.device), force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the command's outputs before any work, then run it holding their folder's lock."""
+    folder = _claim(args)
+    with outputs.lock(folder, f"attrpreserve {args.command}") if folder else nullcontext():
+        return _run_command(args)
+
+
+def _io(args) -> tuple[list[outputs.Output], list[tuple[str, str]]]:
+    """The command's outputs (the first one's folder is locked) and the paths it reads."""
+    Out, c = outputs.Output, args.command
+    reads = [("--config", getattr(args, "config", None))]
+    reads += [("--data", p) for p in read_paths(getattr(args, "data", None))]
+    refs = {"compress": ["teacher"], "audit": ["reference", "candidate"], "train": ["init"],
+            "evaluate": ["model", "teacher"], "explain": ["model", "image"],
+            "export": ["model"], "demo": ["photos"]}.get(c, [])
+    for name in refs:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            reads += [(f"--{name}", p) for p in read_paths(value)]
+    if c == "evaluate":
+        report = args.report or (args.out and str(Path(args.out).with_suffix(".html")))
+        return [Out("--out", args.out, False), Out("--report", report, False)], reads
+    if c == "export":
+        return [Out("--out", args.out, False)], reads
+    if c == "demo":
+        return [Out("--out", args.out or ("runs/photos" if args.photos else "runs/demo"))], reads
+    return [Out("--out", args.out)], reads
+
+
+def _claim(args) -> Path | None:
+    """``outputs.check`` of the command's outputs, and a finished result already there refused
+    without ``--force``; returns the folder to lock (a file output's folder)."""
+    outs, reads = _io(args)
+    outputs.check(outs, reads)
+    done = _finished(args)
+    if done is not None and not getattr(args, "force", False):
+        raise ValueError(f"{done} holds a finished result: add --force to replace it, or "
+                         "choose another output")
+    first = Path(outs[0].path)
+    return first if outs[0].folder else first.parent
+
+
+def _finished(args) -> Path | None:
+    """The finished result the command would replace (None: nothing to replace; the demo
+    checks each of its runs itself, ``stages.reusable``)."""
+    c, out = args.command, Path(args.out or ".")
+    if c in ("train", "compress") and not args.resume:
+        candidates = [out / "model.json"]
+    elif c == "evaluate":
+        candidates = [out, Path(args.report or out.with_suffix(".html"))] if args.out else []
+    elif c == "audit":
+        candidates = [out / "audit.json", out / "audit.html"]
+    elif c == "explain":
+        candidates = sorted(out.glob(f"{glob.escape(Path(args.image).stem)}_*.png"))[:1]
+    elif c == "export":
+        candidates = [out]
+    else:
+        candidates = []
+    return next((p for p in candidates if p.exists()), None)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.sweeps and args.quick:
             raise ValueError("--sweeps needs the full demo (the quick one runs one recipe); "
@@ -577,7 +655,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             out = args.out or "runs/demo"
             results = pipeline.demo(out, quick=args.quick, seed=args.seed,
-                                    progress=not args.no_progress, sweeps=args.sweeps)
+                                    progress=not args.no_progress, sweeps=args.sweeps,
+                                    force=args.force)
         print(pipeline.format_table(results))
         print(f"wrote {Path(out) / 'results.json'} and report.html "
               f"({results['wall_seconds']:.0f} s)")
@@ -687,6 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# Errors of writing (the rest are "cannot access": a permission, a missing parent).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
+
+
 def _gate_status(verdict: dict) -> int:
     """``audit --require``: 0 and one "gate passed" line, or 1 and one stderr line per failed
     requirement (``attrpreserve: gate: gradcam spearman 0.61, required >= 0.8``)."""
@@ -697,11 +781,6 @@ def _gate_status(verdict: dict) -> int:
     for line in failed:
         print(f"{_prefix('gate')}{line}", file=sys.stderr)
     return 1
-
-
-# Errors of writing (the rest are "cannot access": a permission, a missing parent).
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENOTDIR,
-                errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def _os_error(exc: OSError, out: str | None) -> str:
