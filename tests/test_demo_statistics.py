@@ -44,3 +44,22 @@ def test_tiny_demo_reports_fixed_pair_sets_and_gap_recovered(tmp_path):
     assert 0 < headline.index("<li>Agreement with the teacher") < headline.index(
         "<li>Pointing game on all ground-truth pairs")
     assert "recovered" in headline or "no gap" in headline
+
+
+def test_a_one_recipe_demo_has_a_control_and_the_gap_beyond_it(tmp_path):
+    """The quick demo's shape (one pruning recipe) fine-tunes a control with nothing removed,
+    trained exactly like the runs; matched runs report the gap recovered against it too."""
+    cfg = pipeline.DemoConfig(teacher="train", recipes=("structured",), width=4,
+                              teacher_epochs=1, n_train=32, n_val=16, n_test=16,
+                              matchings=("none", "wcam"))
+    res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
+    runs = {r["name"]: r for r in validate_results(res)["runs"]}
+    assert list(runs) == ["teacher", "control", "structured", "structured+wcam"]
+    assert runs["control"]["role"] == "control"
+    assert runs["control"]["cost"]["params"] == runs["teacher"]["cost"]["params"]
+    control = json.loads((tmp_path / "control" / "model.json").read_text())
+    pruned = json.loads((tmp_path / "structured" / "model.json").read_text())
+    assert control["config"]["train"] == pruned["config"]["train"]  # trained alike
+    gap = runs["structured+wcam"]["attribution"]["gradcam"]["gap_recovered_vs_control"]
+    assert gap["level"] == "control" and gap["naive"] == "structured"
+    assert "control" in pipeline.format_table(res)

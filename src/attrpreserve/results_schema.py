@@ -80,7 +80,7 @@ class Choice:
 
 Spec = Union[Value, OrNull, ListOf, MapOf, Record, Choice]
 
-ANY = OrNull(Value((object,), "anything"))
+ANY = OrNull(Value((object, bool), "anything"))
 STR = Value((str,), "a string")
 BOOL = Value((bool,), "true or false")
 INT = Value((int,), "an integer")

@@ -16,6 +16,7 @@ from .configs import CompressConfig, DataConfig, TeacherConfig
 from .shipped import install_shipped_teacher
 
 DEMO_MATCHINGS = ("none", "at", "wcam")
+CONTROL = "control"  # the teacher fine-tuned like the compressed runs, nothing compressed
 # The demo's scenes (docs/scenes.md, "The demo's scenes"): larger objects, at most three, and
 # fewer distractors than the defaults, so that the teacher localises every class.
 DEMO_SCENES = "scenes:radius=0.14-0.26,max_objects=3,n_distractors=0-2"
@@ -70,6 +71,11 @@ class DemoConfig:
     explainers: tuple[str, ...] = ("gradcam",)
     finetune_epochs: int = 1
     finetune_lr: float = 0.001
+    # With one recipe other than distillation (the quick demo), also fine-tune the teacher
+    # exactly like its runs with nothing compressed: the "control" row, against which each
+    # matched run's compression-caused gap is measured (as on real photos). Recipes fine-tune
+    # for different lengths (unstructured: per round), so several recipes share no one control.
+    control: bool = True
     # Every compression run (distillation included) trains on the first N training images (at
     # most n_train): the full demo's twelve runs then fit its 15-minute budget on 2 cores.
     compress_n_train: int | None = 4000
@@ -103,6 +109,16 @@ class DemoConfig:
         return TrainConfig(epochs=epochs, lr=lr, optimizer=self.optimizer,
                            weight_decay=self.weight_decay, augment=True, seed=seed,
                            progress=progress)
+
+    def control_cfg(self, teacher: Path, seed: int, progress: bool) -> CompressConfig | None:
+        """The control run's settings (its pruning recipe at strength 0: nothing removed, the
+        same fine-tuning), or None when ``control`` is off or there is not exactly one pruning
+        recipe (distillation has no control; QAT has no strength 0)."""
+        if not self.control or len(self.recipes) != 1 or \
+                self.recipes[0] not in ("structured", "unstructured"):
+            return None
+        cfg = self.compress_cfg(teacher, self.recipes[0], "none", seed, progress)
+        return cfg.with_strength(0.0, self.unstructured_rounds)
 
     def compress_cfg(self, teacher: Path, recipe: str, matching: str, seed: int,
                      progress: bool) -> CompressConfig:
@@ -171,6 +187,11 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
         else:
             stages.train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}
+    control = cfg.control_cfg(out / "teacher", seed, progress)
+    if control is not None:
+        if not stages.reusable(out / CONTROL, control, force):
+            stages.compress(control, out / CONTROL)
+        ckpts[CONTROL] = out / CONTROL
     for recipe in cfg.recipes:
         for matching in cfg.matchings:
             name = recipe if matching == "none" else f"{recipe}+{matching}"
@@ -186,7 +207,8 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     models = stages.load_models(ckpts)  # once, for the evaluation and the report
     with logs.phase("evaluate", progress):
         results = stages.evaluate(models, "teacher", data, "test", cfg.explainers, seed=seed,
-                                  progress=logs.bars(progress))
+                                  progress=logs.bars(progress),
+                                  control=CONTROL if control is not None else None)
     results["demo"] = asdict(cfg)
     results["notes"] = [matching_note(cfg), STRENGTH_NOTE]
     sweeps = saved_sweeps(out)
