@@ -156,6 +156,19 @@ def images_case(bad_name, bad):
     return setup
 
 
+def masks_bomb(tmp, made):
+    """A ``masks:`` folder (classes.txt, images/, splits/) whose one image is a bomb."""
+    root = tmp / "set"
+    for sub in ("images", "masks", "splits"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\n")
+    png_header(root / "images" / "bomb.png", 20000, 20000)
+    Image.new("L", (4, 4), 1).save(root / "masks" / "bomb.png")
+    for split in ("train", "val"):
+        (root / "splits" / f"{split}.txt").write_text("bomb\n")
+    return ["train", *TRAIN, "--data", f"masks:{root}", "--out", str(tmp / "out")]
+
+
 def explain_bomb(tmp, made):
     png_header(tmp / "bomb.png", 20000, 20000)
     return ["explain", "--model", str(made / "ckpt"), "--image", str(tmp / "bomb.png"),
@@ -273,6 +286,7 @@ ROWS = [
      "huge.png: Image size (100000000 pixels) exceeds limit"),
     ("image-garbage", images_case("broken.png", lambda p: p.write_bytes(b"not a png")),
      "cannot read image"),
+    ("masks-image-bomb", masks_bomb, "images/bomb.png: Image size (400000000 pixels)"),
     ("explain-image-bomb", explain_bomb, "bomb.png"),
     ("yaml-malformed", yaml_case(b"epochs: 1\nlr: [0.1, 0.2\n"), "c.yaml, line 3: not valid YAML"),
     ("yaml-binary", yaml_case(b"\xff\xfe\x00epochs"), "c.yaml: not a UTF-8 text file"),

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .images import BOMBS, refuse_bombs
+
 IGNORE = 255
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -126,7 +128,7 @@ def _open(path: Path) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, *BOMBS) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
 
 
@@ -199,12 +201,13 @@ def load_pairs(pairs: list[tuple[Path, Path | None]], size: int,
         images[j], masks[j] = load_pair(*pairs[j], size, n_classes)
 
     workers = min(8, os.cpu_count() or 1, max(1, len(pairs)))
-    if workers == 1:
-        for j in range(len(pairs)):
-            load(j)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(load, range(len(pairs))))
+    with refuse_bombs():  # over the pixel limit: an error naming the file (images.opened)
+        if workers == 1:
+            for j in range(len(pairs)):
+                load(j)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(load, range(len(pairs))))
     return images, masks
 
 
