@@ -392,3 +392,19 @@ def test_same_folder_names_are_told_apart():
     assert list(_model_names(["runs/a/wcam", "runs/b/wcam", "naive"])) == \
         ["a/wcam", "b/wcam", "naive"]
     assert list(_model_names(["wcam", "x/wcam"])) == ["wcam", "x/wcam"]
+
+
+def test_finite_weights_with_non_finite_outputs_are_refused(tmp_path, capsys):
+    """Weights that are finite but overflow (1e30 everywhere) give inf / NaN scores: the model
+    is named instead of maps being drawn from them."""
+    model = tiny_model(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e30)
+    save_checkpoint(tmp_path / "huge", model, {
+        **sidecar_meta(), "compression": {"method": "none", "matching": "none"},
+        "history": {"best_epoch": 1, "best_val_mAP": 0.5}})
+    assert main(evaluate(tmp_path / "huge", tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model 'huge' gives non-finite outputs" in err[0], err
+    assert not (tmp_path / "out" / "r.json").exists()

@@ -222,6 +222,10 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
                 raw, out = EXPLAINERS[e](model, x, img_idx.to(device), cls.to(device),
                                          layers.get(name))
                 maps, out = upsample(raw, size).float().cpu(), out.float().cpu()
+                if not torch.isfinite(out).all():  # NaN scores would pass for maps
+                    raise ValueError(f"model {name!r} gives non-finite outputs (NaN or inf) on "
+                                     f"images {offset - len(images)}-{offset - 1} of the "
+                                     "scored split: its weights or inputs overflow")
                 if e == explainers[0]:
                     logits[name].append(out)
                 rec = _pair_metrics(maps, obj, valid) if masks is not None else \
