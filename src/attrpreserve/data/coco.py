@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageSet, check_readable, held_out, parse_spec, transform
+from .images import ImageSet, check_readable, held_out, opened, parse_spec, transform
 
 NO_MASK = -1
 THINGS = range(1, 91)  # COCO "thing" category ids; stuff is 92-200, 0 unlabeled
@@ -146,15 +146,14 @@ class CocoSet(ImageSet):
         if path is None:
             region = torch.full((self.size, self.size), NO_MASK, dtype=torch.int64)
         else:
-            mask = Image.open(path)
-            if mask.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"mask {path} must be single-channel, got mode {mask.mode}")
-            with Image.open(self.files[i]) as photo:
+            with opened(path) as mask, opened(self.files[i]) as photo:  # bombs named
+                if mask.mode not in ("L", "P", "I", "I;16"):
+                    raise ValueError(f"mask {path} must be single-channel, got mode {mask.mode}")
                 if mask.size != photo.size:
                     raise ValueError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but photo "
                                      f"{self.files[i]} is {photo.size[0]}x{photo.size[1]}")
-            region = torch.from_numpy(transform(mask, box, flip, self.size,
-                                                Image.Resampling.NEAREST).astype(np.int64))
+                region = torch.from_numpy(transform(mask, box, flip, self.size,
+                                                    Image.Resampling.NEAREST).astype(np.int64))
         return image, self.label(i), void, region
 
 

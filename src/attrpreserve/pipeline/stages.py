@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__, distributed, state
 from ..data import get_preprocess
+from ..data.images import open_rgb
 from ..compress.onnx import check_explainers, is_onnx
 from ..engine import fit
 from ..evaluate import audit as run_audit
@@ -331,12 +332,9 @@ def _model_label(ref) -> str:
 
 def _read_image(path, size: int) -> torch.Tensor:
     """1 x 3 x size x size in [0, 1] (resized, aspect not kept); ``ValueError`` if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    img = open_rgb(Path(path)).resize((size, size), Image.BILINEAR)  # bombs named too
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None] / 255.0
 
 
