@@ -127,6 +127,13 @@ def test_gradient_explainer_of_an_onnx_model_is_one_line(exported, capsys):
     assert "'gradcam'" in err and "teacher.onnx" in err and "occlusion" in err
 
 
+def test_an_onnx_teacher_is_refused_in_one_line(exported, tmp_path, capsys):
+    assert main(["compress", "--teacher", str(exported / "teacher.onnx"), "--method", "kd",
+                 "--out", str(tmp_path / "student")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "forward only" in err
+
+
 def test_export_errors_are_one_line(exported, tmp_path, capsys):
     assert main(["export", "--model", str(exported / "teacher"),
                  "--out", str(tmp_path / "model.pt")]) == 2

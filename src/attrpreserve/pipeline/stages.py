@@ -87,6 +87,10 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     Resumable and distributed like :func:`train_teacher` (pruning rounds and masks, structured
     shapes and QAT state are all part of the snapshot).
     """
+    if is_onnx(cfg.teacher):
+        raise ValueError(f"--teacher {cfg.teacher}: an ONNX file runs forward only (onnxruntime) "
+                         "and cannot be compressed or distilled from; give the checkpoint or "
+                         "'pretrained:' model it was exported from")
     teacher, t_meta = load_model(cfg.teacher)
     teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)
