@@ -2,10 +2,12 @@
 tests/test_examples.py), and its shell commands for a user's own photos run on a tiny photo
 folder with the names the README uses."""
 
+import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +64,21 @@ def test_own_photo_commands_run_as_written(tmp_path):
                  "runs/int8-wcam/model.json", "runs/eval.json"):
         assert (tmp_path / path).exists(), path
     assert "\r" not in done.stderr  # not a terminal: no progress bars
+    _gate_step_runs_as_written(tmp_path, env)
+
+
+def _gate_step_runs_as_written(root: Path, env: dict) -> None:
+    """The CI step of "Gate a release in CI" on the int8 model the sections above made: its exit
+    status is the verdict audit.json records, with one stderr line per failed check."""
+    yaml = blocks("yaml", section("## Gate a release in CI"))
+    assert len(yaml) == 1
+    step = re.search(r"run: \|\n(.*)", yaml[0], flags=re.S)[1]
+    assert "--require" in step
+    done = subprocess.run(["bash", "-c", textwrap.dedent(step)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    gate = json.loads((root / "runs/gate/audit.json").read_text())["gate"]
+    assert done.returncode == (0 if gate["passed"] else 1), done.stderr[-3000:]
+    assert [c["requirement"] for c in gate["checks"]] == ["top1_agreement>=0.95",
+                                                          "gradcam:spearman.low>=0.8"]
+    failed = [f"attrpreserve: gate: {c['line']}" for c in gate["checks"] if not c["passed"]]
+    assert [line for line in done.stderr.splitlines() if "gate:" in line] == failed
