@@ -100,6 +100,12 @@ def test_cli_export_writes_the_file_and_its_check(exported, capsys):
     assert {"torch", "onnx", "onnxruntime"} <= set(side["onnx"]["versions"])
     model, meta = load_model(exported / "teacher.onnx")
     assert isinstance(model, OnnxModel) and meta["classes"] == side["classes"]
+    # its parameters are the file's weights: the source's with each BatchNorm folded into its
+    # convolution (the BN's scale into the weights, its shift becoming the conv's bias)
+    source = load_model(exported / "teacher")[0]
+    scales = sum(m.weight.numel() for m in source.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in source.parameters()) - scales
 
 
 def test_cli_audit_scores_the_onnx_file_and_its_source(exported, capsys):

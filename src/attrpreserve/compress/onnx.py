@@ -150,8 +150,10 @@ class OnnxModel(nn.Module):
     """An ONNX file run by onnxruntime (CPU) as a classifier module: ``model(images)`` ->
     logits on the images' device, without autograd.
 
-    ``single_label``: whether the source model is a softmax classifier (the sidecar's).  It holds
-    no weights of its own; one empty parameter marks the device the callers' inputs go to.
+    ``single_label``: whether the source model is a softmax classifier (the sidecar's).  The
+    file's weight tensors (initializers and constants, int8 ones included; not the int64 shape
+    constants) are kept as frozen parameters, so parameter counts describe the file and the
+    parameters' device is the one the callers' inputs go to; onnxruntime runs its own copy.
     """
 
     def __init__(self, path: str | Path, single_label: bool = False):
@@ -168,7 +170,8 @@ class OnnxModel(nn.Module):
             raise ValueError(f"{self.path}: onnxruntime cannot load it: "
                              f"{str(exc).splitlines()[0]}") from exc
         self.single_label = bool(single_label)
-        self.marker = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self.weights = nn.ParameterList(
+            nn.Parameter(w, requires_grad=False) for w in _weight_tensors(self.path))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feed = {INPUT: x.detach().float().cpu().contiguous().numpy()}
@@ -181,6 +184,19 @@ class OnnxModel(nn.Module):
 
     def extra_repr(self) -> str:
         return str(self.path)
+
+
+def _weight_tensors(path: Path) -> list[torch.Tensor]:
+    """The weight tensors an ONNX file stores: initializers and Constant nodes' tensors, without
+    integer shape and index constants (int64)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant"
+                                         for a in n.attribute if a.type == a.TENSOR]
+    return [torch.from_numpy(numpy_helper.to_array(t).copy()) for t in tensors
+            if t.data_type != onnx.TensorProto.INT64]
 
 
 def check_explainers(model: nn.Module, explainers) -> None:
