@@ -169,3 +169,16 @@ def test_qat_checkpoint_export_records_the_int8_check(exported, capsys):
     assert int8["max_abs_logit_diff_steps"] == pytest.approx(
         int8["max_abs_logit_diff"] / int8["output_step"])
     assert int8["max_abs_logit_diff_steps"] <= 4 and side["check"]["top1_agreement"] >= 0.9
+
+
+def test_evaluate_scores_an_onnx_file(exported, capsys):
+    from attrpreserve.results_schema import validate_results
+
+    out = exported / "eval.json"
+    assert main(["evaluate", "--teacher", str(exported / "teacher"), "--model",
+                 str(exported / "teacher.onnx"), "--explainers", "occlusion", "--n-test", "4",
+                 "--n-val", "4", "--no-progress", "--out", str(out)]) == 0
+    runs = {r["name"]: r for r in validate_results(json.loads(out.read_text()))["runs"]}
+    run = runs["teacher.onnx"]
+    assert run["cost"]["bytes"] == (exported / "teacher.onnx").stat().st_size
+    assert run["attribution"]["occlusion"]["agreement"]["spearman"] > 0.99
