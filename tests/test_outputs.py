@@ -166,3 +166,11 @@ def test_a_rerun_with_other_settings_is_refused_unless_forced(runs):
         stages.reusable(runs / "teacher", other)
     assert stages.reusable(runs / "teacher", other, force=True) is False
     assert stages.reusable(runs / "nothing-here", other) is False
+
+
+def test_atomic_writes_keep_the_usual_permissions(tmp_path):
+    """The file gets the umask's permissions, like a plain write (not a private 0600)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    fileio.atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = ["atomic_write", "atomic_write_text"]
@@ -13,12 +13,12 @@ def atomic_write(path: str | Path, write) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync
     the folder: a reader (or a run killed at any instant) sees the old file or the new one.
 
-    The temporary name is unique (``.NAME.XXXX.tmp``), so two writers never share one, and it is
+    The temporary name is unique (``.NAME.PID.RANDOM.tmp``), so two writers never share one, and it is
     removed when ``write`` fails (disk full, Ctrl-C): nothing half-written is left behind."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    # a fresh name, created by ``write`` itself so the file gets the usual permissions (the
+    # umask's; mkstemp's would be 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
