@@ -182,3 +182,18 @@ def test_evaluate_scores_an_onnx_file(exported, capsys):
     run = runs["teacher.onnx"]
     assert run["cost"]["bytes"] == (exported / "teacher.onnx").stat().st_size
     assert run["attribution"]["occlusion"]["agreement"]["spearman"] > 0.99
+
+
+def test_a_failed_check_leaves_no_file_without_its_sidecar(exported, tmp_path, capsys,
+                                                           monkeypatch):
+    from attrpreserve.pipeline import onnx_export
+
+    def fails(*args, **kwargs):
+        raise ValueError("the check failed")
+
+    monkeypatch.setattr(onnx_export, "_checked", fails)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(exported / "teacher"), "--format", "onnx", "--n",
+                 "4", "--out", str(out)]) == 2
+    assert "the check failed" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []  # neither the file nor a temporary

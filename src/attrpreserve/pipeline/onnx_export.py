@@ -8,6 +8,7 @@ stage around them: load, export, check, record.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..compress.onnx import (OPSET, OnnxModel, export_onnx, is_onnx, read_sideca
 from ..evaluate import audit as run_audit
 from ..evaluate.cost import file_bytes, latency_ms
 from ..loading import load_model
+from ..models.pretrained import is_pretrained
 from ..models.layers import model_device
 from ..recipes import deployed
 from .configs import DataConfig, labels_for, resolve_data
@@ -96,8 +98,21 @@ def export(model_ref: str | Path, out: str | Path, data: DataConfig | dict | Non
     data = resolve_data(data, meta)
     images = check_images(data, split, n, model, meta["classes"])
     form = export_onnx(model, out, data.size, opset)
+    try:
+        sidecar = _checked(model, meta, model_ref, out, form, data, images, split, opset)
+    except BaseException:  # no file without its sidecar (a failed check, Ctrl-C)
+        Path(out).unlink(missing_ok=True)
+        raise
+    write_sidecar(out, sidecar)
+    return sidecar
+
+
+def _checked(model, meta, model_ref, out, form, data, images, split, opset) -> dict:
+    """The sidecar of the ONNX file ``out`` just written from ``model``: the check against
+    PyTorch (and torch's int8 model), latencies and versions."""
     onnx_model = OnnxModel(out, getattr(model, "single_label", False))
-    record = {"source": str(model_ref), "form": form, "opset": opset, "input_size": data.size,
+    source = model_ref if is_pretrained(model_ref) else os.path.abspath(model_ref)
+    record = {"source": str(source), "form": form, "opset": opset, "input_size": data.size,
               "bytes": file_bytes(out),
               "check": {"split": split, "data": data.spec,
                         **_agreement(model, onnx_model, images)}}
@@ -109,10 +124,8 @@ def export(model_ref: str | Path, out: str | Path, data: DataConfig | dict | Non
             check["max_abs_logit_diff_steps"] = check["max_abs_logit_diff"] / step
     record["latency_ms"] = _latencies(model, onnx_model, data.size)
     record["versions"] = {"torch": torch.__version__, **runtime_versions()}
-    sidecar = {**{k: meta[k] for k in CARRIED if k in meta}, "data": asdict(data),
-               "single_label": bool(getattr(model, "single_label", False)), "onnx": record}
-    write_sidecar(out, sidecar)
-    return sidecar
+    return {**{k: meta[k] for k in CARRIED if k in meta}, "data": asdict(data),
+            "single_label": bool(getattr(model, "single_label", False)), "onnx": record}
 
 
 def audit_source(candidate: str | Path, model_a, loader, explainers, **options) -> dict | None:
