@@ -309,3 +309,11 @@ def test_python_api_takes_modules_and_a_loader(tmp_path):
                                 n_boot=10)
     assert result.passed and result.requirements == () and result.to_dict()["split"] == "val"
     assert math.isclose(result.agreement("spearman").value, 1.0)
+
+
+def test_an_interval_bound_without_bootstrap_says_why():
+    doc = _audit()
+    doc["settings"] = {**doc.get("settings", {}), "n_boot": 0}
+    doc["explainers"]["gradcam"]["agreement"]["spearman"]["ci_low"] = None
+    failure = check(doc, "gradcam:spearman.low>=0.5").failures[0]
+    assert "undefined (null)" in failure.line and "--n-boot 0" in failure.line
