@@ -62,4 +62,5 @@ def test_a_one_recipe_demo_has_a_control_and_the_gap_beyond_it(tmp_path):
     assert control["config"]["train"] == pruned["config"]["train"]  # trained alike
     gap = runs["structured+wcam"]["attribution"]["gradcam"]["gap_recovered_vs_control"]
     assert gap["level"] == "control" and gap["naive"] == "structured"
-    assert "control" in pipeline.format_table(res)
+    table = pipeline.format_table(res)
+    assert "\ncontrol " in table and "structured+wcam  vs structured (beyond the control" in table

@@ -416,7 +416,8 @@ def format_table(results: dict, explainer: str = "gradcam") -> str:
     pointing game / AUC on all ground-truth pairs and on the teacher's correct pairs, then the
     paper-comparable pointing game / AUC (each model's own predicted pairs); columns without a
     value (mAP / F1 of single-label models, localisation without masks) are left out. Under
-    it, each matched run's gap recovered on all pairs with its 95% interval, or "no gap".
+    it, each matched run's gap recovered on all pairs with its 95% interval, or "no gap", then
+    with a control run the share of the compression-caused gap (control minus naive).
     ``top1``: share of images whose top-scored class is one of their labels (top-1 accuracy;
     on unlabeled photos, agreement with the teacher's top-1)."""
     columns = [(h, k) for h, k in TABLE_COLUMNS
@@ -437,9 +438,14 @@ def format_table(results: dict, explainer: str = "gradcam") -> str:
         lines.append("gap recovered = (run - naive) / (teacher - naive), all ground-truth pairs, "
                      "pooled, 95% CI; no gap = the gap's interval includes 0")
         width = max(len(r["name"]) for r, _ in gaps)
-        for r, g in gaps:
-            lines.append(f"  {r['name']:<{width}}  vs {g['naive']}: " + "; ".join(
-                f"{h} {gap_words(gap_entry(r, k, explainer))}" for h, k in TABLE_GAPS))
+        for against in ("teacher", "control"):
+            for r, g in gaps:
+                entries = [gap_entry(r, k, explainer, against=against) for _, k in TABLE_GAPS]
+                if not any(entries):
+                    continue
+                beyond = "" if against == "teacher" else " (beyond the control: control - naive)"
+                lines.append(f"  {r['name']:<{width}}  vs {g['naive']}{beyond}: " + "; ".join(
+                    f"{h} {gap_words(e)}" for (h, _), e in zip(TABLE_GAPS, entries)))
     return "\n".join(lines)
 
 
