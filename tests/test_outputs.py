@@ -65,6 +65,7 @@ REFUSED = [  # (argv with {r} for the module's folder, words of the one error li
     (["compress", "--teacher", "{r}/teacher", "--out", "{r}/" + "n" * 300], "longer than"),
     # finished results are replaced only with --force
     (["train", "--width", "4", "--out", "{r}/teacher"], "holds a finished result"),
+    (["train", "--width", "4", "--out", "{r}/teacher", "--resume"], "holds a finished result"),
     (["evaluate", "--model", "{r}/teacher", "--out", "{r}/eval.json"], "--force"),
     (["audit", "--reference", "{r}/teacher", "--candidate", "{r}/teacher", "--out",
       "{r}/audit"], "--force"),

@@ -134,7 +134,8 @@ def test_sigkill_mid_epoch_then_resume(teacher, tmp_path, capsys):
     assert not snap["done"] and not (killed / "model.safetensors").exists()
     assert 0 < snap["batch"] < 4 or snap["phase"] > 0  # 4 batches per epoch: mid-epoch
 
-    assert main([*args, "--out", str(killed)]) == 2  # rerun without --resume: refused
+    with pytest.warns(UserWarning, match=r"removing the lock of process \d+ .*no longer runs"):
+        assert main([*args, "--out", str(killed)]) == 2  # rerun without --resume: refused
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "add --resume to continue it" in err[0]
 

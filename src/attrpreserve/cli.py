@@ -630,8 +630,8 @@ def _finished(args) -> Path | None:
     """The finished result the command would replace (None: nothing to replace; the demo
     checks each of its runs itself, ``stages.reusable``)."""
     c, out = args.command, Path(args.out or ".")
-    if c in ("train", "compress") and not args.resume:
-        candidates = [out / "model.json"]
+    if c in ("train", "compress") and not (args.resume and state.exists(out)):
+        candidates = [out / "model.json"]  # --resume with nothing to resume starts over
     elif c == "evaluate":
         candidates = [out, Path(args.report or out.with_suffix(".html"))] if args.out else []
     elif c == "audit":
