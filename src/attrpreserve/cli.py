@@ -604,13 +604,17 @@ def _io(args) -> tuple[list[outputs.Output], list[tuple[str, str]]]:
         for value in values if isinstance(values, list) else [values]:
             reads += [(f"--{name}", p) for p in read_paths(value)]
     if c == "evaluate":
-        report = args.report or (args.out and str(Path(args.out).with_suffix(".html")))
-        return [Out("--out", args.out, False), Out("--report", report, False)], reads
+        return [Out("--out", args.out, False), Out("--report", _report(args), False)], reads
     if c == "export":
         return [Out("--out", args.out, False)], reads
     if c == "demo":
         return [Out("--out", args.out or ("runs/photos" if args.photos else "runs/demo"))], reads
     return [Out("--out", args.out)], reads
+
+
+def _report(args) -> str | None:
+    """evaluate's report file: ``--report``, else ``--out`` with ``.html``."""
+    return args.report or (args.out and str(Path(args.out).with_suffix(".html")))
 
 
 def _claim(args) -> Path | None:
@@ -633,7 +637,7 @@ def _finished(args) -> Path | None:
     if c in ("train", "compress") and not (args.resume and state.exists(out)):
         candidates = [out / "model.json"]  # --resume with nothing to resume starts over
     elif c == "evaluate":
-        candidates = [out, Path(args.report or out.with_suffix(".html"))] if args.out else []
+        candidates = [out, Path(_report(args))] if args.out else []
     elif c == "audit":
         candidates = [out / "audit.json", out / "audit.html"]
     elif c == "explain":
@@ -700,7 +704,7 @@ def _run_command(args: argparse.Namespace) -> int:
                                         progress=logs.bars(not args.no_progress), device=device,
                                         control=control)
         pipeline.write_results(results, args.out)
-        report = pipeline.report(results, args.report or Path(args.out).with_suffix(".html"),
+        report = pipeline.report(results, _report(args),
                                  models)
         _say_classes(scope)
         for e in explainers:

@@ -66,13 +66,13 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor],
 
 
 def write_atomically(path: Path, write) -> None:
-    """``fileio.atomic_write(path, write)``; a failed ``write`` (disk full, read-only folder)
-    leaves no temporary file and raises an ``OSError`` naming ``path``."""
+    """``fileio.atomic_write(path, write)`` (which removes the temporary file of a failed
+    write); a failed ``write`` (disk full, read-only folder) raises an ``OSError`` naming
+    ``path``."""
     def guarded(tmp):
         try:
             write(tmp)
         except (OSError, SafetensorError) as exc:
-            Path(tmp).unlink(missing_ok=True)
             code = getattr(exc, "errno", None)
             if code is None:  # safetensors: "... I/O error: ... (os error 28)"
                 found = re.search(r"os error (\d+)", str(exc))
