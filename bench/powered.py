@@ -32,12 +32,18 @@ training state):
    compression-caused gap), box localisation beside the centre baseline; the loss's own quantity
    (map cosine to the teacher at the matched layer) on train and held-out photos.
    ``OUT/summary.json`` and the markdown table (``--report-only`` prints it again).
+4. ``variants`` (after ``tune``; seed 0, the tuning's budget and held-out photos, the tuned lr,
+   lambda and drop): the matching variants of ``VARIANTS``, fixed before any was run, each
+   scored against the naive run with Grad-CAM at the stride-16 stage and at the head and with
+   LRP on ``--lrp-photos`` of them; the admissible variant (the tuning's top-1 rule) with the
+   highest mean Spearman agreement over the two Grad-CAM views wins. ``OUT/variants.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -71,14 +77,19 @@ def parse(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folder", default=str(DEFAULT_FOLDER), help="Imagenette (class folders)")
     p.add_argument("--out", default="runs/powered", help="output folder (default runs/powered)")
-    p.add_argument("--phase", choices=("tune", "train", "evaluate", "all"), default="all",
-                   help="which phase to run (default all, in order)")
+    p.add_argument("--phase", choices=("tune", "train", "evaluate", "all", "variants"),
+                   default="all", help="which phase to run (default all: tune, train, evaluate "
+                                       "in order; variants runs after tune alone)")
     p.add_argument("--recipe", choices=tuple(DEFAULT_STRENGTH), default="unstructured",
                    help="the compression recipe (default unstructured); use its own --out")
     p.add_argument("--strength", type=float,
                    help="the recipe's strength: sparsity, filter rate or bits (default: "
                         + ", ".join(f"{r} {v:g}" for r, v in DEFAULT_STRENGTH.items()) + ")")
     p.add_argument("--layer", default=LAYER, help=f"matched layer (default {LAYER})")
+    p.add_argument("--variant", default="stride-16", choices=[slug(n) for n, *_ in VARIANTS],
+                   help="the WCAM variant the train and evaluate phases run (default "
+                        "stride-16: the tuned run, OUT/seedK/wcam; another goes to "
+                        "OUT/seedK/wcam-VARIANT beside the same control and naive runs)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
     p.add_argument("--lrs", default="3e-4,1e-3", help="lrs tried (default 3e-4,1e-3)")
@@ -91,6 +102,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="train photos of each tuning run, 2 epochs (default 1600: 100 steps)")
     p.add_argument("--test-photos", type=int, default=1000,
                    help="val/ photos scored, spread evenly (default 1000; box photos added)")
+    p.add_argument("--lrp-photos", type=int, default=150,
+                   help="held-out photos LRP scores in the variants phase (default 150)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--smoke", action="store_true", help="a handful of photos at 64 px, 1 seed")
     p.add_argument("--report-only", action="store_true", help="print the table of OUT and stop")
@@ -246,7 +259,7 @@ def tune(args, root: Path, out: Path) -> dict:
     lams, drops, scores = floats(args.lams), floats(args.drops), {}
 
     def candidate(lam, drop):
-        run = out / "tune" / f"wcam-l{lam:g}-d{drop:g}"
+        run = out / "tune" / f"wcam-lr{lr:g}-l{lam:g}-d{drop:g}"
         train_run(root, replace(cfg, lam=lam, drop=drop), "wcam", args.strength, 0, run)
         s = heldout(root, cfg, run, args.layer)["models"]["run"]
         top1 = paired_top1(base, s, args.n_boot)
@@ -285,27 +298,42 @@ def main(argv=None) -> int:
         args.seeds, args.lrs, args.lams, args.drops, args.extend = "0", "1e-3", "100", "0", 0
         args.n_boot, args.test_photos = 50, 8
     if args.report_only:
-        print(report(out))
+        print(report(out, args.variant))
         return 0
-    if args.phase in ("tune", "train", "all"):
+    if args.phase in ("tune", "train", "all", "variants"):
         chosen = tune(args, root, out)
         say(f"chosen: lr {chosen['lr']:g}, lambda {chosen['lam']}, drop {chosen['drop']}")
     if args.phase in ("train", "all"):
         train(args, root, out, chosen)
     if args.phase in ("evaluate", "all"):
         evaluate(args, root, out)
-        print(report(out))
+        print(report(out, args.variant))
+    if args.phase == "variants":
+        variants(args, root, out, chosen)
+        print("\n".join(variants_table(out)))
     return 0
+
+
+def slug(name: str) -> str:
+    """A variant's folder-safe name ("head + stride-16" -> "head-stride-16")."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def variant_of(args) -> tuple[str, dict, float]:
+    """``(WCAM run folder, PhotosConfig overrides, lambda factor)`` of ``args.variant``."""
+    name, overrides, factor = next(v for v in VARIANTS if slug(v[0]) == args.variant)
+    return ("wcam" if name == VARIANTS[0][0] else f"wcam-{slug(name)}"), overrides, factor
 
 
 def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, dict]]:
     """(seed, name, matching, strength, overrides) of the train phase, seed-major."""
-    wcam = {"lam": chosen["lam"], "drop": chosen["drop"]}
+    folder, overrides, factor = variant_of(args)
+    wcam = {"lam": (chosen["lam"] or 0) * factor, "drop": chosen["drop"], **overrides}
     return [(seed, name, matching, strength, extra)
             for seed in (int(s) for s in args.seeds.split(","))
             for name, matching, strength, extra in
             (("control", "none", 0.0, {}), ("naive", "none", args.strength, {}),
-             ("wcam", "wcam", args.strength, wcam))
+             (folder, "wcam", args.strength, wcam))
             if matching == "none" or chosen["lam"] is not None]
 
 
@@ -383,8 +411,8 @@ def map_fit(root, cfg, models: dict, layer: str, classes, n: int = 400) -> dict:
 
 def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
     """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``, reused)."""
-    folder = out / f"seed{seed}"
-    runs = {r: folder / r for r in ROLES}
+    folder, wcam = out / f"seed{seed}", variant_of(args)[0]
+    runs = {r: folder / (wcam if r == "wcam" else r) for r in ROLES}
     if not all((p / "timing.json").is_file() for p in runs.values()):
         say(f"seed {seed}: runs not all finished; skipped")
         return None
@@ -394,7 +422,7 @@ def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
         models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), **runs})
         classes = models["teacher"].meta["classes"]
         nets = {k: e.model for k, e in models.items()}
-        result = {"seed": seed, "layer": args.layer, "views": {},
+        result = {"seed": seed, "layer": args.layer, "variant": args.variant, "views": {},
                   "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in
                             runs.items() if (p / "timing.json").is_file()}}
         for view, explainer, layer in VIEWS:
@@ -410,14 +438,111 @@ def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
                                     8 if args.smoke else 400)
         return result
 
-    return cached_json(folder / "eval.json", make)
+    return cached_json(folder / f"eval{suffix(args.variant)}.json", make)
+
+
+def suffix(variant: str) -> str:
+    """File-name suffix of a variant's evaluation ("" for the tuned stride-16 run)."""
+    return "" if variant == slug(VARIANTS[0][0]) else f"-{variant}"
 
 
 def evaluate(args, root: Path, out: Path) -> None:
     """Phase 3: every seed whose runs are finished; ``OUT/summary.json``."""
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [r for r in (evaluate_seed(args, root, out, s) for s in seeds) if r]
-    write_json(out / "summary.json", {"seeds": results}, indent=1)
+    write_json(out / f"summary{suffix(args.variant)}.json", {"seeds": results}, indent=1)
+
+
+# Issue 24's matching variants, fixed before any was run: (name, PhotosConfig overrides, lambda
+# factor). Each loss is (2 - 2 cos) / (H W) per map, so the input-resolution variant's lambda is
+# scaled by the pixel ratio ((128 / 8)^2) to weigh a cosine as the stride-16 run does. L2 of
+# normalised maps vs their cosine is not a variant: one loss (tests/test_matching.py).
+HEAD = "_head_act"
+VARIANTS = (
+    ("stride-16", {}, 1),
+    ("head", {"layer": HEAD}, 1),
+    ("head + stride-16", {"layer": f"{HEAD},{LAYER}"}, 1),
+    ("stride-16 at input resolution", {"resolution": "input"}, 256),
+    ("stride-16, label targets", {"target": "labels"}, 1),
+)
+# (view, explainer, layer) of the variants' scores; None: the model's own (the head)
+VARIANT_VIEWS = (("stride-16", "gradcam", LAYER), ("head", "gradcam", None), ("LRP", "lrp", None))
+
+
+def variant_scores(args, root, cfg, naive: Path, run: Path) -> dict:
+    """``run`` and the naive run against the teacher on the held-out photos, per view
+    (``run/variant.json``): top-1, per-photo correctness and Spearman agreement."""
+    def make():
+        models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), "naive": naive,
+                                     "run": run})
+        classes = models["teacher"].meta["classes"]
+        nets = {k: e.model for k, e in models.items()}
+        out = {}
+        for view, explainer, layer in VARIANT_VIEWS:
+            batches = loader(root, cfg, "val", classes)
+            if explainer == "lrp":  # about five Grad-CAMs a pair: a spread subset
+                ds = batches.dataset
+                batches = ds.subset(spread(len(ds), args.lrp_photos)).loader(cfg.batch_size)
+            data = collect_pairs(nets, batches, "teacher", (explainer,),
+                                 {k: layer for k in nets} if layer else None, progress=False)
+            labels = data["labels"].argmax(1)
+            out[view] = {k: {"correct": (data["logits"][k].argmax(1) == labels).double().tolist(),
+                             "spearman": data["pairs"][k][explainer]["spearman"].tolist()}
+                         for k in ("naive", "run")}
+        return out
+    return cached_json(run / "variant.json", make)
+
+
+def variants(args, root: Path, out: Path, chosen: dict) -> dict:
+    """Phase 4: every ``VARIANTS`` entry at the tuned setting, scored on held-out photos."""
+    cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos,
+                  recipe_lr={args.recipe: chosen["lr"]}, drop=chosen["drop"])
+    naive = out / "tune" / f"naive-lr{chosen['lr']:g}"
+    rows = []
+    for name, overrides, factor in VARIANTS:
+        lam = chosen["lam"] * factor
+        run = out / "variants" / slug(name)
+        train_run(root, replace(cfg, lam=lam, **overrides), "wcam", args.strength, 0, run)
+        s = variant_scores(args, root, cfg, naive, run)
+        head = s["head"]
+        top1 = paired_top1(head["naive"], head["run"], args.n_boot)
+        margin = (top1["ci_high"] - top1["ci_low"]) / 2
+        row = {"variant": name, "lam": lam, **overrides, "top1": mean(head["run"]["correct"]),
+               "top1_delta": top1, "margin": margin, "admissible": top1["delta"] >= -margin,
+               "spearman": {v: {"naive": mean(s[v]["naive"]["spearman"]),
+                                "run": mean(s[v]["run"]["spearman"])} for v in s}}
+        row["score"] = mean([row["spearman"][v]["run"] for v in ("stride-16", "head")])
+        rows.append(row)
+        say(f"  {name}: top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin {margin:.3f}), "
+            + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
+    best = best_admissible([dict(r, spearman=r["score"]) for r in rows])
+    result = {"rows": rows, "winner": best["variant"] if best else None, "chosen": chosen,
+              "proxy_photos": cfg.n_train, "lrp_photos": args.lrp_photos}
+    write_json(out / "variants.json", result, indent=1)
+    return result
+
+
+def variants_table(out: Path) -> list[str]:
+    """``OUT/variants.json`` as markdown."""
+    path = out / "variants.json"
+    if not path.is_file():
+        return [f"(no {path} yet: run the variants phase)"]
+    v = json.loads(path.read_text())
+    views = [name for name, *_ in VARIANT_VIEWS]
+    lines = [f"**variants** (seed 0, {v['proxy_photos']} train photos x 2 epochs, held-out "
+             f"photos, LRP on {v['lrp_photos']} of them; lr {v['chosen']['lr']:g}, drop "
+             f"{v['chosen']['drop']}; winner: {v['winner']})\n",
+             "| variant | lambda | top-1 | top-1 vs naive [95% CI] | admissible | "
+             + " | ".join(f"Spearman {n} naive / WCAM" for n in views) + " | score |",
+             "|---" * (6 + len(views)) + "|"]
+    for r in v["rows"]:
+        d = r["top1_delta"]
+        lines.append(
+            f"| {r['variant']} | {r['lam']:g} | {r['top1']:.3f} | {d['delta']:+.3f} "
+            f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {'yes' if r['admissible'] else 'no'} | "
+            + " | ".join(f"{r['spearman'][n]['naive']:.3f} / {r['spearman'][n]['run']:.3f}"
+                         for n in views) + f" | {r['score']:.3f} |")
+    return lines
 
 
 def pct(entry: dict) -> str:
@@ -448,10 +573,13 @@ def tuning_table(out: Path) -> list[str]:
     return lines
 
 
-def report(out: Path) -> str:
-    """The markdown tables of ``OUT/tune/chosen.json`` and ``OUT/summary.json``."""
+def report(out: Path, variant: str = "stride-16") -> str:
+    """The markdown tables of ``OUT/tune/chosen.json``, ``OUT/variants.json`` (when run) and
+    ``OUT/summary[-VARIANT].json``."""
     lines = tuning_table(out)
-    path = out / "summary.json"
+    if (out / "variants.json").is_file():
+        lines += [""] + variants_table(out)
+    path = out / f"summary{suffix(variant)}.json"
     if not path.is_file():
         return "\n".join(lines + [f"\n(no {path} yet: run the evaluate phase)"])
     seeds = json.loads(path.read_text())["seeds"]

@@ -34,7 +34,7 @@ def test_an_edge_winner_extends_the_grid_that_way():
 
 def test_the_plan_runs_control_naive_and_wcam_seed_by_seed():
     class Args:
-        seeds, strength = "0,1", 0.8
+        seeds, strength, variant = "0,1", 0.8, "stride-16"
     plan = powered.run_plan(Args, Path("out"), {"lam": 1000.0, "drop": 0.0})
     assert [(s, n) for s, n, *_ in plan] == [(0, "control"), (0, "naive"), (0, "wcam"),
                                              (1, "control"), (1, "naive"), (1, "wcam")]
@@ -50,3 +50,15 @@ def test_each_recipe_gets_its_own_default_strength():
     assert (args.recipe, args.strength) == ("quantization", 4)
     assert powered.base_config(args).recipe == "quantization"
     assert powered.parse(["--recipe", "structured", "--strength", "0.5"]).strength == 0.5
+
+
+def test_a_variant_trains_beside_the_same_control_and_naive_runs():
+    class Args:
+        seeds, strength, variant = "0", 0.8, "head-stride-16"
+    plan = powered.run_plan(Args, Path("out"), {"lam": 1000.0, "drop": 0.3})
+    assert [n for _, n, *_ in plan] == ["control", "naive", "wcam-head-stride-16"]
+    assert plan[2][4] == {"lam": 1000.0, "drop": 0.3, "layer": "_head_act,_blocks.10"}
+    Args.variant = "stride-16-at-input-resolution"  # lambda scaled by the pixel ratio
+    assert powered.run_plan(Args, Path("out"), {"lam": 1000.0, "drop": 0.3})[2][4]["lam"] \
+        == 256000.0
+    assert powered.suffix("stride-16") == "" and powered.suffix("head") == "-head"

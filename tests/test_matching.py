@@ -269,3 +269,71 @@ def test_lrp_matching_gradient_matches_finite_differences():
     assert g.abs().sum() > 0
     same = AttributionMatcher(teacher, teacher, LRPMatching(), "act", "act")(x)[2]
     assert float(same.detach()) < 1e-12
+
+
+@pytest.mark.numerics
+def test_normalized_distance_is_the_cosine_loss_scaled_by_pixels():
+    # ||t/|t| - s/|s|||^2 = 2 - 2 cos: the L2-of-normalised-maps and cosine variants are one loss
+    t, s = torch.rand(5, 3, 4, dtype=torch.float64), torch.rand(5, 3, 4, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)
+    torch.testing.assert_close(normalized_distance(t, s), (2 - 2 * cos).mean() / 12)
+
+
+@pytest.mark.numerics
+def test_several_layers_average_the_single_layer_losses_and_gradients():
+    torch.manual_seed(0)
+    teacher, student, x = Tiny().double().eval(), Tiny().double(), torch.randn(4, 2, 4, 4).double()
+
+    def loss_and_grads(layer):
+        student.zero_grad()
+        loss = AttributionMatcher(teacher, student, WCAM(drop=0.0), layer, layer)(x)[2]
+        loss.backward()
+        # the last bias never reaches a Grad-CAM map: no gradient
+        return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                               for p in student.parameters()]
+
+    both, g_both = loss_and_grads("conv,act")
+    conv, g_conv = loss_and_grads("conv")
+    act, g_act = loss_and_grads("act")
+    assert float(conv) > 0 and float(act) > 0
+    torch.testing.assert_close(both, (conv + act) / 2)
+    for gb, gc, ga in zip(g_both, g_conv, g_act):
+        torch.testing.assert_close(gb, (gc + ga) / 2)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+class Strided(Tiny):
+    """Tiny with a stride-2 conv: 8 x 8 images give 4 x 4 maps at 'act'."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+
+
+@pytest.mark.numerics
+def test_input_resolution_compares_maps_upsampled_to_the_images():
+    torch.manual_seed(1)
+    teacher, student = Strided().double().eval(), Strided().double().eval()
+    x = torch.randn(3, 2, 8, 8).double()
+    cls = teacher(x).argmax(1)
+    loss = AttributionMatcher(teacher, student, WCAM(drop=0.0, resolution="input"),
+                              "act", "act")(x)[2].detach()
+    t_maps, _ = gradcam(teacher, x, torch.arange(3), cls, "act")
+    s_maps, _ = gradcam(student, x, torch.arange(3), cls, "act")
+    assert t_maps.shape[-2:] == (4, 4)
+
+    def up(m):
+        return torch.nn.functional.interpolate(m[:, None], size=(8, 8), mode="bilinear")[:, 0]
+
+    torch.testing.assert_close(loss, normalized_distance(up(t_maps), up(s_maps)))
+    assert abs(float(loss) - float(normalized_distance(t_maps, s_maps))) > 1e-4
+
+
+def test_several_layers_refuse_what_cannot_share_one_pass():
+    teacher, student = Tiny(), Tiny()
+    with pytest.raises(ValueError, match="top1"):
+        AttributionMatcher(teacher, student, WCAM(target="labels"), "conv,act")
+    with pytest.raises(ValueError, match="student layers"):
+        AttributionMatcher(teacher, student, WCAM(), "conv,act", "act")
+    with pytest.raises(ValueError, match="resolution"):
+        WCAM(resolution="pixels")

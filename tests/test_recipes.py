@@ -153,3 +153,34 @@ def test_kd_into_another_family():
     with pytest.raises(ValueError, match="single-label"):
         kd.run(multi, Loaders(data, data), FineTuning(fine_tuning_step(multi, None, 0.0)),
                kd.options({"student": "resnet18"}))
+
+
+@pytest.mark.numerics
+def test_channels_last_step_has_the_plain_loss_and_gradients():
+    # float64: the two layouts' reordered sums agree far below the tolerance
+    from attrpreserve.engine import _layout
+
+    torch.manual_seed(0)
+    teacher = create_model("vgg", num_classes=20, width=4).double().eval()
+    student = create_model("vgg", num_classes=20, width=4).double()
+    step = LabelStep(teacher, WCAM(drop=0.0), lam=10.0)
+    images, labels = torch.rand(4, 3, 64, 64, dtype=torch.float64), torch.zeros(4, 20).double()
+    labels[:, 3] = 1
+
+    def loss_and_grads(x):
+        student.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        loss, _ = step(student, x, labels)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()
+                               if p.grad is not None}
+
+    plain = loss_and_grads(images)
+    with _layout(TrainConfig(channels_last=True), student, step):
+        assert student.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+        nhwc = loss_and_grads(images.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(nhwc[0], plain[0])
+    assert nhwc[1].keys() == plain[1].keys()
+    for n, g in plain[1].items():
+        torch.testing.assert_close(nhwc[1][n], g, msg=n)
+    assert all(p.is_contiguous() for m in (student, teacher) for p in m.parameters())

@@ -125,6 +125,10 @@ def _train_args(p: argparse.ArgumentParser, t: TrainConfig) -> None:
                         "optimizer steps, e.g. for smoke tests (default: no limit)")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 mixed precision for the training steps (CUDA only)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="train in the channels_last memory layout: the same arithmetic in "
+                        "another order, about 1.5x faster convolutions on CPU; saved weights "
+                        "are laid out as usual")
     g.add_argument("--seed", type=int, default=t.seed,
                    help="seed of training: initialisation, batch order, augmentation, WCAM's "
                         "channel drop")
@@ -287,8 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the matching loss (100 is the paper's)")
     p.add_argument("--target", choices=("top1", "labels"), default=compressing.target,
                    help="WCAM classes: teacher's top-1 (paper) or every positive label")
-    p.add_argument("--layer", help="matched layer name (default: each model's last feature "
-                                   "block's output, models.default_layer)")
+    p.add_argument("--layer", help="matched layer name, or several separated by commas (their "
+                                   "losses averaged; top1 target) (default: each model's last "
+                                   "feature block's output, models.default_layer)")
+    p.add_argument("--resolution", choices=("layer", "input"), default=compressing.resolution,
+                   help="WCAM: compare the maps at the matched layer's size (layer) or "
+                        "upsampled to the images' (input)")
     p.add_argument("--temperature", type=float, default=compressing.temperature,
                    help="distillation temperature T")
     p.add_argument("--alpha", type=float, default=compressing.alpha,
@@ -497,7 +505,8 @@ def _train_cfg(args) -> TrainConfig:
                        freeze_bn=args.freeze_bn, recalibrate_bn=args.recalibrate_bn,
                        progress=not args.no_progress,
                        milestones=_ints(args.milestones, "--milestones"), gamma=args.gamma,
-                       max_steps=args.max_steps, amp=args.amp)
+                       max_steps=args.max_steps, amp=args.amp,
+                       channels_last=args.channels_last)
 
 
 def _ints(value, flag: str) -> list[int]:
@@ -674,8 +683,8 @@ def _run_command(args: argparse.Namespace) -> int:
     elif args.command == "compress":
         cfg = pipeline.CompressConfig(
             teacher=args.teacher, method=args.method, matching=args.matching, drop=args.drop,
-            lam=args.lam, target=args.target, temperature=args.temperature, alpha=args.alpha,
-            layer=args.layer, options=_recipe_options(args), data=_data_overrides(args),
+            lam=args.lam, target=args.target, resolution=args.resolution,
+            temperature=args.temperature, alpha=args.alpha, layer=args.layer, options=_recipe_options(args), data=_data_overrides(args),
             train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out, **_run_options(args))
         extra = (f", sparsity {meta['compression']['sparsity']:.3f}"

@@ -3,7 +3,9 @@ LRP matching (AlphaBeta(1, 0) relevance at the matched layer, differentiable).
 
 Each loss compares one map per sample (or per (image, class) pair) of a frozen teacher with the
 student's, after L2-normalising each flattened map: mean over batch and pixels of
-``(M_T/||M_T|| - M_S/||M_S||)^2``, i.e. ``(2 - 2 cos) / (H W)``.
+``(M_T/||M_T|| - M_S/||M_S||)^2``, i.e. ``(2 - 2 cos) / (H W)``. The L2 distance of normalised
+maps and their cosine are therefore one loss (lambda x H W apart), not two variants. Several
+matched layers (``"a,b"``) average their losses.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
@@ -23,11 +25,16 @@ from ..registry import Registry
 EPS = 1e-12
 
 
-def normalized_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of per-map L2-normalised maps; finite for all-zero maps."""
-    if student_maps.shape[-2:] != teacher_maps.shape[-2:]:
-        student_maps = F.interpolate(student_maps[:, None], size=teacher_maps.shape[-2:],
-                                     mode="bilinear", align_corners=False)[:, 0]
+def normalized_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor,
+                        size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mean squared difference of per-map L2-normalised maps; finite for all-zero maps. Both
+    maps are resized bilinearly to ``size`` first when given, else the student's to the
+    teacher's."""
+    size = tuple(size) if size is not None else tuple(teacher_maps.shape[-2:])
+    teacher_maps, student_maps = (
+        m if tuple(m.shape[-2:]) == size else
+        F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        for m in (teacher_maps, student_maps))
     t, s = teacher_maps.flatten(1), student_maps.flatten(1)
     # sqrt(sum + eps), not norm().clamp: the norm's gradient at an all-zero map is 0/0.
     t = t * torch.rsqrt((t * t).sum(1, keepdim=True) + EPS)
@@ -50,21 +57,24 @@ class MatchingLoss(nn.Module):
 
     ``needs_pairs`` says whether the taps must carry per-(image, class) rows; ``target`` picks the
     classes: ``"top1"`` (the teacher's top logit per image, as in the paper's code) or
-    ``"labels"`` (every ground-truth positive label).
+    ``"labels"`` (every ground-truth positive label). ``resolution``: ``"layer"`` compares the
+    maps at the matched layer's size, ``"input"`` upsampled to the images' (the matcher then
+    passes ``size=``).
     """
 
     needs_pairs = False
     records_chain = False  # True: forward also gets ``chains=(teacher calls, student calls)``
     target = "top1"
+    resolution = "layer"
 
 
 class AttentionTransfer(MatchingLoss):
     """Activation-based attention transfer (Zagoruyko & Komodakis 2017): ``M = mean_k A_k^2``."""
 
-    def forward(self, t_tap: LayerTap, t_out, s_tap: LayerTap, s_out, classes=None):
+    def forward(self, t_tap: LayerTap, t_out, s_tap: LayerTap, s_out, classes=None, size=None):
         t_map = t_tap.activation.detach().pow(2).mean(1)
         s_map = s_tap.activation.pow(2).mean(1)
-        return normalized_distance(t_map, s_map)
+        return normalized_distance(t_map, s_map, size)
 
 
 class WCAM(MatchingLoss):
@@ -78,29 +88,35 @@ class WCAM(MatchingLoss):
 
     needs_pairs = True
 
-    def __init__(self, drop: float = 0.3, target: str = "top1", generator=None):
+    def __init__(self, drop: float = 0.3, target: str = "top1", generator=None,
+                 resolution: str = "layer"):
         super().__init__()
         if not 0 <= drop < 1:
             raise ValueError(f"drop must be in [0, 1), got {drop}")
         if target not in ("top1", "labels"):
             raise ValueError(f"target must be 'top1' or 'labels', got {target!r}")
+        if resolution not in ("layer", "input"):
+            raise ValueError(f"resolution must be 'layer' or 'input', got {resolution!r}")
         self.drop, self.target, self.generator = drop, target, generator
+        self.resolution = resolution
 
     def teacher_maps(self, tap: LayerTap, out: torch.Tensor, classes: torch.Tensor):
         rows = tap.pair_rows(out.device)
-        (grads,) = torch.autograd.grad(out[rows, classes].sum(), tap.pair_activation)
+        # retain_graph: with several matched layers one teacher graph serves every tap
+        (grads,) = torch.autograd.grad(out[rows, classes].sum(), tap.pair_activation,
+                                       retain_graph=True)
         act = tap.pair_activation.detach()
         if self.training and self.drop > 0:
             keep = drop_mask(act.shape[1], self.drop, self.generator, act.device)
             act = act * keep[None, :, None, None]
         return weighted_map(act, grads)
 
-    def forward(self, t_tap, t_out, s_tap, s_out, classes):
+    def forward(self, t_tap, t_out, s_tap, s_out, classes, size=None):
         if len(classes) == 0:
             return s_out.sum() * 0.0
         t_map = self.teacher_maps(t_tap, t_out, classes)
         s_map = pair_gradcam(s_tap, s_out, classes, create_graph=True)
-        return normalized_distance(t_map, s_map)
+        return normalized_distance(t_map, s_map, size)
 
 
 class LRPMatching(MatchingLoss):
@@ -124,16 +140,26 @@ class LRPMatching(MatchingLoss):
             raise ValueError(f"LRP matching supports target='top1' only, got {target!r}")
         self.epsilon = epsilon
 
-    def forward(self, t_tap, t_out, s_tap, s_out, classes, chains):
+    def forward(self, t_tap, t_out, s_tap, s_out, classes, chains, size=None):
         t_calls, s_calls = chains
         rows = torch.arange(len(classes), device=classes.device)
         t_map = a1b0_layer_relevance(t_calls, t_tap.module, rows, classes, self.epsilon).detach()
         s_map = a1b0_layer_relevance(s_calls, s_tap.module, rows, classes, self.epsilon)
-        return normalized_distance(t_map, s_map)
+        return normalized_distance(t_map, s_map, size)
 
 
 def _recording(model: nn.Module, on: bool):
     return ChainRecorder(model) if on else nullcontext()
+
+
+def layer_names(layer: str | list | tuple | None) -> tuple:
+    """``"a,b"`` (or a sequence) as a tuple of layer names; ``(None,)`` for the default layer."""
+    if layer is None:
+        return (None,)
+    names = tuple(n.strip() for n in (layer.split(",") if isinstance(layer, str) else layer))
+    if not names or not all(names):
+        raise ValueError(f"layer {layer!r}: give layer names separated by commas")
+    return names
 
 
 class AttributionMatcher:
@@ -147,12 +173,22 @@ class AttributionMatcher:
 
     The teacher is put in eval mode on every call (its BatchNorm statistics never drift) and its
     parameters get no gradient. ``loss=None`` gives plain outputs and a zero matching term.
+    ``teacher_layer``/``student_layer`` may name several layers (``"a,b"``, paired in order):
+    one forward pass taps them all and the loss is the mean of the layers' losses.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, loss: MatchingLoss | None,
                  teacher_layer: str | None = None, student_layer: str | None = None):
         self.teacher, self.student, self.loss = teacher, student, loss
-        self.teacher_layer, self.student_layer = teacher_layer, student_layer
+        self.teacher_layers = layer_names(teacher_layer)
+        self.student_layers = (layer_names(student_layer) if student_layer is not None
+                               else (None,) * len(self.teacher_layers))
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(f"{len(self.teacher_layers)} teacher layers but "
+                             f"{len(self.student_layers)} student layers")
+        if len(self.teacher_layers) > 1 and loss is not None and (
+                loss.records_chain or (loss.needs_pairs and loss.target == "labels")):
+            raise ValueError("several matched layers need a top1-target Grad-CAM or AT loss")
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         self.teacher.eval()
@@ -168,18 +204,25 @@ class AttributionMatcher:
             index, classes = labels.nonzero(as_tuple=True)
         grad_mode = torch.enable_grad() if self.loss.needs_pairs else torch.no_grad()
         chain = self.loss.records_chain
-        with grad_mode, frozen(self.teacher), LayerTap(
-                self.teacher, self.teacher_layer, detach=self.loss.needs_pairs,
-                index=index) as tt, _recording(self.teacher, chain) as t_rec:
+        with grad_mode, frozen(self.teacher), ExitStack() as stack:
+            tts = [stack.enter_context(LayerTap(self.teacher, layer, index=index,
+                                                detach=self.loss.needs_pairs))
+                   for layer in self.teacher_layers]
+            t_rec = stack.enter_context(_recording(self.teacher, chain))
             t_out = self.teacher(images)
         batch = len(images)
         if classes is None:
             classes = t_out[:batch].detach().argmax(1)
-        with LayerTap(self.student, self.student_layer, index=index) as st, \
-                _recording(self.student, chain) as s_rec:
+        with ExitStack() as stack:
+            sts = [stack.enter_context(LayerTap(self.student, layer, index=index))
+                   for layer in self.student_layers]
+            s_rec = stack.enter_context(_recording(self.student, chain))
             s_out = self.student(images)
         extra = {"chains": (t_rec.calls, s_rec.calls)} if chain else {}
-        match = self.loss(tt, t_out, st, s_out, classes, **extra)
+        if self.loss.resolution == "input":
+            extra["size"] = images.shape[-2:]
+        match = sum(self.loss(tt, t_out, st, s_out, classes, **extra)
+                    for tt, st in zip(tts, sts)) / len(tts)
         return s_out[:batch], t_out[:batch].detach(), match
 
 
@@ -188,7 +231,7 @@ class AttributionMatcher:
 MATCHERS: Registry = Registry("matching")
 MATCHERS.register("none", None, options=())
 MATCHERS.register("at", AttentionTransfer, options=())
-MATCHERS.register("wcam", WCAM, options=("drop", "target", "generator"))
+MATCHERS.register("wcam", WCAM, options=("drop", "target", "generator", "resolution"))
 MATCHERS.register("lrp", LRPMatching, options=("target",))
 
 

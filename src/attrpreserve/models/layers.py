@@ -154,7 +154,8 @@ def _is_cut(model: nn.Module, module: nn.Module, x: torch.Tensor) -> bool:
 class LayerTap:
     """Context manager recording the output of ``layer`` during a forward pass.
 
-    Attributes after the forward: ``activation`` (B x C x H x W, a leaf when ``detach``),
+    Attributes after the forward: ``activation`` (B x C x H x W, a leaf when ``detach`` and
+    nothing upstream requires a gradient),
     ``pair_activation`` (``activation[index]``, or ``activation`` when no index), and
     ``batch`` (B). With ``index`` the model output has B + P rows: the first B are the normal
     outputs, row B + j belongs to pair j.
@@ -169,7 +170,10 @@ class LayerTap:
         self._handle = None
 
     def _hook(self, _module, _inputs, out):
-        a = out.detach().requires_grad_(True) if self.detach else out
+        # ``detach`` makes the activation a leaf so only the layers after it are differentiated;
+        # one already in a graph (an earlier tap's leaf upstream) is kept, so several taps on a
+        # frozen model each get their gradient from one backward pass.
+        a = out.detach().requires_grad_(True) if self.detach and not out.requires_grad else out
         self.activation, self.batch = a, a.shape[0]
         if self.index is None:
             self.pair_activation = a

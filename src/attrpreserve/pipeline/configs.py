@@ -228,9 +228,10 @@ class CompressConfig:
     drop: float = 0.3
     lam: float = 100.0
     target: str = "top1"
+    resolution: str = "layer"  # WCAM/AT maps compared at the layer's size or the images'
     temperature: float = 4.0
     alpha: float = 0.9
-    layer: str | None = None
+    layer: str | None = None  # "a,b": several matched layers, their losses averaged
     options: Any = None
     data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
@@ -246,6 +247,8 @@ class CompressConfig:
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.target in ("top1", "labels"),
                    f"target must be 'top1' or 'labels', got {self.target!r}"),
+                  (self.resolution in ("layer", "input"),
+                   f"resolution must be 'layer' or 'input', got {self.resolution!r}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
         for ok, message in checks:

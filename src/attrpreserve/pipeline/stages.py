@@ -96,7 +96,8 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen)
+    matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen,
+                             resolution=cfg.resolution)
     classes = t_meta["classes"]
     loaders = Loaders(data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
                                   adapt=labels_for(teacher, classes, pseudo=False)),
@@ -380,14 +381,15 @@ def made_with(saved: dict, cfg) -> bool:
 
 # Settings added after checkpoints were written, with the value those checkpoints were made
 # with: a config holding that value matches a checkpoint that lacks the key.
-ADDED_SETTINGS = {"recalibrate_bn": 0}
+ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer"}
 
 
 def _settings(config: dict) -> dict:
     """A stage's config without what does not change its result (progress bars, workers, the
-    device a photo cache serves batches on) or keys at their ``ADDED_SETTINGS`` value."""
+    device a photo cache serves batches on, the memory layout: float rounding only) or keys at
+    their ``ADDED_SETTINGS`` value."""
     return {k: _settings(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k not in ("progress", "workers", "device")
+            if k not in ("progress", "workers", "device", "channels_last")
             and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
 
