@@ -15,8 +15,8 @@ Phases (each reuses what an earlier call finished; an interrupted run continues 
 training state):
 
 1. ``tune`` (seed 0, the ``--proxy-photos`` of train/ for 2 epochs, scored on the photos held out
-   of train/; the test split is never read): the naive run's lr among ``--lrs`` by held-out top-1,
-   then WCAM's lambda x drop jointly over ``--lams`` x ``--drops`` at the matched layer
+   of train/; the test split is never read): the naive run's lr among ``--lrs`` by held-out top-1
+   (an lr at the grid's edge extends it x3 that way), then WCAM's lambda x drop jointly over ``--lams`` x ``--drops`` at the matched layer
    (``--layer``). A candidate is admissible when its held-out top-1 is not below the naive run's
    by more than the margin (the half-width of the 95% bootstrap interval of their paired
    difference, so the margin comes from the photos, not a fixed point); the admissible candidate
@@ -97,7 +97,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="WCAM lambdas tried (default 100,1000,10000)")
     p.add_argument("--drops", default="0,0.3", help="WCAM drops tried (default 0,0.3)")
     p.add_argument("--extend", type=int, default=2,
-                   help="times the lambda grid may grow past an edge winner (default 2)")
+                   help="times the lr and lambda grids may grow past an edge winner "
+                        "(default 2)")
     p.add_argument("--proxy-photos", type=int, default=1600,
                    help="train photos of each tuning run, 2 epochs (default 1600: 100 steps)")
     p.add_argument("--test-photos", type=int, default=1000,
@@ -237,6 +238,19 @@ def grid_extension(rows: list[dict]) -> float | None:
     return None
 
 
+def best_lr(top1: dict[float, float]) -> float:
+    """The lr with the best held-out top-1 (ties: the smaller lr)."""
+    return max(top1, key=lambda k: (top1[k], -k))
+
+
+def lr_extension(top1: dict[float, float]) -> float | None:
+    """The lr to try next when the best one sits at the grid's edge (x3 past it), else None."""
+    lr, grid = best_lr(top1), sorted(top1)
+    if len(grid) < 2 or lr not in (grid[0], grid[-1]):
+        return None
+    return float(f"{lr * 3 if lr == grid[-1] else lr / 3:.3g}")
+
+
 def tune(args, root: Path, out: Path) -> dict:
     """Phase 1: the naive lr, then WCAM's lambda x drop, on held-out photos (seed 0)."""
     chosen_file = out / "tune" / "chosen.json"
@@ -245,7 +259,8 @@ def tune(args, root: Path, out: Path) -> dict:
     cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos)
     table = []
     naive = {}
-    for lr in floats(args.lrs):
+
+    def naive_run(lr):
         run = out / "tune" / f"naive-lr{lr:g}"
         c = replace(cfg, recipe_lr={args.recipe: lr})
         train_run(root, c, "none", args.strength, 0, run)
@@ -253,7 +268,18 @@ def tune(args, root: Path, out: Path) -> dict:
         top1 = mean(naive[lr]["models"]["run"]["correct"])
         table.append({"run": run.name, "lr": lr, "top1": top1})
         say(f"  held-out top-1 {top1:.3f}")
-    lr = max(naive, key=lambda k: (mean(naive[k]["models"]["run"]["correct"]), -k))
+
+    def top1s():
+        return {k: mean(v["models"]["run"]["correct"]) for k, v in naive.items()}
+
+    for lr in floats(args.lrs):
+        naive_run(lr)
+    for _ in range(args.extend):
+        new = lr_extension(top1s())
+        if new is None:
+            break
+        naive_run(new)
+    lr = best_lr(top1s())
     base = naive[lr]["models"]["run"]
     cfg = replace(cfg, recipe_lr={args.recipe: lr})
     lams, drops, scores = floats(args.lams), floats(args.drops), {}
@@ -325,10 +351,20 @@ def variant_of(args) -> tuple[str, dict, float]:
     return ("wcam" if name == VARIANTS[0][0] else f"wcam-{slug(name)}"), overrides, factor
 
 
+def variant_lam(out: Path, variant: str) -> float | None:
+    """The lambda the variants phase chose for ``variant`` (its admissible row with the best
+    score), or None when that phase has not scored it."""
+    path = out / "variants.json"
+    rows = [r for r in json.loads(path.read_text())["rows"] if slug(r["variant"]) == variant
+            and r["admissible"]] if path.is_file() else []
+    return max(rows, key=lambda r: r["score"])["lam"] if rows else None
+
+
 def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, dict]]:
     """(seed, name, matching, strength, overrides) of the train phase, seed-major."""
     folder, overrides, factor = variant_of(args)
-    wcam = {"lam": (chosen["lam"] or 0) * factor, "drop": chosen["drop"], **overrides}
+    wcam = {"lam": variant_lam(out, args.variant) or (chosen["lam"] or 0) * factor,
+            "drop": chosen["drop"], **overrides}
     return [(seed, name, matching, strength, extra)
             for seed in (int(s) for s in args.seeds.split(","))
             for name, matching, strength, extra in
@@ -499,9 +535,9 @@ def variants(args, root: Path, out: Path, chosen: dict) -> dict:
                   recipe_lr={args.recipe: chosen["lr"]}, drop=chosen["drop"])
     naive = out / "tune" / f"naive-lr{chosen['lr']:g}"
     rows = []
-    for name, overrides, factor in VARIANTS:
-        lam = chosen["lam"] * factor
-        run = out / "variants" / slug(name)
+
+    def attempt(name, overrides, lam, first):
+        run = out / "variants" / (slug(name) + ("" if first else f"-l{lam:g}"))
         train_run(root, replace(cfg, lam=lam, **overrides), "wcam", args.strength, 0, run)
         s = variant_scores(args, root, cfg, naive, run)
         head = s["head"]
@@ -513,10 +549,20 @@ def variants(args, root: Path, out: Path, chosen: dict) -> dict:
                                 "run": mean(s[v]["run"]["spearman"])} for v in s}}
         row["score"] = mean([row["spearman"][v]["run"] for v in ("stride-16", "head")])
         rows.append(row)
-        say(f"  {name}: top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin {margin:.3f}), "
-            + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
+        say(f"  {name} at {lam:g}: top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin "
+            f"{margin:.3f}), " + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
+        return row
+
+    for name, overrides, factor in VARIANTS:
+        lam = chosen["lam"] * factor
+        # a variant that costs more top-1 than the margin at the tuned lambda gets lambda / 10
+        # (twice at most): a weight the tuned layer bore can be too strong for another one
+        for i in range(3):
+            if attempt(name, overrides, lam / 10 ** i, i == 0)["admissible"]:
+                break
     best = best_admissible([dict(r, spearman=r["score"]) for r in rows])
-    result = {"rows": rows, "winner": best["variant"] if best else None, "chosen": chosen,
+    result = {"rows": rows, "winner": best["variant"] if best else None,
+              "winner_lam": best["lam"] if best else None, "chosen": chosen,
               "proxy_photos": cfg.n_train, "lrp_photos": args.lrp_photos}
     write_json(out / "variants.json", result, indent=1)
     return result

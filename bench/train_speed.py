@@ -1,5 +1,6 @@
-"""Fine-tuning steps per second on the CPU, per recipe, in the default memory layout and in
-channels_last (``--channels-last``, ``TrainConfig.channels_last``): issue 24's speed item.
+"""Fine-tuning steps per second on the CPU, per recipe, in the default memory layout, in
+channels_last (``--channels-last``, ``TrainConfig.channels_last``) and in channels_last under
+bfloat16 autocast (not shipped: measured here to show why): issue 24's speed item.
 
 The photo preset's step exactly: ImageNet EfficientNet-Lite0 as the frozen teacher, a copy of
 it pruned to 80% sparsity (unstructured) or prepared for 4-bit QAT as the student, the softmax
@@ -27,6 +28,7 @@ from attrpreserve.matching import create_matcher
 from attrpreserve.recipes import fine_tuning_step
 
 LAYER = "_blocks.10"
+MODES = ("default", "channels_last", "bf16")
 
 
 def students(teacher):
@@ -36,8 +38,10 @@ def students(teacher):
     return {"unstructured 80%": pruned, "QAT 4-bit": prepare_qat(copy.deepcopy(teacher), bits=4)}
 
 
-def timed_steps(student, step, images, labels, channels_last: bool, n: int) -> float:
-    """Median seconds of ``n`` optimizer steps after one warm-up step."""
+def timed_steps(student, step, images, labels, mode: str, n: int) -> float:
+    """Median seconds of ``n`` optimizer steps after one warm-up step; ``mode``: "default",
+    "channels_last" or "bf16" (channels_last under CPU bfloat16 autocast)."""
+    channels_last = mode != "default"
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
     cfg = TrainConfig(channels_last=channels_last)
     if channels_last:
@@ -48,7 +52,8 @@ def timed_steps(student, step, images, labels, channels_last: bool, n: int) -> f
         for i in range(n + 1):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss, _ = step(student, images, labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                loss, _ = step(student, images, labels)
             loss.backward()
             opt.step()
             if i:
@@ -70,19 +75,20 @@ def main() -> None:
     labels = torch.nn.functional.one_hot(torch.randint(0, 1000, (args.batch,)), 1000).float()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"batch {args.batch} at {args.size} px, median of {args.steps} steps x {args.rounds}")
-    print("| recipe | matching | s/step default | s/step channels_last | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| recipe | matching | s/step default | channels_last | speed-up | channels_last + "
+          "bf16 autocast | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for recipe, student in students(teacher).items():
         for matching in ("none", "wcam"):
             step = fine_tuning_step(teacher, create_matcher(matching, drop=0.3), 1000.0, LAYER)
-            cells = {False: [], True: []}
+            cells = {m: [] for m in MODES}
             for _ in range(args.rounds):
-                for layout in (False, True):
-                    cells[layout].append(timed_steps(student, step, images, labels, layout,
-                                                     args.steps))
-            plain, nhwc = (statistics.median(cells[k]) for k in (False, True))
-            print(f"| {recipe} | {matching} | {plain:.2f} | {nhwc:.2f} | {plain / nhwc:.2f}x |",
-                  flush=True)
+                for mode in MODES:
+                    cells[mode].append(timed_steps(student, step, images, labels, mode,
+                                                   args.steps))
+            plain, nhwc, bf16 = (statistics.median(cells[m]) for m in MODES)
+            print(f"| {recipe} | {matching} | {plain:.2f} | {nhwc:.2f} | {plain / nhwc:.2f}x | "
+                  f"{bf16:.2f} | {plain / bf16:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,10 @@ def test_a_variant_trains_beside_the_same_control_and_naive_runs():
     assert powered.run_plan(Args, Path("out"), {"lam": 1000.0, "drop": 0.3})[2][4]["lam"] \
         == 256000.0
     assert powered.suffix("stride-16") == "" and powered.suffix("head") == "-head"
+
+
+def test_an_edge_lr_extends_the_lr_grid_that_way():
+    assert powered.lr_extension({3e-4: 0.80, 1e-3: 0.84}) == 3e-3
+    assert powered.lr_extension({1e-4: 0.90, 3e-4: 0.89}) == float("3.33e-05")
+    assert powered.lr_extension({1e-4: 0.899, 3e-4: 0.911, 1e-3: 0.799}) is None
+    assert powered.best_lr({1e-4: 0.9, 3e-4: 0.9}) == 1e-4  # ties: the smaller lr

@@ -375,3 +375,11 @@ def test_channels_last_qat_exports_int8_that_agrees(teacher_dir, tmp_path):
     model, meta = load_checkpoint(out)
     assert meta["compression"]["int8_agreement"] >= 0.95
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_evaluating_on_val_reports_f1_at_the_best_val_threshold(teacher_dir):
+    # on val itself the val-chosen threshold is the best one there: never below F1 at 0.5
+    res = pipeline.evaluate({"teacher": teacher_dir}, None, {"n_val": 32}, "val", progress=False)
+    task = res["runs"][0]["task"]
+    assert task["F1_at_val_threshold"] >= task["F1"] - 1e-12
+    assert 0 < task["F1_val_threshold"] < 1

@@ -175,8 +175,9 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     # gap recovered: each matched run against its recipe's naive run (report.words' grouping)
     baselines = {m: n for m, n in naive_baselines({"runs": runs}).items()
                  if teacher is not None and teacher not in (m, n)}
-    # multi-label models: F1 also at a threshold chosen on the val split
-    multi = split != "val" and not all(getattr(m, "single_label", False) for m in nets.values())
+    # multi-label models: F1 also at a threshold chosen on the val split (on val itself that is
+    # the best threshold's F1, which tuning rules check besides mAP)
+    multi = not all(getattr(m, "single_label", False) for m in nets.values())
     threshold_loader = data.loader("val", adapt=adapt) if multi else None
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress, baselines=baselines, seed=seed,
