@@ -2,7 +2,7 @@
 
     python bench/bn_recalibration.py --folder ../shared/data/imagenette
 
-The CPU photo preset's teacher (pretrained EfficientNet-Lite0 restricted to the folder's
+The first CPU photo preset's teacher (pretrained EfficientNet-Lite0 restricted to the folder's
 classes, 128 px) is pruned without any fine-tuning, by filters (L1, every conv: 10%, 30%,
 50%) and by weight magnitude (global: 50%, 80%); each pruned model and the unpruned teacher are
 scored on the photos held out of train/ (the preset's "val" split, 200 photos) twice: with the
@@ -44,10 +44,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", default=str(DEFAULT_FOLDER))
     p.add_argument("--out", default="runs/bn-recalibration")
-    p.add_argument("--batches", type=int, default=photos.CPU.recalibrate_bn)
+    p.add_argument("--batches", type=int, default=photos.EARLIER_CPU.recalibrate_bn)
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    cfg, root = photos.CPU, photos.check_inputs(args.folder)
+    cfg, root = photos.EARLIER_CPU, photos.check_inputs(args.folder)
     data = photos.data_config(root, cfg, 0)
     loaded = stages.load_models({"teacher": photos.teacher_spec(root, cfg)}, "cpu")["teacher"]
     classes = loaded.meta["classes"]

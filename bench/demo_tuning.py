@@ -9,8 +9,8 @@ validation split, all with the same budget. A setting's score is the mean over s
 share of the teacher-minus-naive gap it recovers in Grad-CAM pointing game and AUC on all
 ground-truth pairs (``gap_recovered``; "no gap" counts 0), among settings whose mean mAP and
 mean F1 at the val-chosen threshold (``F1_at_val_threshold``: F1 at default 0.5 mostly measures
-calibration, which a matching loss moves) both stay >= naive - 1 point. The best setting per (recipe, matching) is printed and saved to
-``OUT/chosen.json``; ``DemoConfig.tuned`` records the chosen ones. The test split is never read.
+calibration, which a matching loss moves) both stay >= naive - 1 point. The best setting per
+(recipe, matching) is printed and saved to ``OUT/chosen.json``; ``DemoConfig.tuned`` records the chosen ones. The test split is never read.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
         --device cuda                       # the GPU preset (pipeline.photos.GPU)
     python bench/imagenette.py --preset cpu --recipes unstructured,quantization \
         --tune-lrs 1e-3,3e-4,1e-4 --tune 10,100,1000 --out runs/imagenette-cpu
-                                            # the CPU preset (photos.CPU + an AT arm), 2 cores
+                                  # the first CPU preset (photos.EARLIER_CPU + AT), 2 cores
     python bench/imagenette.py --smoke --out /tmp/imagenette-smoke   # a handful of photos, CPU
 
 On the val photos held out of train/ (seed 0, each recipe's first strength in the run: the first
@@ -66,7 +66,8 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imag
 SMOKE = photos.with_overrides(photos.GPU, size=64, n_train=5, n_val=5, n_test=5, epochs=1,
                               batch_size=5, checkpoint_every=None, unseen=False,
                               matchings=("none", "wcam"), unstructured_rounds=1)
-PRESETS = {"gpu": photos.GPU, "cpu": replace(photos.CPU, matchings=("none", "at", "wcam"))}
+PRESETS = {"gpu": photos.GPU,
+           "cpu": replace(photos.EARLIER_CPU, matchings=("none", "at", "wcam"))}
 
 
 class GpuMonitor:
@@ -122,8 +123,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="5 train photos at 64 px (one step), 5 test photos, seed 0, first strength "
                         "of each recipe, naive and WCAM: tests the script on CPU")
     p.add_argument("--preset", choices=("gpu", "cpu"), default="gpu",
-                   help="gpu: photos.GPU (every train photo at 224 px); cpu: photos.CPU (800 "
-                        "photos at 128 px, 2 epochs: sized for 2 cores) with an AT arm")
+                   help="gpu: photos.GPU (every train photo at 224 px); cpu: "
+                        "photos.EARLIER_CPU (800 photos at 128 px, 2 epochs: sized for 2 "
+                        "cores) with an AT arm")
     p.add_argument("--tune", default=None, metavar="LAMS",
                    help="before the groups, choose each recipe's AT and WCAM lambda among LAMS "
                         "(comma list) on the val photos held out of train/ (seed 0, the "

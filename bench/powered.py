@@ -16,12 +16,13 @@ training state):
 
 1. ``tune`` (seed 0, the ``--proxy-photos`` of train/ for 2 epochs, scored on the photos held out
    of train/; the test split is never read): the naive run's lr among ``--lrs`` by held-out top-1
-   (an lr at the grid's edge extends it x3 that way), then WCAM's lambda x drop jointly over ``--lams`` x ``--drops`` at the matched layer
-   (``--layer``). A candidate is admissible when its held-out top-1 is not below the naive run's
-   by more than the margin (the half-width of the 95% bootstrap interval of their paired
-   difference, so the margin comes from the photos, not a fixed point); the admissible candidate
-   with the highest held-out Spearman agreement at the matched layer wins. A winner at the
-   lambda grid's edge extends the grid by x10 that way (at most ``--extend`` times).
+   (an lr at the grid's edge extends it x3 that way), then WCAM's lambda x drop jointly over
+   ``--lams`` x ``--drops`` at the matched layer (``--layer``). A candidate is admissible when
+   its held-out top-1 is not below the naive run's by more than the margin (the half-width of
+   the 95% bootstrap interval of their paired difference, so the margin comes from the photos,
+   not a fixed point); the admissible candidate with the highest held-out Spearman agreement at
+   the matched layer wins. A winner at the lambda grid's edge extends the grid by x10 that way
+   (at most ``--extend`` times).
 2. ``train`` (seeds ``--seeds``, every train/ photo but the held-out 5%, ``--epochs``; at least
    500 optimiser steps, printed per run): the control (the teacher fine-tuned exactly like the
    pruned runs, nothing pruned), naive pruning, and pruning with the chosen WCAM.
@@ -61,8 +62,8 @@ from attrpreserve.pipeline import photos, stages
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 LAYER = "_blocks.10"  # Lite0's stride-16 stage: 8 x 8 maps at 128 px (the head's are 4 x 4)
 POWERED = replace(
-    photos.CPU, strength=0.8, n_train=None, n_val=None, n_test=None, epochs=2, layer=LAYER,
-    matchings=("none", "wcam"), checkpoint_every=50)
+    photos.EARLIER_CPU, strength=0.8, n_train=None, n_val=None, n_test=None, epochs=2,
+    layer=LAYER, matchings=("none", "wcam"), checkpoint_every=50)
 
 
 DEFAULT_STRENGTH = {"unstructured": 0.8, "structured": 0.3, "quantization": 4}
@@ -90,6 +91,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="the WCAM variant the train and evaluate phases run (default "
                         "stride-16: the tuned run, OUT/seedK/wcam; another goes to "
                         "OUT/seedK/wcam-VARIANT beside the same control and naive runs)")
+    p.add_argument("--lam", type=float,
+                   help="WCAM's lambda in the train phase (default: the tune's choice, or for "
+                        "--variant the variants phase's)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
     p.add_argument("--lrs", default="3e-4,1e-3", help="lrs tried (default 3e-4,1e-3)")
@@ -363,7 +367,8 @@ def variant_lam(out: Path, variant: str) -> float | None:
 def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, dict]]:
     """(seed, name, matching, strength, overrides) of the train phase, seed-major."""
     folder, overrides, factor = variant_of(args)
-    wcam = {"lam": variant_lam(out, args.variant) or (chosen["lam"] or 0) * factor,
+    lam = getattr(args, "lam", None) or variant_lam(out, args.variant)
+    wcam = {"lam": lam or (chosen["lam"] or 0) * factor,
             "drop": chosen["drop"], **overrides}
     return [(seed, name, matching, strength, extra)
             for seed in (int(s) for s in args.seeds.split(","))

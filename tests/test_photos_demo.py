@@ -165,22 +165,23 @@ TOY = photos.with_overrides(photos.CPU, size=64, n_train=10, n_val=5, n_test=5, 
 def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
     out = tmp_path / "photos"
     results = photos.photos_demo(NETTE, out, TOY, progress=False)
+    naive, wcam = (photos.run_name("unstructured", TOY.strength, m) for m in ("none", "wcam"))
     saved = validate_results(json.loads((out / "results.json").read_text()))
     names = [r["name"] for r in saved["runs"]]
-    assert names == ["teacher", "control", "unstructured@0.5", "unstructured@0.5+wcam"]
+    assert names == ["teacher", "control", naive, wcam]
     assert (out / "report.html").is_file() and saved["dataset"]["images"] == 5
     assert "BatchNorm frozen after recalibrating it on 25 batches" in saved["notes"][0]
     runs = {r["name"]: r for r in saved["runs"]}
-    assert runs["unstructured@0.5+wcam"]["compression"]["matching"] == "wcam"
+    assert runs[wcam]["compression"]["matching"] == "wcam"
     # the control: fine-tuned like the others, nothing pruned, and matched runs' gap beside it
     assert runs["control"]["role"] == "control"
     assert runs["control"]["cost"]["nonzero_params"] >= 0.99 * runs["teacher"]["cost"][
         "nonzero_params"]
-    gaps = runs["unstructured@0.5+wcam"]["attribution"]["gradcam"]["gap_recovered_vs_control"]
-    assert gaps["level"] == "control" and gaps["naive"] == "unstructured@0.5"
-    pruned = runs["unstructured@0.5"]["cost"]
+    gaps = runs[wcam]["attribution"]["gradcam"]["gap_recovered_vs_control"]
+    assert gaps["level"] == "control" and gaps["naive"] == naive
+    pruned = runs[naive]["cost"]
     assert pruned["nonzero_params"] < 0.8 * runs["teacher"]["cost"]["nonzero_params"]
-    assert "spearman" in runs["unstructured@0.5"]["attribution"]["gradcam"]["agreement"]
+    assert "spearman" in runs[naive]["attribution"]["gradcam"]["agreement"]
     info = saved["photos"]
     assert info["unseen"]["n"] == 134 and set(info["unseen"]["top1"]) == set(names)
     assert all(t["train_images"] == 10 and t["images_per_s"] > 0 for t in info["train"].values())
@@ -194,7 +195,7 @@ def test_photos_demo_end_to_end_and_reused(tmp_path, monkeypatch):
     root = photos.check_inputs(NETTE)
     for matching in TOY.matchings:
         ccfg = photos.compress_config(root, TOY, matching, progress=False)
-        reused = photos.run_compress(ccfg, out / photos.run_name("unstructured", 0.5, matching))
+        reused = photos.run_compress(ccfg, out / photos.run_name("unstructured", TOY.strength, matching))
         assert reused["reused"] and reused["train_images"] == 10
 
 

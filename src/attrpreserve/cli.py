@@ -236,13 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the compression runs (the scenes, the shipped teacher and the "
                         "bootstrap stay those of seed 0)")
     _progress_arg(p)
+    cpu = pipeline.PHOTOS_CPU
     g = p.add_argument_group(
         "real photos", "--photos FOLDER runs the CPU preset instead (pipeline.photos; a few "
         "minutes on 2 free cores): a pretrained EfficientNet-Lite0 restricted to the folder's "
-        "classes, fine-tuned on 800 of its photos at 128 px as a control (nothing compressed) "
-        "and compressed by one recipe naive vs WCAM, evaluated on 400 (top-1, Grad-CAM "
-        "agreement with the gap beyond the control, box localisation where the folder has "
-        "a boxes.csv, top-1 on unseen photos)")
+        f"classes, fine-tuned on {cpu.n_train} of its photos at {cpu.size} px as a control "
+        "(nothing compressed) and compressed by one recipe naive vs WCAM (matched at "
+        f"{cpu.layer}, lambda {cpu.lam:g}), evaluated on {cpu.n_test} (top-1, Grad-CAM "
+        "agreement at the head with the gap beyond the control, box localisation where the "
+        "folder has a boxes.csv, top-1 on unseen photos)")
     g.add_argument("--photos", metavar="FOLDER",
                    help="a class-folder layout (Imagenette: train/ and val/ with wnid folders) "
                         "(default: none, the scenes demo)")
