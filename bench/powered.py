@@ -14,9 +14,10 @@ entropy + distillation + lambda x matching) at 128 px. Give each recipe its own 
 Phases (each reuses what an earlier call finished; an interrupted run continues from its
 training state):
 
-1. ``tune`` (seed 0, the ``--proxy-photos`` of train/ for 2 epochs, scored on the photos held out
-   of train/; the test split is never read): the naive run's lr among ``--lrs`` by held-out top-1
-   (an lr at the grid's edge extends it x3 that way), then WCAM's lambda x drop jointly over
+1. ``tune`` (each candidate trained with every seed of ``--tune-seeds`` on the
+   ``--proxy-photos`` of train/ for 2 epochs, scored on the photos held out of train/, the seeds'
+   scores pooled; the test split is never read): the naive run's lr among ``--lrs`` by held-out
+   top-1 (an lr at the grid's edge extends it x3 that way), then WCAM's lambda x drop jointly over
    ``--lams`` x ``--drops`` at the matched layer (``--layer``). A candidate is admissible when
    its held-out top-1 is not below the naive run's by more than the margin (the half-width of
    the 95% bootstrap interval of their paired difference, so the margin comes from the photos,
@@ -96,6 +97,10 @@ def parse(argv=None) -> argparse.Namespace:
                         "--variant the variants phase's)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
+    p.add_argument("--tune-seeds", default="0,1,2",
+                   help="seeds each tuning candidate trains with, scored on their pooled "
+                        "held-out photos (default 0,1,2; the tables in docs/real-photos.md ran "
+                        "with 0)")
     p.add_argument("--lrs", default="3e-4,1e-3", help="lrs tried (default 3e-4,1e-3)")
     p.add_argument("--lams", default="100,1000,10000",
                    help="WCAM lambdas tried (default 100,1000,10000)")
@@ -210,9 +215,11 @@ def heldout(root, cfg, run: Path, seed_cfg_layer: str | None) -> dict:
 
 
 def paired_top1(a: dict, b: dict, n_boot: int) -> dict:
-    """Top-1 of ``b`` minus ``a`` on the same photos, with its 95% bootstrap interval."""
+    """Top-1 of ``b`` minus ``a`` on the same photos (``a["photo"]``: each entry's photo when
+    several seeds are pooled), with its 95% bootstrap interval over photos."""
     x, y = torch.tensor(a["correct"]), torch.tensor(b["correct"])
-    d = delta_ci(x, y, torch.arange(len(x)), n_boot=n_boot, seed=0)
+    groups = torch.tensor(a["photo"]) if "photo" in a else torch.arange(len(x))
+    d = delta_ci(x, y, groups, n_boot=n_boot, seed=0)
     return {"delta": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
 
 
@@ -255,26 +262,44 @@ def lr_extension(top1: dict[float, float]) -> float | None:
     return float(f"{lr * 3 if lr == grid[-1] else lr / 3:.3g}")
 
 
+def pooled(entries: list[dict]) -> dict:
+    """Per-photo lists of several seeds' held-out scores, concatenated, with each entry's photo
+    (``photo``) so that a bootstrap resamples photos, not (photo, seed) pairs."""
+    keys = [k for k in ("correct", "spearman", "cosine") if all(k in e for e in entries)]
+    out = {k: [v for e in entries for v in e[k]] for k in keys}
+    out["photo"] = [i for e in entries for i in range(len(e["correct"]))]
+    return out
+
+
 def tune(args, root: Path, out: Path) -> dict:
-    """Phase 1: the naive lr, then WCAM's lambda x drop, on held-out photos (seed 0)."""
+    """Phase 1: the naive lr, then WCAM's lambda x drop, on held-out photos, each candidate
+    trained with every seed of ``--tune-seeds`` and scored on their pooled photos."""
     chosen_file = out / "tune" / "chosen.json"
     if chosen_file.is_file():
         return json.loads(chosen_file.read_text())
     cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos)
+    seeds = [int(s) for s in args.tune_seeds.split(",")]
     table = []
     naive = {}
 
+    def runs(name: str, c, matching: str) -> dict:
+        """``name`` trained with each tuning seed (seed 0 keeps the bare name); pooled scores."""
+        scores = []
+        for seed in seeds:
+            run = out / "tune" / (name if seed == 0 else f"{name}-s{seed}")
+            train_run(root, c, matching, args.strength, seed, run)
+            scores.append(heldout(root, c, run, args.layer)["models"]["run"])
+        return pooled(scores)
+
     def naive_run(lr):
-        run = out / "tune" / f"naive-lr{lr:g}"
-        c = replace(cfg, recipe_lr={args.recipe: lr})
-        train_run(root, c, "none", args.strength, 0, run)
-        naive[lr] = heldout(root, c, run, args.layer)
-        top1 = mean(naive[lr]["models"]["run"]["correct"])
-        table.append({"run": run.name, "lr": lr, "top1": top1})
+        name = f"naive-lr{lr:g}"
+        naive[lr] = runs(name, replace(cfg, recipe_lr={args.recipe: lr}), "none")
+        top1 = mean(naive[lr]["correct"])
+        table.append({"run": name, "lr": lr, "top1": top1})
         say(f"  held-out top-1 {top1:.3f}")
 
     def top1s():
-        return {k: mean(v["models"]["run"]["correct"]) for k, v in naive.items()}
+        return {k: mean(v["correct"]) for k, v in naive.items()}
 
     for lr in floats(args.lrs):
         naive_run(lr)
@@ -284,17 +309,16 @@ def tune(args, root: Path, out: Path) -> dict:
             break
         naive_run(new)
     lr = best_lr(top1s())
-    base = naive[lr]["models"]["run"]
+    base = naive[lr]
     cfg = replace(cfg, recipe_lr={args.recipe: lr})
     lams, drops, scores = floats(args.lams), floats(args.drops), {}
 
     def candidate(lam, drop):
-        run = out / "tune" / f"wcam-lr{lr:g}-l{lam:g}-d{drop:g}"
-        train_run(root, replace(cfg, lam=lam, drop=drop), "wcam", args.strength, 0, run)
-        s = heldout(root, cfg, run, args.layer)["models"]["run"]
+        name = f"wcam-lr{lr:g}-l{lam:g}-d{drop:g}"
+        s = runs(name, replace(cfg, lam=lam, drop=drop), "wcam")
         top1 = paired_top1(base, s, args.n_boot)
         margin = (top1["ci_high"] - top1["ci_low"]) / 2
-        row = {"run": run.name, "lam": lam, "drop": drop, "top1": mean(s["correct"]),
+        row = {"run": name, "lam": lam, "drop": drop, "top1": mean(s["correct"]),
                "top1_delta": top1, "margin": margin,
                "admissible": top1["delta"] >= -margin,
                "spearman": mean(s["spearman"]), "cosine": mean(s["cosine"])}
@@ -316,7 +340,8 @@ def tune(args, root: Path, out: Path) -> dict:
     n_spear = mean(base.get("spearman", [])) if base.get("spearman") else None
     chosen = {"lr": lr, "lam": best["lam"] if best else None,
               "drop": best["drop"] if best else None, "naive_spearman": n_spear,
-              "table": table, "layer": args.layer, "proxy_photos": cfg.n_train}
+              "table": table, "layer": args.layer, "proxy_photos": cfg.n_train,
+              "tune_seeds": seeds}
     write_json(chosen_file, chosen)
     return chosen
 
@@ -326,6 +351,7 @@ def main(argv=None) -> int:
     root, out = photos.check_inputs(args.folder), Path(args.out)
     if args.smoke:
         args.seeds, args.lrs, args.lams, args.drops, args.extend = "0", "1e-3", "100", "0", 0
+        args.tune_seeds = "0,1"
         args.n_boot, args.test_photos = 50, 8
     if args.report_only:
         print(report(out, args.variant))

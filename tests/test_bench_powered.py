@@ -69,3 +69,15 @@ def test_an_edge_lr_extends_the_lr_grid_that_way():
     assert powered.lr_extension({1e-4: 0.90, 3e-4: 0.89}) == float("3.33e-05")
     assert powered.lr_extension({1e-4: 0.899, 3e-4: 0.911, 1e-3: 0.799}) is None
     assert powered.best_lr({1e-4: 0.9, 3e-4: 0.9}) == 1e-4  # ties: the smaller lr
+
+
+def test_tuning_seeds_pool_per_photo_scores_and_resample_photos():
+    a0, a1 = {"correct": [1, 0, 1], "spearman": [0.1, 0.2, 0.3]}, {"correct": [1, 1, 0],
+                                                                   "spearman": [0.4, 0.5, 0.6]}
+    a = powered.pooled([a0, a1])
+    assert a["photo"] == [0, 1, 2, 0, 1, 2] and a["correct"] == [1, 0, 1, 1, 1, 0]
+    assert "cosine" not in a  # only keys every seed has
+    b = powered.pooled([{"correct": [1, 1, 1], "spearman": [0] * 3},
+                        {"correct": [1, 1, 1], "spearman": [0] * 3}])
+    d = powered.paired_top1(a, b, n_boot=200)
+    assert abs(d["delta"] - (1 - 4 / 6)) < 1e-12 and d["ci_low"] <= d["delta"] <= d["ci_high"]
