@@ -54,7 +54,7 @@ class TrainConfig:
     recalibrate_bn: int = 0
     amp: bool = False  # CUDA only: the step runs under bfloat16 autocast (mixed precision)
     # model, teacher and batches in the channels_last layout while training: the same arithmetic
-    # in another order (oneDNN's NHWC kernels), 1.3-1.6x faster on CPU (docs/benchmarks.md)
+    # in another order (oneDNN's NHWC kernels), 1.2-1.6x faster on CPU (docs/benchmarks.md)
     channels_last: bool = False
     max_steps: int | None = None  # stop each fit (phase) after this many optimizer steps
 

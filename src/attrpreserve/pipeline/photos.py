@@ -80,7 +80,7 @@ class PhotosConfig:
     explainers: tuple[str, ...] = ("gradcam",)
     unstructured_rounds: int = 1
     amp: bool = False
-    # fine-tune in the channels_last layout: 1.2-1.4x faster here, float rounding apart the same
+    # fine-tune in the channels_last layout: 1.2-1.6x faster here, float rounding apart the same
     # run (``TrainConfig.channels_last``; docs/benchmarks.md)
     channels_last: bool = True
     unseen: bool = True  # top-1 on the photos the pretrained weights never saw
