@@ -223,6 +223,16 @@ def paired_top1(a: dict, b: dict, n_boot: int) -> dict:
     return {"delta": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
 
 
+def admissibility(naive: dict, run: dict, n_boot: int) -> dict:
+    """The selection rule's top-1 test: ``run`` is admissible when its top-1 is not below
+    ``naive``'s by more than the margin, the half-width of their paired difference's 95%
+    interval (so the margin comes from the photos, not a fixed point)."""
+    top1 = paired_top1(naive, run, n_boot)
+    margin = (top1["ci_high"] - top1["ci_low"]) / 2
+    return {"top1": mean(run["correct"]), "top1_delta": top1, "margin": margin,
+            "admissible": top1["delta"] >= -margin}
+
+
 def mean(values) -> float:
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
@@ -316,14 +326,10 @@ def tune(args, root: Path, out: Path) -> dict:
     def candidate(lam, drop):
         name = f"wcam-lr{lr:g}-l{lam:g}-d{drop:g}"
         s = runs(name, replace(cfg, lam=lam, drop=drop), "wcam")
-        top1 = paired_top1(base, s, args.n_boot)
-        margin = (top1["ci_high"] - top1["ci_low"]) / 2
-        row = {"run": name, "lam": lam, "drop": drop, "top1": mean(s["correct"]),
-               "top1_delta": top1, "margin": margin,
-               "admissible": top1["delta"] >= -margin,
+        row = {"run": name, "lam": lam, "drop": drop, **admissibility(base, s, args.n_boot),
                "spearman": mean(s["spearman"]), "cosine": mean(s["cosine"])}
-        say(f"  held-out top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin {margin:.3f}),"
-            f" Spearman {row['spearman']:.3f}")
+        say(f"  held-out top-1 {row['top1']:.3f} ({row['top1_delta']['delta']:+.3f}, margin "
+            f"{row['margin']:.3f}), Spearman {row['spearman']:.3f}")
         scores[(lam, drop)] = row
         table.append(row)
 
@@ -573,17 +579,15 @@ def variants(args, root: Path, out: Path, chosen: dict) -> dict:
         run = out / "variants" / (slug(name) + ("" if first else f"-l{lam:g}"))
         train_run(root, replace(cfg, lam=lam, **overrides), "wcam", args.strength, 0, run)
         s = variant_scores(args, root, cfg, naive, run)
-        head = s["head"]
-        top1 = paired_top1(head["naive"], head["run"], args.n_boot)
-        margin = (top1["ci_high"] - top1["ci_low"]) / 2
-        row = {"variant": name, "lam": lam, **overrides, "top1": mean(head["run"]["correct"]),
-               "top1_delta": top1, "margin": margin, "admissible": top1["delta"] >= -margin,
+        row = {"variant": name, "lam": lam, **overrides,
+               **admissibility(s["head"]["naive"], s["head"]["run"], args.n_boot),
                "spearman": {v: {"naive": mean(s[v]["naive"]["spearman"]),
                                 "run": mean(s[v]["run"]["spearman"])} for v in s}}
         row["score"] = mean([row["spearman"][v]["run"] for v in ("stride-16", "head")])
         rows.append(row)
-        say(f"  {name} at {lam:g}: top-1 {row['top1']:.3f} ({top1['delta']:+.3f}, margin "
-            f"{margin:.3f}), " + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
+        say(f"  {name} at {lam:g}: top-1 {row['top1']:.3f} ({row['top1_delta']['delta']:+.3f}, "
+            f"margin {row['margin']:.3f}), "
+            + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
         return row
 
     for name, overrides, factor in VARIANTS:

@@ -383,3 +383,12 @@ def test_evaluating_on_val_reports_f1_at_the_best_val_threshold(teacher_dir):
     task = res["runs"][0]["task"]
     assert task["F1_at_val_threshold"] >= task["F1"] - 1e-12
     assert 0 < task["F1_val_threshold"] < 1
+    # chosen from the scored pass's logits: the same threshold as a separate pass over val
+    from attrpreserve.evaluate import runner
+    from attrpreserve.pipeline.configs import labels_for, resolve_data
+
+    model, meta = load_checkpoint(teacher_dir)
+    data = resolve_data({"n_val": 32}, meta)
+    val = data.loader("val", adapt=labels_for(model, meta["classes"]))
+    assert runner._val_thresholds({"t": model}, {"t": False}, val)["t"] == \
+        task["F1_val_threshold"]

@@ -184,3 +184,12 @@ def test_channels_last_step_has_the_plain_loss_and_gradients():
     for n, g in plain[1].items():
         torch.testing.assert_close(nhwc[1][n], g, msg=n)
     assert all(p.is_contiguous() for m in (student, teacher) for p in m.parameters())
+
+
+def test_only_wcam_keeps_input_resolution_and_a_bad_one_is_refused():
+    cfg = pipeline.CompressConfig(method="unstructured", matching="at", resolution="input")
+    assert cfg.resolution == "layer"  # AT takes no resolution: the saved config says so
+    assert pipeline.CompressConfig(method="unstructured", resolution="input").resolution == \
+        "input"
+    with pytest.raises(ValueError, match="resolution"):
+        pipeline.CompressConfig(method="unstructured", resolution="pixels")

@@ -269,8 +269,9 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
     Returns ``{name: {"task": {...}, "attribution": {explainer: {...}}}}``. ``task``: a
     single-label (softmax) model's ``top1`` and ``per_class_top1`` (``mAP`` / ``F1`` null); a
     multi-label model's ``mAP``, ``F1`` (probability 0.5), ``top1`` and, given a
-    ``threshold_loader`` (the val split), ``F1_at_val_threshold`` at the ``F1_val_threshold``
-    chosen there; ``top1_agreement`` with the reference. Paper-mode pointing game and AUC pool
+    ``threshold_loader`` (the val split; ``loader`` itself when that is the val split, whose
+    logits are then reused), ``F1_at_val_threshold`` at the ``F1_val_threshold`` chosen there;
+    ``top1_agreement`` with the reference. Paper-mode pointing game and AUC pool
     the pairs the model predicts (paper-comparable); the standard pointing game is the
     per-class mean over every ground-truth pair; agreement pools every ground-truth pair; each
     localisation metric has its ``METRIC_center_baseline`` beside it (definitions:
@@ -304,7 +305,9 @@ def evaluate_models(models: dict[str, nn.Module], loader: DataLoader, reference:
                                  f"models: {', '.join(models)}")
     data = collect_pairs(models, loader, reference, explainers, layers, progress, faithfulness,
                          faithfulness_steps, faithfulness_batch)
-    thresholds = _val_thresholds(models, data["single_label"], threshold_loader)
+    thresholds = (_best_thresholds(data["logits"], data["labels"], data["single_label"])
+                  if threshold_loader is loader else
+                  _val_thresholds(models, data["single_label"], threshold_loader))
     opts = {"n_boot": n_boot, "seed": seed, "per_image": per_image, "faithfulness": faithfulness}
     ref_pairs = data["pairs"].get(reference) if reference is not None else None
     rows = {name: _summarise(data, name, ref_pairs if name != reference else None,
@@ -373,8 +376,14 @@ def _val_thresholds(models: dict, single: dict, loader) -> dict[str, float]:
             for n in names:
                 x = batch[0].to(model_device(models[n]))
                 logits[n].append(models[n](x).float().cpu())
-    labels = torch.cat(labels)
-    return {n: best_f1_threshold(torch.sigmoid(torch.cat(v)), labels) for n, v in logits.items()}
+    return _best_thresholds({n: torch.cat(v) for n, v in logits.items()}, torch.cat(labels),
+                            single)
+
+
+def _best_thresholds(logits: dict, labels: torch.Tensor, single: dict) -> dict[str, float]:
+    """Each multi-label model's :func:`~.task.best_f1_threshold` of its sigmoid probabilities."""
+    return {n: best_f1_threshold(torch.sigmoid(v.float()), labels) for n, v in logits.items()
+            if not single[n]}
 
 
 def _metric_columns(cat: dict, specs) -> dict[str, torch.Tensor]:

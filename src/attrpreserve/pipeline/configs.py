@@ -220,7 +220,7 @@ class CompressConfig:
     """Compress a teacher checkpoint with the recipe ``method`` (its settings in ``options``:
     the recipe's ``Options``, a dict of them, or ``None`` for its defaults); ``matching`` adds
     ``lam`` x attribution matching. Naive runs (``matching="none"``) have lambda 0, and only
-    WCAM drops channels, whatever was given."""
+    WCAM drops channels or compares maps at input resolution, whatever was given."""
 
     teacher: str = ""
     method: str = "kd"
@@ -228,7 +228,7 @@ class CompressConfig:
     drop: float = 0.3
     lam: float = 100.0
     target: str = "top1"
-    resolution: str = "layer"  # WCAM/AT maps compared at the layer's size or the images'
+    resolution: str = "layer"  # WCAM's maps compared at the layer's size or the images'
     temperature: float = 4.0
     alpha: float = 0.9
     layer: str | None = None  # "a,b": several matched layers, their losses averaged
@@ -242,7 +242,7 @@ class CompressConfig:
         if self.matching == "none":
             self.lam = 0.0
         if self.matching != "wcam":
-            self.drop = 0.0
+            self.drop, self.resolution = 0.0, "layer"
         checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
                   (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.target in ("top1", "labels"),

@@ -178,7 +178,8 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
     # multi-label models: F1 also at a threshold chosen on the val split (on val itself that is
     # the best threshold's F1, which tuning rules check besides mAP)
     multi = not all(getattr(m, "single_label", False) for m in nets.values())
-    threshold_loader = data.loader("val", adapt=adapt) if multi else None
+    threshold_loader = None if not multi else loader if split == "val" else \
+        data.loader("val", adapt=adapt)
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
                              progress=progress, baselines=baselines, seed=seed,
                              threshold_loader=threshold_loader,
