@@ -392,3 +392,17 @@ def test_evaluating_on_val_reports_f1_at_the_best_val_threshold(teacher_dir):
     val = data.loader("val", adapt=labels_for(model, meta["classes"]))
     assert runner._val_thresholds({"t": model}, {"t": False}, val)["t"] == \
         task["F1_val_threshold"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--layer", "features.0,"], "give layer names separated by commas"),
+    (["--layer", "features.0,features.2", "--target", "labels"], "top1-target"),
+])
+def test_bad_matched_layers_exit_2_before_training(teacher_dir, tmp_path, capsys, extra, needle):
+    out = tmp_path / "run"
+    argv = ["compress", "--teacher", str(teacher_dir), "--method", "unstructured",
+            "--matching", "wcam", *TINY, "--data", "scenes", "--out", str(out), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attrpreserve: error:") and needle in err and "\n" not in err
+    assert not out.exists()  # refused before anything was written

@@ -162,6 +162,21 @@ def layer_names(layer: str | list | tuple | None) -> tuple:
     return names
 
 
+def matched_layers(loss: MatchingLoss | None, teacher_layer, student_layer) -> tuple[tuple, tuple]:
+    """The (teacher, student) layer names a matcher taps, paired in order; a ``ValueError``
+    for pairings it cannot run (checked once a run is configured, before any training)."""
+    teacher_layers = layer_names(teacher_layer)
+    student_layers = (layer_names(student_layer) if student_layer is not None
+                      else (None,) * len(teacher_layers))
+    if len(student_layers) != len(teacher_layers):
+        raise ValueError(f"{len(teacher_layers)} teacher layers but {len(student_layers)} "
+                         "student layers")
+    if len(teacher_layers) > 1 and loss is not None and (
+            loss.records_chain or (loss.needs_pairs and loss.target == "labels")):
+        raise ValueError("several matched layers need a top1-target Grad-CAM or AT loss")
+    return teacher_layers, student_layers
+
+
 class AttributionMatcher:
     """Runs a frozen teacher and a student on a batch and returns the matching loss.
 
@@ -180,15 +195,8 @@ class AttributionMatcher:
     def __init__(self, teacher: nn.Module, student: nn.Module, loss: MatchingLoss | None,
                  teacher_layer: str | None = None, student_layer: str | None = None):
         self.teacher, self.student, self.loss = teacher, student, loss
-        self.teacher_layers = layer_names(teacher_layer)
-        self.student_layers = (layer_names(student_layer) if student_layer is not None
-                               else (None,) * len(self.teacher_layers))
-        if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(f"{len(self.teacher_layers)} teacher layers but "
-                             f"{len(self.student_layers)} student layers")
-        if len(self.teacher_layers) > 1 and loss is not None and (
-                loss.records_chain or (loss.needs_pairs and loss.target == "labels")):
-            raise ValueError("several matched layers need a top1-target Grad-CAM or AT loss")
+        self.teacher_layers, self.student_layers = matched_layers(loss, teacher_layer,
+                                                                  student_layer)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         self.teacher.eval()

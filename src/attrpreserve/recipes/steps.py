@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..matching import AttributionMatcher, MatchingLoss
+from ..matching.losses import matched_layers
 
 __all__ = ["MatchedStep", "LabelStep", "DistillStep", "SoftmaxDistillStep",
            "multilabel_kd_loss", "softmax_kd_loss", "fine_tuning_step"]
@@ -52,6 +53,9 @@ class MatchedStep:
     lam: float = 100.0
     teacher_layer: str | None = None
     student_layer: str | None = None
+
+    def __post_init__(self):
+        matched_layers(self.matching, self.teacher_layer, self.student_layer)  # fail early
 
     def task(self, s_out, t_out, labels) -> tuple[str, torch.Tensor]:
         raise NotImplementedError
