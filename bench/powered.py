@@ -96,6 +96,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="WCAM's lambda in the train phase (default: the tune's choice, or for "
                         "--variant the variants phase's)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the train phase (default 0,1,2)")
+    p.add_argument("--roles", default="control,naive,wcam",
+                   help="runs of the train phase per seed (default control,naive,wcam; two "
+                        "processes may share a seed's runs, never one run)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the train phase (default 2)")
     p.add_argument("--tune-seeds", default="0,1,2",
                    help="seeds each tuning candidate trains with, scored on their pooled "
@@ -120,6 +123,9 @@ def parse(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.strength is None:
         args.strength = DEFAULT_STRENGTH[args.recipe]
+    unknown = set(args.roles.split(",")) - set(ROLES)
+    if unknown:
+        p.error(f"--roles: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ROLES)})")
     return args
 
 
@@ -402,12 +408,14 @@ def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, 
     lam = getattr(args, "lam", None) or variant_lam(out, args.variant)
     wcam = {"lam": lam or (chosen["lam"] or 0) * factor,
             "drop": chosen["drop"], **overrides}
+    roles = set(getattr(args, "roles", ",".join(ROLES)).split(","))
     return [(seed, name, matching, strength, extra)
             for seed in (int(s) for s in args.seeds.split(","))
             for name, matching, strength, extra in
             (("control", "none", 0.0, {}), ("naive", "none", args.strength, {}),
              (folder, "wcam", args.strength, wcam))
-            if matching == "none" or chosen["lam"] is not None]
+            if (matching == "none" or chosen["lam"] is not None)
+            and (name if matching == "none" else "wcam") in roles]
 
 
 def train(args, root: Path, out: Path, chosen: dict) -> None:

@@ -4,6 +4,8 @@ edge winner."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location(
     "powered", Path(__file__).resolve().parents[1] / "bench" / "powered.py")
 powered = importlib.util.module_from_spec(spec)
@@ -42,6 +44,13 @@ def test_the_plan_runs_control_naive_and_wcam_seed_by_seed():
     # no admissible WCAM: the control and naive runs still run
     assert [n for _, n, *_ in powered.run_plan(Args, Path("o"), {"lam": None, "drop": None})] \
         == ["control", "naive"] * 2
+    # --roles splits a seed's runs between two processes
+    Args.roles = "wcam"
+    assert [(s, n) for s, n, *_ in powered.run_plan(Args, Path("o"), {"lam": 1.0, "drop": 0})] \
+        == [(0, "wcam"), (1, "wcam")]
+    assert powered.parse(["--roles", "control,naive"]).roles == "control,naive"
+    with pytest.raises(SystemExit):
+        powered.parse(["--roles", "teacher"])
 
 
 def test_each_recipe_gets_its_own_default_strength():
