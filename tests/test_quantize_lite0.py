@@ -21,7 +21,7 @@ from attrpreserve.attribution import gradcam
 from attrpreserve.cli import main
 from attrpreserve.compress import (calibrate, compare_cost, convert_int8, export_int8, freeze_qat,
                                    int8_bytes, is_qat, prediction_agreement, prepare_qat)
-from attrpreserve.compress.quantize import _lite_surgery
+from attrpreserve.models.families.efficientnet_lite import qat_surgery
 from attrpreserve.engine import TrainConfig
 from attrpreserve.matching import WCAM, AttributionMatcher
 from attrpreserve.loading import load_checkpoint, load_pretrained
@@ -65,7 +65,7 @@ def test_surgery_and_prepared_model_compute_the_float_function(lite0, photos):
     with torch.no_grad():
         ref = lite0(photos)
     plain = copy.deepcopy(lite0)
-    _lite_surgery(plain)  # plain convs + ZeroPad2d, one ReLU6 per use, FloatFunctional adds
+    qat_surgery(plain)  # plain convs + ZeroPad2d, one ReLU6 per use, FloatFunctional adds
     # The surgery's model and the prepared one compute the float function in other ways (a
     # ZeroPad2d + unpadded conv is another kernel than a padded conv; BN folded into the
     # weights): float32 rounding in another order, compounding over Lite0's ~50 conv layers

@@ -11,8 +11,8 @@ from attrpreserve.attribution.gradcam import gradcam
 from attrpreserve.loading import load_model
 from attrpreserve.matching import AttributionMatcher
 from attrpreserve.matching.losses import WCAM, AttentionTransfer, normalized_distance
-from attrpreserve.models import default_layer, save_checkpoint
-from attrpreserve.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from attrpreserve.models import default_layer, is_single_label, save_checkpoint
+from attrpreserve.models.families.torchvision import IMAGENET_MEAN, IMAGENET_STD
 from attrpreserve.models.students import STUDENTS, create_student, student_for
 
 SIZE = 64
@@ -25,7 +25,7 @@ def test_torchvision_students(arch, layer, channels, tmp_path):
     student = create_student(arch, num_classes=10, input_size=SIZE)
     assert student.spec == {"name": "torchvision_imagenet",
                             "kwargs": {"arch": arch, "num_classes": 10, "input_size": SIZE}}
-    assert default_layer(student) == layer and student.single_label
+    assert default_layer(student) == layer and is_single_label(student)
     assert student.input_mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN)
     assert student.input_std.flatten().tolist() == pytest.approx(IMAGENET_STD)
     assert "input_mean" not in student.state_dict()  # normalisation: no weights of its own

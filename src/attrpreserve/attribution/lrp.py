@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.family import family_of
 from .gradcam import frozen
 
 COMPOSITES = ("epsilon_plus_flat", "alpha1_beta0")
@@ -91,17 +92,13 @@ class baked_pruning:
 
 
 def default_canonizers(model: nn.Module) -> list:
-    """zennit canonizers for ``model``: ResNetCanonizer for torchvision ResNets, else
-    SequentialMergeBatchNorm (see the module docstring)."""
+    """zennit canonizers for ``model``: its family card's (``models.family``; ResNets get
+    zennit's ResNetCanonizer), else SequentialMergeBatchNorm (see the module docstring)."""
     from zennit.canonizers import SequentialMergeBatchNorm
-    from zennit.torchvision import ResNetCanonizer
 
-    try:
-        from torchvision.models.resnet import ResNet
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        ResNet = ()
-    if isinstance(model, ResNet):
-        return [ResNetCanonizer()]
+    family = family_of(model)
+    if family is not None and family.canonizers is not None:
+        return family.canonizers(model)
     return [SequentialMergeBatchNorm()]
 
 

@@ -36,7 +36,8 @@ from torch import nn
 
 from ..attribution import EXPLAINERS
 from ..fileio import atomic_write
-from .quantize import _GlobalMaxPool, _quiet_ao, convert_int8, is_qat
+from ..models.families.vgg import GlobalMaxPool
+from .quantize import _quiet_ao, convert_int8, is_qat
 
 __all__ = ["OPSET", "OnnxModel", "check_explainers", "export_onnx", "is_onnx", "load_onnx",
            "read_sidecar", "runtime_versions", "sidecar_path", "write_sidecar"]
@@ -95,7 +96,7 @@ def _static_pools(model: nn.Module, example: torch.Tensor) -> None:
     sizes = {}
     hooks = [m.register_forward_pre_hook(
         lambda module, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
-        for name, m in model.named_modules() if isinstance(m, _GlobalMaxPool)]
+        for name, m in model.named_modules() if isinstance(m, GlobalMaxPool)]
     try:
         with torch.no_grad():
             model(example)

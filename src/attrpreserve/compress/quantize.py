@@ -2,7 +2,7 @@
 and export; the training around it is the ``quantization`` recipe (``recipes.quantization``).
 
 Backend: PyTorch's eager-mode ``torch.ao.quantization`` (x86 engine; oneDNN for
-EfficientNet-Lite, see ``_FAMILIES``).  It is deprecated in torch 2.14 but is the one path that
+EfficientNet-Lite: each family card's ``qat``, ``models.family.QATSupport``).  It is deprecated in torch 2.14 but is the one path that
 (a) keeps the model an ``nn.Module`` tree whose layer names survive, so ``LayerTap``, Grad-CAM
 and WCAM work on the fake-quant model unchanged, and (b) converts to real int8 CPU kernels
 (``quantized::conv2d``) without ``torch.compile``.  Its successor, torchao's PT2E flow
@@ -40,15 +40,15 @@ fake-quant one up to requantization rounding, on every x86 CPU:
    AVX-VNNI: ``vpdpbusd`` accumulates in int32); :func:`int8_kernel_risk` names the CPU
    feature when the machine at hand lacks it.
 
-Families: the module surgery each model family needs (what to fuse, where the graph changes) is a
-small :class:`_Family` entry selected by model type; everything else is one code path.
+Families: the module surgery each model family needs (what to fuse, where the graph changes) is
+its card's ``qat`` (``models.family.QATSupport``); everything else is one code path.
 
-- VGG (``attrpreserve.models.VGG``): Conv-BN-ReLU blocks are fused (BN folded into the conv
+- VGG (``models/families/vgg.py``): Conv-BN-ReLU blocks are fused (BN folded into the conv
   weight the way the int8 kernel sees it); the old BN and ReLU names are kept as
   ``nn.Identity``, so the last ReLU's name still yields the block's (fake-quantized) post-ReLU
   output (so do the block's conv and BN names now).
-- EfficientNet-Lite0/1/2 (``pretrained:efficientnet-lite0`` ...): see :func:`_lite_surgery`.
-  Conv-BN pairs are fused, each ReLU6 use is its own ``nn.ReLU6`` module, residual adds go through a
+- EfficientNet-Lite0/1/2 (``models/families/efficientnet_lite.py``, ``qat_surgery``): Conv-BN
+  pairs are fused, each ReLU6 use is its own ``nn.ReLU6`` module, residual adds go through a
   ``FloatFunctional`` per block, and the matched layer ``_head_act`` keeps its name.
 
 Observers follow the train/eval mode: they update in train mode only (so validation and
@@ -61,31 +61,25 @@ import copy
 import functools
 import json
 import os
-import sys
 import warnings
-from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.ao.quantization as tq
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
-from torch.ao.nn.quantized import FloatFunctional
 
 from ..attribution.rap import register_layer_kind
 from ..evaluate.cost import latency_ms
-from ..models.pretrained import lite_class
-from ..models.vgg import VGG
+from ..models.families.vgg import GlobalMaxPool
+from ..models.family import FAMILIES, QATSupport, family_of, label
 
-__all__ = ["QATModel", "QATVGG", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
+__all__ = ["QATModel", "prepare_qat", "calibrate", "freeze_qat", "is_qat",
            "convert_int8", "int8_state", "read_int8_state", "int8_bytes", "export_int8",
            "pack_bits", "unpack_bits", "prediction_agreement", "compare_cost",
            "int16_safe_weight", "int8_cpu", "int8_kernel_note"]
@@ -106,17 +100,10 @@ def _quiet_ao():
         yield
 
 
-class _GlobalMaxPool(nn.Module):
-    """``AdaptiveMaxPool2d(1)`` as a max-pool over the whole map: quantized tensors support it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, kernel_size=tuple(x.shape[-2:]))
-
-
 # RAP steps through the fake-quant model: the stubs' activation fake-quant passes relevance on
 # unchanged, and the fused blocks are affine units whose fake-quantized folded weight it reads
 register_layer_kind("pass", tq.QuantStub, tq.DeQuantStub)
-register_layer_kind("max", _GlobalMaxPool)
+register_layer_kind("max", GlobalMaxPool)
 
 
 class QATModel:
@@ -136,14 +123,6 @@ class QATModel:
         return self
 
 
-class QATVGG(QATModel, VGG):
-    """A fake-quant VGG; ``last_relu_name`` answers with the float model's name (that ReLU is
-    now an ``nn.Identity`` after the fused block)."""
-
-    def last_relu_name(self) -> str:
-        return self.qat_relu_name
-
-
 def is_qat(model: nn.Module) -> bool:
     """Whether ``model`` is a fake-quant model made by :func:`prepare_qat`."""
     return isinstance(model, QATModel)
@@ -153,180 +132,23 @@ def _set_observers(model: nn.Module, on: bool) -> None:
     model.apply(tq.enable_observer if on else tq.disable_observer)
 
 
-@dataclass(frozen=True)
-class _Family:
-    """What eager-mode QAT needs to know about one model family.
-
-    ``matches(model)``; ``check(model)`` raises ``ValueError`` for variants it cannot handle;
-    ``surgery(model)`` edits the float model in place into a fusable form and returns the
-    groups to fuse and the names of modules whose output is ReLU6's (quantized on the fixed
-    range [0, 6], see :func:`_qconfig`); ``qat_class()`` is the class the prepared model takes;
-    ``backend``: the default quantized engine; ``narrow_weights``: weights on the symmetric grid
-    without its most negative level (see :func:`_qconfig`).
-    """
-
-    matches: Callable[[nn.Module], bool]
-    check: Callable[[nn.Module], None]
-    surgery: Callable[[nn.Module], tuple[list[list[str]], list[str]]]
-    qat_class: Callable[[], type]
-    backend: str = "x86"
-    narrow_weights: bool = False
-
-
-def _vgg_check(model: VGG) -> None:
-    pool = model.classifier[0]
-    if isinstance(pool, nn.AdaptiveMaxPool2d) and pool.output_size not in (1, (1, 1)):
-        raise ValueError(f"unsupported head pool {pool}")
-    feats = list(model.features)
-    for i, m in enumerate(feats):
-        if isinstance(m, nn.Conv2d) and not (
-                i + 2 < len(feats) and isinstance(feats[i + 1], nn.BatchNorm2d)
-                and isinstance(feats[i + 2], nn.ReLU)):
-            raise ValueError(f"features.{i}: expected Conv2d-BatchNorm2d-ReLU blocks")
-
-
-def _vgg_surgery(model: VGG) -> tuple[list[list[str]], list[str]]:
-    """Fuse every Conv-BN-ReLU block; the head's global max-pool becomes an int8-friendly one."""
-    model.qat_relu_name = model.last_relu_name()
-    if isinstance(model.classifier[0], nn.AdaptiveMaxPool2d):
-        model.classifier[0] = _GlobalMaxPool()
-    blocks = [[f"features.{i}", f"features.{i + 1}", f"features.{i + 2}"]
-              for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-    return blocks, []
-
-
-def _is_lite(model: nn.Module) -> bool:
-    # A Lite model exists only once its architecture package is imported: no import otherwise.
-    return "efficientnet_lite_pytorch" in sys.modules and isinstance(model, lite_class())
-
-
-def _lite_check(model: nn.Module) -> None:
-    params = model._global_params
-    if params.relu_fn != "relu6" or params.local_pooling or any(b.has_se for b in model._blocks):
-        raise ValueError("quantization-aware training supports EfficientNet-Lite (ReLU6, no "
-                         "squeeze-excitation, global average pooling) only")
-
-
-@functools.cache
-def _lite_qat_classes() -> tuple[type, type]:
-    """``(model class, block class)`` of the fake-quant Lite (the package is imported lazily)."""
-    from efficientnet_lite_pytorch.model import MBConvBlock
-
-    class QATEfficientNetLite(QATModel, lite_class()):
-        """A fake-quant EfficientNet-Lite; ``matched_layer`` (``_head_act``) keeps its name."""
-
-    class QATMBConvBlock(MBConvBlock):
-        """The package's block with one ReLU6 module per use, the residual add through
-        ``FloatFunctional`` (quantized with its own range), and no drop-connect.
-
-        Drop-connect (stochastic depth) is disabled: in training it scales the residual branch
-        by ``1 / keep_prob`` per sample, so the add's range observer would calibrate on values
-        the deployed model never sees; QAT here is a short fine-tune from trained weights.
-        """
-
-        def forward(self, inputs, drop_connect_rate=None):
-            x = inputs
-            if self._block_args.expand_ratio != 1:
-                x = self._act0(self._bn0(self._expand_conv(x)))
-            x = self._act1(self._bn1(self._depthwise_conv(x)))
-            x = self._bn2(self._project_conv(x))
-            return self._add.add(x, inputs) if hasattr(self, "_add") else x
-
-    return QATEfficientNetLite, QATMBConvBlock
-
-
-def _plain_conv(conv: nn.Conv2d) -> nn.Module:
-    """A ``Conv2dStaticSamePadding`` as plain ``nn.Conv2d`` (fusion matches exact types) with the
-    same parameters: TF "SAME" padding goes into the conv where symmetric (stride 1), else into
-    an ``nn.ZeroPad2d`` before it (``Sequential(pad, conv)``; zero stays exact when quantized)."""
-    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None)
-    plain.weight, plain.bias = conv.weight, conv.bias
-    pad = conv.static_padding
-    if not isinstance(pad, nn.ZeroPad2d):  # the package's Identity: no padding (1x1 convs)
-        return plain
-    left, right, top, bottom = pad.padding
-    if left == right and top == bottom:
-        plain.padding = (top, left)
-        return plain
-    return nn.Sequential(OrderedDict(pad=nn.ZeroPad2d(pad.padding), conv=plain))
-
-
-def _lite_surgery(model: nn.Module) -> tuple[list[list[str]], list[str]]:
-    """EfficientNet-Lite in a fusable form, computing the same function (float).
-
-    Convs become plain ``nn.Conv2d`` (:func:`_plain_conv`); each block's shared ``_swish``
-    becomes ``_act0`` (after the expansion) and ``_act1`` (after the depthwise conv), and its
-    residual add a ``FloatFunctional`` ``_add`` (:func:`_lite_qat_classes`); the stem keeps
-    ``_swish``, the head ``_head_act``.  Conv-BN pairs are fused, and ReLU6 stays a module of
-    its own after them: torch.ao fuses Conv-BN-ReLU, not ReLU6, and its int8 ``ReLU6`` drops
-    the range its fake quant learnt (it keeps the conv's output scale), so a learnt range on
-    both would make int8 differ from fake quant.  Instead a fused conv followed by ReLU6 and the
-    ReLU6 itself are quantized on the fixed range [0, 6] (as TFLite quantizes ReLU6): the conv's
-    output grid then clamps exactly at 0 and 6, in fake quant and int8 alike, and the ReLU6 is
-    exact on it; with fake quant disabled the float function is unchanged.
-    """
-    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Conv2dStaticSamePadding):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, _plain_conv(module))
-    groups, relu6 = [], []
-
-    def fuse(conv: str, bn: str, act: str | None = None) -> None:
-        if isinstance(model.get_submodule(conv), nn.Sequential):
-            conv += ".conv"
-        groups.append([conv, bn])
-        if act is not None:
-            relu6.extend([conv, act])
-
-    fuse("_conv_stem", "_bn0", "_swish")
-    block_class = _lite_qat_classes()[1]
-    for i, block in enumerate(model._blocks):
-        p, args = f"_blocks.{i}", block._block_args
-        if args.expand_ratio != 1:
-            block._act0 = nn.ReLU6()
-            fuse(f"{p}._expand_conv", f"{p}._bn0", f"{p}._act0")
-        block._act1 = block._swish
-        del block._swish
-        fuse(f"{p}._depthwise_conv", f"{p}._bn1", f"{p}._act1")
-        fuse(f"{p}._project_conv", f"{p}._bn2")
-        if block.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
-            block._add = FloatFunctional()
-        block.__class__ = block_class
-    fuse("_conv_head", "_bn1", "_head_act")
-    return groups, relu6
-
-
-# Lite0 runs on oneDNN: fbgemm's depthwise int8 kernels (behind "x86") add u8 x s8 products
-# in pairs with 16-bit saturation, so full-range activations (ReLU6 at 6 is level 255) times
-# large folded depthwise weights saturate: measured up to 113 activation steps off the fake
-# quant at single pixels, and top-1 flips.  oneDNN (VNNI) does not saturate and ran the int8
-# Lite0 2.4x faster than "x86" here.  Narrow weights: see ``_qconfig``.
-_FAMILIES = (
-    _Family(lambda m: isinstance(m, VGG), _vgg_check, _vgg_surgery, lambda: QATVGG),
-    _Family(_is_lite, _lite_check, _lite_surgery, lambda: _lite_qat_classes()[0],
-            backend="onednn", narrow_weights=True),
-)
-
-
-def _check_supported(model: nn.Module) -> _Family:
-    """The model's family; clear errors for what eager-mode QAT here cannot handle."""
+def _check_supported(model: nn.Module) -> QATSupport:
+    """The QAT support of the model's family card; clear errors for what eager-mode QAT here
+    cannot handle."""
     if is_qat(model):
         raise ValueError("model is already prepared for quantization-aware training")
-    family = next((f for f in _FAMILIES if f.matches(model)), None)
-    if family is None:
+    family = family_of(model)
+    if family is None or family.qat is None:
+        able = " and ".join(label(f) for f in FAMILIES.values() if f.qat is not None)
         raise ValueError(
-            f"quantization-aware training supports the VGG family (attrpreserve.models.VGG) and "
-            f"EfficientNet-Lite (pretrained:efficientnet-lite0/1/2) only, got "
-            f"{type(model).__name__}: torchvision models (ResNet, MobileNet, ...) are not "
-            f"handled (eager-mode int8 needs per-family module surgery: fusable Conv-BN blocks, "
-            f"quantized residual adds, explicit quantize/dequantize points)")
+            f"quantization-aware training supports {able} only, got {type(model).__name__}"
+            + (f", one of {label(family)}" if family else "")
+            + ": eager-mode int8 needs per-family module surgery (fusable Conv-BN blocks, "
+            "quantized residual adds, explicit quantize/dequantize points)")
     if any(n.endswith("_orig") for n, _ in model.named_parameters()):
         raise ValueError("model still carries pruning masks; call compress.finalize(model) first")
-    family.check(model)
-    return family
+    family.qat.check(model)
+    return family.qat
 
 
 class _FixedRangeFakeQuantize(tq.FixedQParamsFakeQuantize):
@@ -398,7 +220,7 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
 
     Applies the family's module surgery and fusion (module docstring; VGG: Conv-BN-ReLU blocks
     fused, old BN/ReLU names become ``nn.Identity``, head max-pool made int8-friendly; Lite:
-    :func:`_lite_surgery`) and inserts fake-quant modules (see the module docstring for the
+    ``models.families.efficientnet_lite.qat_surgery``) and inserts fake-quant modules (see the module docstring for the
     scheme).  ``calibration`` (images, or batches / a loader yielding ``(images, ...)``) is
     run through :func:`calibrate` so the ranges start from data rather than from the first
     training batch.  Records ``{"step": "qat", ...}`` in a copy of ``model.spec["rebuild"]`` so
@@ -432,7 +254,7 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
         for name in relu6:
             qat.get_submodule(name).qconfig = qconfig(upper=6.0)
         tq.prepare_qat(qat, inplace=True)
-    qat.__class__ = family.qat_class()
+    qat.__class__ = family.qat_class(QATModel)
     qat.qat_frozen, qat.qat_backend = False, backend
     options = {"step": "qat", "bits": bits, "act_bits": act_bits, "backend": backend,
                "reduce_range": bool(reduce_range), "int16_safe": bool(int16_safe)}

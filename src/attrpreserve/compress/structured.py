@@ -33,7 +33,7 @@ from torch import nn
 from ..registry import Registry
 from ..models.layers import get_layer
 from ..models.registry import MODELS
-from ..models.vgg import M, VGG
+from ..models.family import family_of
 
 __all__ = ["IMPORTANCES", "FilterNorm", "register_importance", "create_importance",
            "conv_layers", "conv_channels", "paper_layers", "paper_rates", "resolve_rates",
@@ -188,10 +188,11 @@ def _prune_counts(model: nn.Module, counts: dict[str, int], importance, example:
 
 
 def _sync_attributes(model: nn.Module) -> None:
-    """Keep model attributes that mirror channel counts in step with the layers (VGG.cfg)."""
-    if isinstance(model, VGG):
-        convs = iter(m.out_channels for m in model.features if isinstance(m, nn.Conv2d))
-        model.cfg = [v if v == M else next(convs) for v in model.cfg]
+    """Keep model attributes that mirror channel counts in step with the layers (the family
+    card's ``after_pruning``: VGG's ``cfg``)."""
+    family = family_of(model)
+    if family is not None and family.after_pruning is not None:
+        family.after_pruning(model)
 
 
 def _record_rebuild(model: nn.Module) -> None:

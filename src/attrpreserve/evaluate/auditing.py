@@ -27,6 +27,7 @@ from torch import nn
 
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
+from ..models.family import is_single_label
 from .agreement import CONSTANT_MAPS, cell_size, is_constant
 from .runner import (
     AGREEMENT,
@@ -77,7 +78,7 @@ def audit(model_a: nn.Module, model_b: nn.Module, loader, explainers=("gradcam",
     """
     layers = layers or {}
     models = {"a": model_a, "b": model_b}
-    single = bool(getattr(model_a, "single_label", False))
+    single = is_single_label(model_a)
     data = collect_pairs(models, loader, "a", tuple(explainers), layers, progress, faithfulness)
     facts = _map_facts(models, loader, tuple(explainers), layers, data)
     n_images = len(data["labels"])

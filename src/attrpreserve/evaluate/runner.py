@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import logs
 from ..attribution import EXPLAINERS, upsample
 from ..attribution.api import model_device
+from ..models.family import is_single_label
 from ..results_schema import CENTER_BASELINE
 from ..results_schema import SELF_AGREEMENT
 from . import agreement as agr
@@ -194,7 +195,7 @@ def collect_pairs(models: dict[str, nn.Module], loader, reference: str | None = 
     layers = layers or {}
     logits = {n: [] for n in models}
     pairs = {n: {e: [] for e in explainers} for n in models}
-    single = {n: bool(getattr(m, "single_label", False)) for n, m in models.items()}
+    single = {n: is_single_label(m) for n, m in models.items()}
     labels_all, classes_all, image_all, center = [], [], [], []
     any_masks, offset = False, 0
     for m in models.values():

@@ -305,12 +305,17 @@ def _plain_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
 def init_from_file(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a foreign state dict file (:func:`load_state_dict_file`) into ``model``, strictly.
 
-    torchvision's VGG-BN layout is mapped onto the ``vgg16`` model (``models.convert``: conv
-    biases folded into BatchNorm, ImageNet head dropped; the model's head keeps its init).
+    Another library's layout is mapped by the family card's ``foreign_state`` (torchvision's
+    VGG-BN onto ``vgg16``: conv biases folded into BatchNorm, ImageNet head dropped; the model's
+    head keeps its init).
     """
-    from .convert import adapt_state_dict
+    from .family import family_of
 
-    state, optional = adapt_state_dict(model, load_state_dict_file(path))
+    state, optional = load_state_dict_file(path), set()
+    family = family_of(model)
+    mapped = family.foreign_state(model, state) if family and family.foreign_state else None
+    if mapped is not None:
+        state, optional = mapped
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:

@@ -17,6 +17,8 @@ import weakref
 import torch
 from torch import nn
 
+from .family import family_of, is_single_label
+
 
 def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
     """Device of the model's first parameter (or buffer); ``default`` for a model with neither
@@ -56,42 +58,22 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 def default_layer(model: nn.Module) -> str:
     """The layer matched and explained when none is named: the last feature block's output.
 
-    ``model.matched_layer`` when set (the shipped families), else the family's rule for
-    torchvision classifiers (``FAMILY_LAYERS``: ResNet ``layer4``, VGG the last ReLU of
-    ``features``, MobileNet / EfficientNet / ConvNeXt the last block of ``features``, ...), else
+    ``model.matched_layer`` when set (a user's own model), else its family card's
+    (``models.family``: VGG the last ReLU, Lite ``_head_act``, ResNet ``layer4``, ...), else
     what :func:`probe_layer` finds. Never a module inside a residual block: a map tapped there
     misses the skip path (and Grad-CAM's extra per-pair rows break the residual add).
     """
     if getattr(model, "matched_layer", None):
         return model.matched_layer
-    if hasattr(model, "last_relu_name"):
-        return model.last_relu_name()
-    rule = FAMILY_LAYERS.get(type(model).__name__)
-    if rule is not None:
-        return rule(model)
+    family = family_of(model)
+    name = family.matched_layer(model) if family and family.matched_layer else None
+    if name:
+        return name
     if model not in _PROBED:
         _PROBED[model] = probe_layer(model)
     return _PROBED[model]
 
 
-def _last_relu(model: nn.Module) -> str:
-    return f"features.{max(i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU))}"
-
-
-def _last_feature_block(model: nn.Module) -> str:
-    return f"features.{len(model.features) - 1}"
-
-
-# torchvision classifiers by class name: the last feature block's output (after its residual
-# add and activation), Grad-CAM's usual layer
-FAMILY_LAYERS = {
-    "ResNet": lambda m: "layer4", "VGG": _last_relu, "AlexNet": _last_relu,
-    "MobileNetV2": _last_feature_block, "MobileNetV3": _last_feature_block,
-    "EfficientNet": _last_feature_block, "ConvNeXt": _last_feature_block,
-    "DenseNet": lambda m: "features", "SqueezeNet": lambda m: "features",
-    "RegNet": lambda m: "trunk_output", "ShuffleNetV2": lambda m: "conv5",
-    "MNASNet": lambda m: "layers",
-}
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 PROBE_SIZE = 224
 
@@ -197,8 +179,8 @@ class LayerTap:
 
 def class_probabilities(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     """The model's own class probabilities for ``logits`` (images x classes): a softmax over
-    the classes for single-label classifiers (``model.single_label``, e.g. ImageNet
+    the classes for single-label classifiers (``models.family.is_single_label``, e.g. ImageNet
     ``pretrained:`` models), one sigmoid per class for multi-label ones (the scenes, VOC)."""
-    if getattr(model, "single_label", False):
+    if is_single_label(model):
         return torch.softmax(logits.float(), dim=1)
     return torch.sigmoid(logits.float())

@@ -1,32 +1,49 @@
 """Random-init students of another architecture than their teacher (distillation across
 families, e.g. EfficientNet-Lite2 -> ResNet-18).
 
-A student is a registry model like any other, so its checkpoints save and rebuild through
+Each family's card declares its students (``models.family.Family.students``). A student is a
+registry model like any other, so its checkpoints save and rebuild through
 ``models.checkpoint`` / ``loading``: torchvision ``resnet18`` and ``mobilenet_v3_small`` are
 ``torchvision_imagenet`` models (ImageNet mean / std inside, matched layer ``layer4`` /
 ``features.12``, the last conv block's output) and the EfficientNet-Lite variants
 ``efficientnet_liteN`` (``(x - 127) / 128`` inside, matched layer ``_head_act``), optionally
-narrower (``width``). Every one takes [0, 1] images, has a ``num_classes`` head and
-``single_label`` set (softmax distillation). The teacher's and the student's matched layers
+narrower (``width``). Every one takes [0, 1] images and has a ``num_classes`` single-label head
+(softmax distillation). The teacher's and the student's matched layers
 differ by name and may differ in size: the matching losses resize the student's map to the
 teacher's (``matching.losses.normalized_distance``).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator, Mapping
+
 from torch import nn
 
-from .pretrained import LITE
-from .registry import create_model
+from .family import FAMILIES
+from .registry import MODELS, create_model
 
 __all__ = ["STUDENTS", "create_student", "student_for"]
 
-# Student name -> (registry name, fixed keyword arguments).
-STUDENTS: dict[str, tuple[str, dict]] = {
-    "resnet18": ("torchvision_imagenet", {"arch": "resnet18"}),
-    "mobilenet_v3_small": ("torchvision_imagenet", {"arch": "mobilenet_v3_small"}),
-    **{name: (registry, {}) for name, (registry, _, _) in LITE.items()},
-}
+
+class _Students(Mapping):
+    """Student name -> (registry name, fixed keyword arguments): every family card's
+    ``students``, read when asked (a family registered later adds its own)."""
+
+    def _all(self) -> dict[str, tuple[str, dict]]:
+        return {k: v for family in FAMILIES.values() for k, v in family.students.items()}
+
+    def __getitem__(self, name: str) -> tuple[str, dict]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+STUDENTS = _Students()
 
 
 def create_student(arch: str, num_classes: int, input_size: int = 224,
@@ -40,7 +57,7 @@ def create_student(arch: str, num_classes: int, input_size: int = 224,
     name, fixed = STUDENTS[arch]
     kwargs = {**fixed, "num_classes": int(num_classes), "input_size": int(input_size)}
     if width != 1.0:
-        if name == "torchvision_imagenet":
+        if "width" not in inspect.signature(MODELS[name]).parameters:
             raise ValueError(f"student {arch!r} has no width option (Lite students have)")
         kwargs["width"] = float(width)
     return create_model(name, **kwargs)

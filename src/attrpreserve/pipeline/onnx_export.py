@@ -22,6 +22,7 @@ from ..evaluate import audit as run_audit
 from ..evaluate.cost import file_bytes, latency_ms
 from ..loading import load_model
 from ..models.pretrained import is_pretrained
+from ..models.family import is_single_label
 from ..models.layers import model_device
 from ..recipes import deployed
 from .configs import DataConfig, labels_for, resolve_data
@@ -110,7 +111,7 @@ def export(model_ref: str | Path, out: str | Path, data: DataConfig | dict | Non
 def _checked(model, meta, model_ref, out, form, data, images, split, opset) -> dict:
     """The sidecar of the ONNX file ``out`` just written from ``model``: the check against
     PyTorch (and torch's int8 model), latencies and versions."""
-    onnx_model = OnnxModel(out, getattr(model, "single_label", False))
+    onnx_model = OnnxModel(out, is_single_label(model))
     source = model_ref if is_pretrained(model_ref) else os.path.abspath(model_ref)
     record = {"source": str(source), "form": form, "opset": opset, "input_size": data.size,
               "bytes": file_bytes(out),
@@ -125,7 +126,7 @@ def _checked(model, meta, model_ref, out, form, data, images, split, opset) -> d
     record["latency_ms"] = _latencies(model, onnx_model, data.size)
     record["versions"] = {"torch": torch.__version__, **runtime_versions()}
     return {**{k: meta[k] for k in CARRIED if k in meta}, "data": asdict(data),
-            "single_label": bool(getattr(model, "single_label", False)), "onnx": record}
+            "single_label": is_single_label(model), "onnx": record}
 
 
 def audit_source(candidate: str | Path, model_a, loader, explainers, **options) -> dict | None:

@@ -23,6 +23,7 @@ from ..engine import fit
 from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
 from ..evaluate.gate import check as check_gate
+from ..models.family import is_single_label
 from ..fileio import atomic_write_text
 from ..loading import load_model
 from ..matching import create_matcher
@@ -177,7 +178,7 @@ def evaluate(models: dict[str, str | Path | Loaded], teacher: str | None,
                  if teacher is not None and teacher not in (m, n)}
     # multi-label models: F1 also at a threshold chosen on the val split (on val itself that is
     # the best threshold's F1, which tuning rules check besides mAP)
-    multi = not all(getattr(m, "single_label", False) for m in nets.values())
+    multi = not all(is_single_label(m) for m in nets.values())
     threshold_loader = None if not multi else loader if split == "val" else \
         data.loader("val", adapt=adapt)
     scores = evaluate_models(nets, loader, reference=teacher, explainers=tuple(explainers),
@@ -289,11 +290,11 @@ def _overlays(ref, image_path, methods, class_names, label: str = "") -> list[tu
     else:
         with torch.no_grad():
             logits = model(x)[0]
-        classes = [] if getattr(model, "single_label", False) else \
+        classes = [] if is_single_label(model) else \
             (logits > 0).nonzero()[:, 0].tolist()
         classes = classes or [int(logits.argmax())]
     cls = torch.tensor(classes)
-    kind = "softmax" if getattr(model, "single_label", False) else "sigmoid"
+    kind = "softmax" if is_single_label(model) else "sigmoid"
     rows = []
     for m in methods:
         maps, logits = EXPLAINERS[m](model, x, torch.zeros_like(cls), cls)

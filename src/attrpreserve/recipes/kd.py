@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from ..models import MODELS, create_model
+from ..models import MODELS, create_model, is_single_label
 from ..models.students import STUDENTS, student_for
 from .base import Recipe, option, require
 
@@ -50,7 +50,7 @@ class Distillation(Recipe):
     @staticmethod
     def _student(teacher, finetune, options):
         if options.student:
-            require(getattr(teacher, "single_label", False),
+            require(is_single_label(teacher),
                     "--student is for single-label (softmax, pretrained:) teachers; distil a "
                     "multi-label teacher into its own family with --width-divisor")
             require(finetune.step.student_layer is None,

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..matching import AttributionMatcher, MatchingLoss
 from ..matching.losses import matched_layers
+from ..models.family import is_single_label
 
 __all__ = ["MatchedStep", "LabelStep", "DistillStep", "SoftmaxDistillStep",
            "multilabel_kd_loss", "softmax_kd_loss", "fine_tuning_step"]
@@ -122,7 +123,7 @@ def fine_tuning_step(teacher: nn.Module, matching: MatchingLoss | None, lam: flo
     """The step a run fine-tunes with: ``SoftmaxDistillStep`` for a single-label teacher, else
     ``DistillStep`` for a recipe that ``distils`` (a new student) and ``LabelStep`` for one that
     fine-tunes a copy of the teacher. ``layer`` is matched in teacher and student alike."""
-    if getattr(teacher, "single_label", False):
+    if is_single_label(teacher):
         return SoftmaxDistillStep(teacher, matching, lam, layer, layer, temperature, alpha)
     if distils:
         return DistillStep(teacher, matching, lam, layer, layer, temperature, alpha)

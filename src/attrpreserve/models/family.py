@@ -1,0 +1,137 @@
+"""One card per model family: everything the toolkit needs to know about an architecture.
+
+A family lives in one file of ``models/families/`` that defines its builders and declares a
+:class:`Family` card (in the spirit of timm's ``PretrainedCfg`` and zennit's canonizers), then
+calls :func:`register_family` once: the builders join ``models.registry.MODELS`` and the card
+answers every family question asked elsewhere (the matched layer, the head type, students, LRP
+canonizers, QAT surgery, attributes to keep in step after filter pruning). Nobody else checks
+a model's class or name: they call :func:`family_of` and read the card.
+
+A model built outside the registry (a user's own classifier) has no card unless a family's
+``matches`` recognises it; then the defaults apply (the probed layer, a multi-label head).
+Attributes set on an instance (``model.matched_layer``, ``model.single_label``) override the
+card, so a user can describe their own model in two lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from torch import nn
+
+from ..registry import Registry
+
+__all__ = ["FAMILIES", "Family", "InputConfig", "QATSupport", "family_of", "is_single_label",
+           "register_family"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How the family's weights expect their input: native side in pixels and the per-channel
+    mean / std its builders normalise [0, 1] images with (inside the model)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class QATSupport:
+    """What eager-mode quantization-aware training needs (``compress.quantize``).
+
+    ``check(model)`` raises ``ValueError`` for variants the surgery cannot handle;
+    ``surgery(model)`` edits the float model in place into a fusable form computing the same
+    function and returns the groups to fuse and the modules whose output is ReLU6's (quantized
+    on the fixed range [0, 6]); ``qat_class(mixin)`` is the class the prepared model takes,
+    built on the quantizer's mixin; ``backend``: the default quantized engine;
+    ``narrow_weights``: symmetric weights without the most negative level."""
+
+    check: Callable[[nn.Module], None]
+    surgery: Callable[[nn.Module], tuple[list[list[str]], list[str]]]
+    qat_class: Callable[[type], type]
+    backend: str = "x86"
+    narrow_weights: bool = False
+
+
+def _never(_model: nn.Module) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family's card.
+
+    ``builders``: registry name -> builder (``num_classes`` and keyword arguments -> a model
+    taking [0, 1] images); ``label``: the family for users, in messages (default ``name``); ``matches(model)``: recognises the family's models built elsewhere
+    (by class); ``matched_layer(model)``: the layer Grad-CAM and matching use by default (the
+    last feature block's output; None, or a function answering None: probed,
+    ``models.layers.probe_layer``);
+    ``single_label(model)``: a softmax head (True) or one sigmoid per class; ``input``: native
+    input config, None where the family has no pretrained weights; ``students``: student name
+    -> (registry name, fixed keyword arguments) for distillation across families;
+    ``canonizers(model)``: zennit canonizers for LRP (None: BatchNorm merged into the preceding
+    layer); ``qat``: eager-mode QAT support (None: not quantizable); ``after_pruning(model)``:
+    brings attributes that mirror channel counts in step after filter pruning;
+    ``foreign_state(model, state)``: another library's state dict layout mapped onto the
+    family's (``(state, keys it may leave missing)``, None for a layout it does not know)."""
+
+    name: str
+    builders: Mapping[str, Callable[..., nn.Module]]
+    label: str = ""
+    matches: Callable[[nn.Module], bool] = _never
+    matched_layer: Callable[[nn.Module], str | None] | None = None
+    single_label: Callable[[nn.Module], bool] = _never
+    input: InputConfig | None = None
+    students: Mapping[str, tuple[str, dict]] = field(default_factory=dict)
+    canonizers: Callable[[nn.Module], list] | None = None
+    qat: QATSupport | None = None
+    after_pruning: Callable[[nn.Module], None] | None = None
+    foreign_state: Callable[[nn.Module, dict], tuple[dict, set] | None] | None = None
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def label(family: Family) -> str:
+    """How messages name ``family``."""
+    return family.label or family.name
+
+
+def register_family(family: Family) -> Family:
+    """Register ``family``'s card and add its builders to ``models.registry.MODELS``."""
+    from .registry import MODELS
+
+    for name, builder in family.builders.items():
+        MODELS.register(name, builder)
+    return FAMILIES.register(family.name, family)
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family and its builders (tests and plugins that register temporarily)."""
+    from .registry import MODELS
+
+    for builder in FAMILIES[name].builders:
+        MODELS.unregister(builder)
+    FAMILIES.unregister(name)
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The card of ``model``'s family: by the registry name its spec records, else the first
+    family whose ``matches`` recognises it, else None (a model of no known family)."""
+    spec = getattr(model, "spec", None)
+    name = spec.get("name") if isinstance(spec, dict) else None
+    for family in FAMILIES.values():
+        if name in family.builders:
+            return family
+    return next((f for f in FAMILIES.values() if f.matches(model)), None)
+
+
+def is_single_label(model: nn.Module) -> bool:
+    """Whether ``model`` is a single-label classifier (softmax over its classes): its own
+    ``single_label`` attribute when set, else its family's card, else False (multi-label)."""
+    own = getattr(model, "single_label", None)
+    if own is not None:
+        return bool(own)
+    family = family_of(model)
+    return bool(family is not None and family.single_label(model))
