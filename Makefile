@@ -9,7 +9,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,pretrained,onnx]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,pretrained,onnx,timm]'
 	touch $(STAMP)
 
 demo: $(STAMP)

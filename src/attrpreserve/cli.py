@@ -160,7 +160,7 @@ def _force_arg(p, what: str) -> None:
 
 
 MODEL_REF = ("a checkpoint folder, or an ImageNet model 'pretrained:efficientnet-lite0' / "
-             "'pretrained:ARCH=WEIGHTS.pth' (docs/pretrained.md)")
+             "'pretrained:ARCH=WEIGHTS.pth' / 'timm:NAME[=WEIGHTS]' (docs/pretrained.md)")
 
 
 def _config_arg(p) -> None:
@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(multi-label, BCE), keep the epoch with the best validation mAP.")
     _config_arg(p)
     _data_args(p)
-    p.add_argument("--model", default=teacher.model, help="registered model name (vgg, vgg16)")
+    p.add_argument("--model", default=teacher.model,
+                   help="registered model name (vgg, vgg16, resnet18, ...) or timm:NAME (a timm "
+                        "architecture, random init unless --init)")
     p.add_argument("--width", type=int, default=teacher.width, help="base width of the small VGG")
     p.add_argument("--width-divisor", type=float, default=teacher.width_divisor,
                    help="every width divided by R (vgg16: the paper's x2/x4/x8 layouts)")

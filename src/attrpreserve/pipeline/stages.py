@@ -5,6 +5,7 @@ results I/O (results.json, the text table, report.html)."""
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import platform
 import re
@@ -27,14 +28,36 @@ from ..models.family import is_single_label
 from ..fileio import atomic_write_text
 from ..loading import load_model
 from ..matching import create_matcher
-from ..models import class_probabilities, create_model, save_checkpoint
+from ..models import MODELS, class_probabilities, create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
-from ..models.pretrained import is_pretrained
+from ..models.pretrained import is_pretrained, is_timm
+from ..models.pretrained import parse as parse_ref
 from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,
                        fine_tuning_step)
 from ..report.words import gap_entry, gap_words, metric, naive_baselines
 from . import onnx_export
 from .configs import CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data
+
+
+def teacher_spec(cfg: TeacherConfig, num_classes: int) -> tuple[str, dict]:
+    """``(registry name, keyword arguments)`` of the model ``train`` builds: ``cfg.model`` (a
+    registry name, or ``timm:NAME``, which normalises its input itself) with the options its
+    builder takes; ``ValueError`` for a width or dropout it has no use for."""
+    name, kwargs = cfg.model, {"num_classes": num_classes, "input_size": cfg.data.size}
+    if is_timm(name):
+        return "timm", {"arch": parse_ref(name)[0], **kwargs}
+    params = inspect.signature(MODELS[name]).parameters
+    for key, value, default in (("dropout", cfg.dropout, 0.0), ("width", cfg.width, 16),
+                                ("width_divisor", cfg.width_divisor, 1.0)):
+        if key in params:
+            if key != "width_divisor" or value != 1.0:
+                kwargs[key] = value
+        elif value != default:
+            raise ValueError(f"model {name!r} has no {key} option")
+    pre = get_preprocess(cfg.data.preprocess)
+    if pre.mean is not None:  # the preset's normalisation lives in the model (data.transforms)
+        kwargs["input_norm"] = [list(pre.mean), list(pre.std)]
+    return name, kwargs
 
 
 def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
@@ -48,15 +71,8 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, resume: bool = False,
     train_dl = cfg.data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True)
     val_dl = cfg.data.loader("val")
     classes = train_dl.dataset.classes
-    kwargs = {"num_classes": len(classes), "input_size": cfg.data.size, "dropout": cfg.dropout}
-    if cfg.model == "vgg":
-        kwargs["width"] = cfg.width
-    if cfg.width_divisor != 1.0:
-        kwargs["width_divisor"] = cfg.width_divisor
-    pre = get_preprocess(cfg.data.preprocess)
-    if pre.mean is not None:  # the preset's normalisation lives in the model (data.transforms)
-        kwargs["input_norm"] = [list(pre.mean), list(pre.std)]
-    model = create_model(cfg.model, **kwargs)
+    name, kwargs = teacher_spec(cfg, len(classes))
+    model = create_model(name, **kwargs)
     if cfg.init:
         init_from_file(model, cfg.init)
     model.to(distributed.device_for(device))

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass
 
 from ..models import MODELS, create_model, is_single_label
+from ..models.pretrained import is_timm
 from ..models.students import STUDENTS, student_for
 from .base import Recipe, option, require
 
@@ -16,14 +17,14 @@ class KDOptions:
     width_divisor: float = option(4.0, "student widths = teacher widths / R (a student of the "
                                        "teacher's own family)")
     student: str = option("", "a random-init student of another family instead: "
-                              + ", ".join(STUDENTS) + " (its own matched layer) (default: none, "
-                              "a student of the teacher's own family)")
+                              + ", ".join(STUDENTS) + " or timm:NAME (its own matched layer) "
+                              "(default: none, a student of the teacher's own family)")
     student_width: float = option(1.0, "--student efficientnet-lite*: block width multiplier")
 
     def __post_init__(self):
         require(self.width_divisor > 0, f"width_divisor must be > 0, got {self.width_divisor}")
-        require(not self.student or self.student in STUDENTS,
-                f"unknown student {self.student!r}; known: {', '.join(STUDENTS)}")
+        require(not self.student or self.student in STUDENTS or is_timm(self.student),
+                f"unknown student {self.student!r}; known: {', '.join(STUDENTS)}, or timm:NAME")
         require(self.student_width > 0, f"student_width must be > 0, got {self.student_width}")
 
 

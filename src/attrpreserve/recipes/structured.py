@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from ..compress import IMPORTANCES, conv_channels, example_input, n_pruned, paper_rates
-from ..compress import remove_filters, resolve_rates
+from ..compress import pruning_units, remove_filters, remove_units, resolve_rates
 from ..evaluate.cost import count_macs, count_params
 from .base import FineTuning, Loaders, Recipe, in_rounds, option, require, trainable_copy
 
 
 @dataclass
 class StructuredOptions:
-    rate: float = option(0.5, "fraction of each pruned conv's filters removed (paper 0.7)")
+    rate: float = option(0.5, "fraction of each pruned conv's filters removed (paper 0.7); a "
+                              "Vision Transformer: of each block's heads and MLP channels")
     prune_layers: str = option("all", "prune every conv, or the paper's first + last six convs",
                                choices=("all", "paper"))
     importance: str = option("l1", "filter ranking (l1 = Li et al.; l2, fpgm, bn_scale, random)")
@@ -41,8 +42,23 @@ def structured_prune(model: nn.Module, data: Loaders, finetune: FineTuning, rate
     round: ``{round, target, params, macs, best_val_mAP}`` (``target``: the share of the final
     rates reached). ``model`` is pruned in place; the step's teacher is never modified.
     """
-    rates = resolve_rates(model, rates)
     example = example_input(model, example)
+    units = pruning_units(model)
+    if units:  # a ViT: its heads and MLP channels instead of conv filters, the same schedule
+        require(not isinstance(rates, dict) and importance == "l1",
+                "a Vision Transformer prunes the heads and MLP channels of every block by "
+                "their L1 norm: use --prune-layers all and --importance l1")
+        rates = {name: float(rates) for name in units}
+
+        def surgery(r: int) -> None:
+            remove_units(model, {n: units[n] - n_pruned(units[n], rate * r / rounds, round_to)
+                                 for n, rate in rates.items()})
+        return in_rounds(model, data, finetune, rounds, surgery,
+                         lambda r: {"target": r / rounds, "params": count_params(model),
+                                    "units": pruning_units(model),
+                                    "macs": count_macs(model, (1, *example.shape[1:]))},
+                         desc="structured round")
+    rates = resolve_rates(model, rates)
     base = conv_channels(model)
 
     def surgery(r: int) -> None:
@@ -61,7 +77,7 @@ class StructuredPruning(Recipe):
     """L1-norm filter pruning at ``rate`` (every conv, or the paper's layers), fine-tuned."""
 
     name, label, Options = "structured", "structured pruning", StructuredOptions
-    summary = "remove whole conv filters (L1 norm) and fine-tune"
+    summary = "remove whole conv filters (a ViT: heads and MLP channels; L1 norm) and fine-tune"
 
     def strength(self, value, rounds=1):
         """The filter rate."""

@@ -1,5 +1,5 @@
-"""Unstructured pruning: global magnitude pruning of conv weights in rounds, fine-tuned after
-each (the paper's unstructured setting). Masks stay enforced during fine-tuning (see
+"""Unstructured pruning: global magnitude pruning of conv weights (and a Vision Transformer's
+block Linear layers) in rounds, fine-tuned after each (the paper's unstructured setting). Masks stay enforced during fine-tuning (see
 :mod:`attrpreserve.compress.unstructured`) and are made permanent at the end."""
 
 from __future__ import annotations

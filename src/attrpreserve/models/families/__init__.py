@@ -5,6 +5,6 @@ Adding a family: write ``models/families/<name>.py`` (its builders and one
 """
 
 # registration order is the order of ``MODELS`` (and of "known: ..." in errors)
-from . import vgg, torchvision, efficientnet_lite  # noqa: I001
+from . import vgg, torchvision, efficientnet_lite, timm  # noqa: I001
 
-__all__ = ["efficientnet_lite", "torchvision", "vgg"]
+__all__ = ["efficientnet_lite", "timm", "torchvision", "vgg"]

@@ -1,0 +1,92 @@
+"""Attention rollout (Abnar & Zuidema 2020) and gradient-weighted rollout (Chefer et al. 2021)
+for Vision Transformers, batched over (image, class) pairs.
+
+Written here because no maintained package computes them on timm models with the call shape
+of the other explainers: the attention probabilities come from the modules the family card
+names (``models.family.Family.attention``: timm's ``attn_drop``, which the softmax output
+passes through when the fused kernel is off), one forward pass over ``cat([images, pairs])``
+records them, and one backward gives every pair's gradient (rows do not interact in eval mode).
+
+- ``rollout``: per block the head-averaged attention plus the identity (the residual), rows
+  renormalised, multiplied from the first block to the last; the class token's row over the
+  patch tokens is the map. Class-agnostic: every pair of an image gets the same map.
+- ``grad_rollout``: per block ``mean_h (dz_c/dA * A)^+`` (Chefer's relevance update
+  ``R <- R + A_bar R`` from ``R = I``), so the map depends on the explained class.
+
+Maps are on the patch grid (P x side x side), like Grad-CAM at a token layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..models.family import family_of
+from .gradcam import frozen
+
+__all__ = ["grad_rollout", "rollout"]
+
+
+def _attention(model: nn.Module) -> tuple[list[nn.Module], int]:
+    """The modules whose outputs are the attention probabilities, and the prefix tokens."""
+    family = family_of(model)
+    modules = family.attention(model) if family and family.attention else None
+    if not modules:
+        raise ValueError(f"attention rollout explains Vision Transformers (a model whose family "
+                         f"card names its attention maps); {type(model).__name__} has none")
+    return modules, family.tokens(model) or 0
+
+
+def _record(model, images, image_index, classes, with_grads: bool):
+    """``(attention maps per block P x H x T x T, their gradients or None, logits B x K)``."""
+    modules, prefix = _attention(model)
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
+    b = len(images)
+    x = torch.cat([images, images[image_index]]).detach().requires_grad_(with_grads)
+    try:
+        with torch.set_grad_enabled(with_grads), frozen(model):
+            out = model(x)
+            grads = None
+            if with_grads:
+                rows = torch.arange(b, len(x), device=out.device)
+                grads = [g[b:] for g in torch.autograd.grad(out[rows, classes].sum(), seen)]
+    finally:
+        for h in handles:
+            h.remove()
+    return [a[b:].detach() for a in seen], grads, out[:b].detach(), prefix
+
+
+def _as_map(relevance: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The class token's row over the patch tokens, as P x side x side."""
+    row = relevance[:, 0, prefix:]
+    side = math.isqrt(row.shape[1])
+    return row.reshape(len(row), side, side)
+
+
+def rollout(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
+            classes: torch.Tensor, layer: str | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention rollout for pairs ``(images[i_j], c_j)``; ``layer`` is ignored (every block's
+    attention is rolled out)."""
+    attn, _, logits, prefix = _record(model, images, image_index, classes, with_grads=False)
+    eye = torch.eye(attn[0].shape[-1], device=attn[0].device)
+    joint = eye.expand(len(attn[0]), *eye.shape)
+    for a in attn:
+        a = a.mean(1) + eye
+        joint = (a / a.sum(-1, keepdim=True)) @ joint
+    return _as_map(joint, prefix), logits
+
+
+def grad_rollout(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
+                 classes: torch.Tensor, layer: str | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient-weighted attention rollout (Chefer et al. 2021) for pairs ``(images[i_j],
+    c_j)``; ``layer`` is ignored."""
+    attn, grads, logits, prefix = _record(model, images, image_index, classes, with_grads=True)
+    relevance = torch.eye(attn[0].shape[-1], device=attn[0].device).repeat(len(attn[0]), 1, 1)
+    for a, g in zip(attn, grads):
+        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
+    return _as_map(relevance, prefix), logits

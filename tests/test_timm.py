@@ -1,0 +1,281 @@
+"""timm models end to end (random weights): ``timm:NAME[=PATH]`` wherever a model reference
+goes, a Vision Transformer's patch tokens read as maps at its matched layer, and the recipes
+that apply to a timm CNN and a ViT."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attrpreserve import explain
+from attrpreserve.cli import main
+from attrpreserve.loading import load_checkpoint, load_model
+from attrpreserve.models import create_model, default_layer, family_of, is_single_label
+
+timm = pytest.importorskip("timm")
+
+VIT = "deit_tiny_patch16_224"
+SIZE = 64  # a 4 x 4 grid of 16 px patches
+FOLDERS = ("Egyptian_cat", "espresso", "n01440764")  # three ImageNet classes
+
+
+def test_vit_gradcam_on_patch_tokens_matches_a_per_pair_loop():
+    """Grad-CAM at a ViT block (batch x 17 tokens x 192): the 16 patch tokens as a 4 x 4 map,
+    the class token dropped; the pair-batched explainer against one plain backward per pair."""
+    torch.manual_seed(0)
+    model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
+    assert family_of(model).name == "timm" and is_single_label(model)
+    layer = default_layer(model)
+    assert layer == "blocks.10"  # the last block's patch tokens never reach the class token
+    images = torch.rand(2, 3, SIZE, SIZE)
+    maps = explain(model, images, [[1, 3], [2]], resolution="layer")
+    assert maps.shape == (3, 4, 4)
+    block, seen = model.get_submodule(layer), {}
+    handle = block.register_forward_hook(lambda _m, _i, out: seen.update(tokens=out))
+    try:
+        for j, (i, c) in enumerate(((0, 1), (0, 3), (1, 2))):
+            logits = model(images[i:i + 1])
+            grad = torch.autograd.grad(logits[0, c], seen["tokens"])[0][0, 1:]  # 16 x C
+            patches = seen["tokens"][0, 1:].detach()
+            # the project's Grad-CAM weights sum the gradient over space (the paper's code)
+            cam = torch.relu((patches * grad.sum(0)).sum(1)).reshape(4, 4)
+            # float32 sums over 192 channels of magnitudes <= max|cam|: a few ulps of it
+            assert torch.allclose(maps[j], cam, rtol=1e-4, atol=1e-5 * float(cam.abs().max()))
+    finally:
+        handle.remove()
+    assert float(maps.abs().sum()) > 0
+
+
+def test_timm_references_load_with_their_configuration(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("timm", arch="resnet18", num_classes=1000, input_size=SIZE)
+    path = tmp_path / "resnet18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(path))
+    loaded, meta = load_model(f"timm:resnet18={path}")
+    x = torch.rand(2, 3, SIZE, SIZE)
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+    assert meta["data"]["size"] == 224  # timm's configuration's input size
+    assert default_layer(loaded) == "layer4" and len(meta["classes"]) == 1000
+    random_vit, _ = load_model(f"timm:{VIT}")  # no PATH: timm's architecture, random init
+    assert random_vit.patch_embed.img_size == (224, 224)
+    with pytest.raises(ValueError, match="unknown timm model 'resnet_nope'"):
+        load_model("timm:resnet_nope")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labeled")
+    rng = np.random.default_rng(0)
+    for name in FOLDERS:
+        (root / name).mkdir()
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(
+                root / name / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resnet_ref(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("timm", arch="resnet18", num_classes=1000, input_size=SIZE)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return f"timm:resnet18={path}"
+
+
+def _data(folder):
+    return ["--data", f"images:{folder},holdout=0.25", "--size", str(SIZE), "--no-progress"]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("structured", []), ("unstructured", []),
+    ("kd", ["--student", f"timm:{VIT}"]),
+])
+def test_recipes_on_a_timm_teacher_from_the_cli(folder, resnet_ref, tmp_path, method, extra):
+    out = tmp_path / method
+    teacher = f"{resnet_ref},classes={folder}"  # the folder's three classes
+    assert main(["compress", "--teacher", teacher, "--method", method, *extra,
+                 "--matching", "wcam", *_data(folder), "--epochs", "1", "--batch-size", "4",
+                 "--lr", "0.001", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert family_of(model).name == "timm" and len(meta["classes"]) == 3
+    if method == "kd":  # the ViT student, matched on its patch-token map
+        assert model.spec["kwargs"]["arch"] == VIT and default_layer(model) == "blocks.10"
+    assert main(["evaluate", "--teacher", teacher, "--model", str(out), *_data(folder),
+                 "--split", "val", "--explainers", "gradcam",
+                 "--out", str(tmp_path / f"{method}.json")]) == 0
+    res = json.loads((tmp_path / f"{method}.json").read_text())
+    assert len(res["runs"]) == 2
+
+
+def test_audit_explain_and_refusals_with_timm_models(folder, resnet_ref, tmp_path, capsys):
+    vit = f"timm:{VIT}"
+    assert main(["audit", "--reference", resnet_ref, "--candidate", vit, *_data(folder),
+                 "--split", "val", "--explainers", "gradcam", "--n-boot", "20",
+                 "--out", str(tmp_path / "audit")]) == 0
+    assert (tmp_path / "audit" / "audit.json").is_file()
+    assert main(["explain", "--model", vit, "--image", str(next(folder.rglob("*.png"))),
+                 "--out", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 1  # the softmax model's top-1
+    capsys.readouterr()
+    assert main(["compress", "--teacher", resnet_ref, "--method", "quantization",
+                 *_data(folder), "--epochs", "1", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "got ResNet, one of timm models" in err and len(err.splitlines()) == 1
+    assert main(["compress", "--teacher", resnet_ref, "--method", "kd",
+                 "--student", f"timm:{VIT}=x.pth", *_data(folder), "--epochs", "1",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "starts from random weights" in capsys.readouterr().err
+
+
+def _manual_attention(model, image):
+    """Each block's attention probabilities recomputed from its qkv weights (1 x H x T x T),
+    independent of the hooks the explainers use."""
+    inputs = []
+    handles = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+               for b in model.blocks]
+    try:
+        logits = model(image[None])
+    finally:
+        for h in handles:
+            h.remove()
+    maps = []
+    for block, x in zip(model.blocks, inputs):
+        attn = block.attn
+        n, t, c = x.shape
+        qkv = attn.qkv(x).reshape(n, t, 3, attn.num_heads, c // attn.num_heads)
+        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+        maps.append(torch.softmax(q @ k.transpose(-2, -1) / (c // attn.num_heads) ** 0.5, -1))
+    return maps, logits
+
+
+def test_attention_rollout_against_a_hand_computation():
+    torch.manual_seed(0)
+    model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    maps = explain(model, images, [[0, 3], [1]], method="rollout", resolution="input")
+    assert maps.shape == (3, SIZE, SIZE)
+    with torch.no_grad():
+        for j, i in enumerate((0, 0, 1)):
+            joint = torch.eye(17)
+            for a in _manual_attention(model, images[i])[0]:
+                a = a[0].mean(0) + torch.eye(17)
+                joint = (a / a.sum(1, keepdim=True)) @ joint
+            ref = joint[0, 1:].reshape(1, 1, 4, 4)
+            ref = torch.nn.functional.interpolate(ref, size=(SIZE, SIZE), mode="bilinear")[0, 0]
+            # products of 12 row-stochastic 17 x 17 matrices in float32: a few ulps of the max
+            assert torch.allclose(maps[j], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="rollout explains Vision Transformers"):
+        explain(create_model("vgg", num_classes=2, width=2), images, 0, method="rollout")
+
+
+def test_gradient_weighted_rollout_batched_equals_one_pair_at_a_time():
+    torch.manual_seed(0)
+    model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    both = explain(model, images, [[0, 3], [1]], method="grad_rollout", resolution="input")
+    for j, (i, c) in enumerate(((0, 0), (0, 3), (1, 1))):
+        alone = explain(model, images[i:i + 1], c, method="grad_rollout")[0]
+        assert torch.allclose(both[j], alone, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(both[0], both[1])  # class-dependent, unlike plain rollout
+    # Chefer's update by hand for one pair: R <- R + mean_h (dz/dA * A)^+ R from R = I
+    attention = [b.attn.attn_drop for b in model.blocks]
+    seen = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in attention]
+    try:
+        logits = model(images[:1].clone().requires_grad_(True))
+        grads = torch.autograd.grad(logits[0, 3], seen)
+    finally:
+        for h in handles:
+            h.remove()
+    relevance = torch.eye(17)
+    for a, g in zip(seen, grads):
+        relevance = relevance + (g[0] * a[0].detach()).clamp(min=0).mean(0) @ relevance
+    ref = torch.nn.functional.interpolate(relevance[0, 1:].reshape(1, 1, 4, 4),
+                                          size=(SIZE, SIZE), mode="bilinear")[0, 0]
+    assert torch.allclose(both[1], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def vit_ref(tmp_path_factory):
+    torch.manual_seed(0)
+    vit = create_model("timm", arch=VIT, num_classes=1000)  # weights made at its native 224 px
+    path = tmp_path_factory.mktemp("weights") / "deit.pth"
+    torch.save(vit.state_dict(), path)
+    return f"timm:{VIT}={path}"
+
+
+def test_vit_magnitude_pruning_covers_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
+    teacher = f"{vit_ref},classes={folder}"
+    out = tmp_path / "sparse"
+    assert main(["compress", "--teacher", teacher, "--method", "unstructured", "--rounds", "1",
+                 "--per-round", "0.5", "--matching", "wcam", *_data(folder), "--epochs", "1",
+                 "--batch-size", "4", "--lr", "0.0001", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((m.weight == 0).sum()) for m in linears)
+    total = sum(m.weight.numel() for m in linears)
+    assert 0.45 < zeros / total < 0.55  # the block Linear layers carry most of the weights
+    assert float((model.head.weight == 0).float().mean()) < 0.01  # never the classifier
+    assert abs(meta["compression"]["sparsity"] - 0.5) < 0.01
+    assert main(["evaluate", "--teacher", teacher, "--model", str(out), *_data(folder),
+                 "--split", "val", "--explainers", "gradcam,rollout,grad_rollout",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    scores = res["runs"][1]["attribution"]
+    assert {"gradcam", "rollout", "grad_rollout"} <= set(scores)
+    assert all(-1 <= scores[e]["agreement"]["spearman"] <= 1 for e in scores)
+
+
+def test_vit_head_pruning_from_the_cli(folder, vit_ref, tmp_path, capsys):
+    teacher = f"{vit_ref},classes={folder}"
+    out = tmp_path / "heads"
+    assert main(["compress", "--teacher", teacher, "--method", "structured", "--rate", "0.34",
+                 "--matching", "wcam", *_data(folder), "--epochs", "1", "--batch-size", "4",
+                 "--lr", "0.0001", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert all(b.attn.num_heads == 2 and b.mlp.fc1.out_features == 507 for b in model.blocks)
+    units = meta["history"]["rounds"][0]["units"]  # counted right after the surgery
+    assert units["blocks.0.attn"] == 2 and units["blocks.11.mlp"] == 507
+    capsys.readouterr()
+    assert main(["compress", "--teacher", teacher, "--method", "structured",
+                 "--prune-layers", "paper", *_data(folder), "--epochs", "1",
+                 "--out", str(tmp_path / "paper")]) == 2
+    assert "heads and MLP channels of every block" in capsys.readouterr().err
+
+
+def test_vit_head_and_mlp_pruning_is_exact_and_rebuilds(tmp_path):
+    """Heads of zero weight removed: the function is unchanged; heads counted right after the
+    surgery; the checkpoint replays the widths."""
+    from attrpreserve.compress import pruning_units, remove_units
+    from attrpreserve.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
+    attn, mlp = model.blocks[3].attn, model.blocks[3].mlp
+    d = attn.head_dim
+    with torch.no_grad():  # head 1 of block 3 and 100 of its MLP channels contribute nothing
+        attn.proj.weight[:, d:2 * d] = 0
+        attn.qkv.weight.view(3, 3, d, -1)[:, 1] = 0
+        attn.qkv.bias.view(3, 3, d)[:, 1] = 0
+        mlp.fc1.weight[:100] = 0
+        mlp.fc1.bias[:100] = 0
+        mlp.fc2.weight[:, :100] = 0
+    x = torch.rand(2, 3, SIZE, SIZE)
+    before = model(x)
+    units = pruning_units(model)
+    assert units["blocks.3.attn"] == 3 and units["blocks.3.mlp"] == 768
+    remove_units(model, {"blocks.3.attn": 2, "blocks.3.mlp": 668})
+    assert pruning_units(model)["blocks.3.attn"] == 2 and attn.num_heads == 2
+    assert attn.qkv.weight.shape == (3 * 2 * d, 192) and mlp.fc1.out_features == 668
+    # GELU(0) = 0 and the dropped head's value rows were zero: float32 reordering only
+    assert torch.allclose(model(x), before, atol=1e-5)
+    save_checkpoint(tmp_path / "p", model)
+    loaded, _ = load_checkpoint(tmp_path / "p")
+    assert loaded.blocks[3].attn.num_heads == 2 and torch.allclose(loaded(x), model(x), atol=1e-6)
+    maps = explain(loaded, x, 0, method="grad_rollout")  # attention maps of 2 heads still read
+    assert maps.shape == (2, SIZE, SIZE)
