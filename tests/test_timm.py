@@ -279,3 +279,16 @@ def test_vit_head_and_mlp_pruning_is_exact_and_rebuilds(tmp_path):
     assert loaded.blocks[3].attn.num_heads == 2 and torch.allclose(loaded(x), model(x), atol=1e-6)
     maps = explain(loaded, x, 0, method="grad_rollout")  # attention maps of 2 heads still read
     assert maps.shape == (2, SIZE, SIZE)
+
+
+def test_train_a_timm_architecture_on_the_scenes(tmp_path):
+    assert main(["train", "--model", f"timm:{VIT}", "--data", "scenes", "--size", "32",
+                 "--epochs", "1", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
+                 "--no-progress", "--out", str(tmp_path / "t")]) == 0
+    model, meta = load_checkpoint(tmp_path / "t")
+    assert model.spec == {"name": "timm", "kwargs": {"arch": VIT, "num_classes": len(
+        meta["classes"]), "input_size": 32, "single_label": False}}
+    assert default_layer(model) == "blocks.10" and model.patch_embed.grid_size == (2, 2)
+    assert not is_single_label(model)  # trained with one sigmoid per class
+    assert main(["train", "--model", "resnet18", "--width", "8", "--data", "scenes",
+                 "--out", str(tmp_path / "r")]) == 2  # an option the builder has no use for

@@ -45,7 +45,7 @@ def teacher_spec(cfg: TeacherConfig, num_classes: int) -> tuple[str, dict]:
     builder takes; ``ValueError`` for a width or dropout it has no use for."""
     name, kwargs = cfg.model, {"num_classes": num_classes, "input_size": cfg.data.size}
     if is_timm(name):
-        return "timm", {"arch": parse_ref(name)[0], **kwargs}
+        return "timm", {"arch": parse_ref(name)[0], **kwargs, "single_label": False}
     params = inspect.signature(MODELS[name]).parameters
     for key, value, default in (("dropout", cfg.dropout, 0.0), ("width", cfg.width, 16),
                                 ("width_divisor", cfg.width_divisor, 1.0)):

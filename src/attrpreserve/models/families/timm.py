@@ -47,9 +47,13 @@ def pretrained_cfg(arch: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
-def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None) -> nn.Module:
+def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None,
+               single_label: bool = True) -> nn.Module:
     """timm's ``arch`` with a ``num_classes`` head, random init, taking [0, 1] images.
 
+    ``single_label``: a softmax classifier (ImageNet weights; the default) or, trained by
+    ``attrpreserve train`` on multi-label data, one sigmoid per class (the card reads it back
+    from the spec).
     ``input_size`` (default: the architecture's) sizes a Vision Transformer's position
     embedding, which is resampled for images of another size (timm's ``dynamic_img_size``),
     so a ViT takes any size a convolutional model does; those only record it."""
@@ -189,6 +193,7 @@ def _is_timm(model: nn.Module) -> bool:
 
 FAMILY = register_family(Family(
     "timm", builders={"timm": timm_model}, label="timm models",
-    matches=_is_timm, matched_layer=_matched_layer, single_label=lambda m: True,
+    matches=_is_timm, matched_layer=_matched_layer,
+    single_label=lambda m: getattr(m, "spec", {}).get("kwargs", {}).get("single_label", True),
     tokens=prefix_tokens, attention=_attention, magnitude_layers=_block_linears,
     units=_units, prune_units=_prune_units, after_pruning=_after_pruning))
