@@ -292,3 +292,30 @@ def test_train_a_timm_architecture_on_the_scenes(tmp_path):
     assert not is_single_label(model)  # trained with one sigmoid per class
     assert main(["train", "--model", "resnet18", "--width", "8", "--data", "scenes",
                  "--out", str(tmp_path / "r")]) == 2  # an option the builder has no use for
+
+
+def test_onnx_export_of_timm_models(folder, resnet_ref, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    data = ["--data", f"images:{folder},holdout=0.25", "--size", str(SIZE)]
+    assert main(["export", "--model", f"{resnet_ref},classes={folder}", *data,
+                 "--n", "2", "--out", str(tmp_path / "r.onnx")]) == 0
+    meta = json.loads((tmp_path / "r.onnx.json").read_text())
+    assert meta["onnx"]["check"]["top1_agreement"] == 1.0
+    capsys.readouterr()  # a ViT at 64 px resamples its position embedding: one line, exit 2
+    assert main(["export", "--model", f"timm:{VIT},classes={folder}", *data,
+                 "--n", "2", "--out", str(tmp_path / "v.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ONNX export failed" in err and "native size" in err and len(err.splitlines()) == 1
+
+
+def test_distil_a_vit_into_a_cnn_with_matching(folder, vit_ref, tmp_path):
+    """ViT teacher (4 x 4 token map) -> ResNet-18 student (2 x 2 map at 64 px): WCAM compares
+    the student's map resized to the teacher's grid."""
+    teacher = f"{vit_ref},classes={folder}"
+    assert main(["compress", "--teacher", teacher, "--method", "kd", "--student", "resnet18",
+                 "--matching", "wcam", "--lambda", "10", *_data(folder), "--epochs", "1",
+                 "--batch-size", "4", "--lr", "0.001", "--out", str(tmp_path / "cnn")]) == 0
+    model, meta = load_checkpoint(tmp_path / "cnn")
+    assert type(model).__name__ == "ResNet" and meta["compression"]["student"] == "resnet18"
+    epoch = meta["history"]["epochs"][0]
+    assert np.isfinite(epoch["loss"]) and epoch["match"] > 0  # the matching term was trained

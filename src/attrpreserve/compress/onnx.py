@@ -131,9 +131,16 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, opset: int) ->
         # torch's int8 modules read their scales as Python numbers: traced as constants, which
         # they are in a converted model (the onnxruntime check then compares the outputs)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        try:
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        except torch.onnx.OnnxExporterError as exc:
+            # e.g. a Vision Transformer run at another size than its position embedding's
+            # resamples it with bicubic antialiasing, which opset 17 lacks
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"ONNX export failed: {first} (at {example.shape[-1]} px; a "
+                             "Vision Transformer exports at its native size)") from None
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int,
