@@ -125,7 +125,7 @@ def test_audit_explain_and_refusals_with_timm_models(folder, resnet_ref, tmp_pat
     assert main(["compress", "--teacher", resnet_ref, "--method", "quantization",
                  *_data(folder), "--epochs", "1", "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "got ResNet, one of timm models" in err and len(err.splitlines()) == 1
+    assert "timm models covers Vision Transformers" in err and len(err.splitlines()) == 1
     assert main(["compress", "--teacher", resnet_ref, "--method", "kd",
                  "--student", f"timm:{VIT}=x.pth", *_data(folder), "--epochs", "1",
                  "--out", str(tmp_path / "s")]) == 2
@@ -319,3 +319,38 @@ def test_distil_a_vit_into_a_cnn_with_matching(folder, vit_ref, tmp_path):
     assert type(model).__name__ == "ResNet" and meta["compression"]["student"] == "resnet18"
     epoch = meta["history"]["epochs"][0]
     assert np.isfinite(epoch["loss"]) and epoch["match"] > 0  # the matching term was trained
+
+
+def test_vit_qat_of_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
+    """8-bit QAT of a ViT's block Linear layers (each between its own quantize / dequantize),
+    with WCAM; the int8 model runs on CPU kernels and is compared with the fake quant."""
+    from attrpreserve.compress import convert_int8, is_qat, prediction_agreement
+
+    teacher = f"{vit_ref},classes={folder}"
+    out = tmp_path / "q"
+    assert main(["compress", "--teacher", teacher, "--method", "quantization", "--bits", "8",
+                 "--matching", "wcam", *_data(folder), "--epochs", "1", "--batch-size", "4",
+                 "--lr", "0.0001", "--out", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert is_qat(model) and (out / "model.int8.safetensors").is_file()
+    assert 0 <= meta["compression"]["int8_top1_agreement"] <= 1
+    qkv = model.blocks[0].attn.qkv  # a QuantWrapper: quantize, fake-quant Linear, dequantize
+    assert type(qkv.module).__name__ == "Linear" and qkv.module.weight_fake_quant is not None
+    x = torch.rand(6, 3, SIZE, SIZE)
+    int8 = convert_int8(model)
+    assert type(int8.blocks[0].attn.qkv.module).__module__.startswith("torch.ao.nn.quantized")
+    agreement = prediction_agreement(model, int8, x)
+    # int8 requantizes each of 48 Linear outputs: rounding steps, not the float model's drift
+    float_model, _ = load_model(teacher)
+    drift = float((float_model(x) - model(x)).abs().max())
+    assert agreement["max_abs_logit_diff"] < max(drift, 1e-3) * 4
+    assert default_layer(model) == "blocks.10"
+    assert explain(model, x[:2], 0).shape == (2, SIZE, SIZE)
+    # exported as int8 QDQ at its native size, checked in onnxruntime against both PyTorch
+    # forms (its logits are float: no output grid to count steps on)
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--model", str(out), "--size", "224", "--n", "2",
+                 "--out", str(tmp_path / "q.onnx")]) == 0
+    record = json.loads((tmp_path / "q.onnx.json").read_text())["onnx"]
+    assert record["form"] == "int8 QDQ" and record["check_int8"]["output_step"] is None
+    assert record["check_int8"]["max_abs_logit_diff"] < max(drift, 1e-3) * 4

@@ -135,12 +135,14 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, opset: int) ->
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[INPUT], output_names=[OUTPUT],
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-        except torch.onnx.OnnxExporterError as exc:
-            # e.g. a Vision Transformer run at another size than its position embedding's
-            # resamples it with bicubic antialiasing, which opset 17 lacks
+        except RuntimeError as exc:  # the exporter's and the tracer's (an op it cannot run)
             first = str(exc).strip().splitlines()[0]
-            raise ValueError(f"ONNX export failed: {first} (at {example.shape[-1]} px; a "
-                             "Vision Transformer exports at its native size)") from None
+            # a Vision Transformer run at another size than its position embedding's resamples
+            # it with bicubic antialiasing, which opset 17 lacks
+            hint = "; a Vision Transformer exports at its native size" \
+                if "upsample_bicubic" in first else ""
+            raise ValueError(f"ONNX export failed at {example.shape[-1]} px: {first}{hint}") \
+                from None
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int,

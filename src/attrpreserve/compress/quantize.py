@@ -244,17 +244,24 @@ def prepare_qat(model: nn.Module, bits: int = 8, act_bits: int = 8, backend: str
     was_training = model.training
     qat = model if inplace else copy.deepcopy(model)
     groups, relu6 = family.surgery(qat)
-    qat.quant, qat.dequant = tq.QuantStub(), tq.DeQuantStub()
     qconfig = functools.partial(_qconfig, bits, act_bits, reduce_range, family.narrow_weights,
                                 int16_safe=int16_safe)
-    qat.qconfig = qconfig()
+    if family.local:  # only the wrapped layers quantized, each between its own (de)quantizers
+        qat.quant, qat.dequant = nn.Identity(), nn.Identity()
+        for module in qat.modules():
+            if isinstance(module, tq.QuantWrapper):
+                module.qconfig = qconfig()
+    else:
+        qat.quant, qat.dequant = tq.QuantStub(), tq.DeQuantStub()
+        qat.qconfig = qconfig()
     qat.train()
     with _quiet_ao():
-        tq.fuse_modules_qat(qat, groups, inplace=True)
+        if groups:
+            tq.fuse_modules_qat(qat, groups, inplace=True)
         for name in relu6:
             qat.get_submodule(name).qconfig = qconfig(upper=6.0)
         tq.prepare_qat(qat, inplace=True)
-    qat.__class__ = family.qat_class(QATModel)
+    qat.__class__ = family.qat_class(QATModel, type(model))
     qat.qat_frozen, qat.qat_backend = False, backend
     options = {"step": "qat", "bits": bits, "act_bits": act_bits, "backend": backend,
                "reduce_range": bool(reduce_range), "int16_safe": bool(int16_safe)}

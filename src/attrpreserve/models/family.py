@@ -43,15 +43,19 @@ class QATSupport:
     ``check(model)`` raises ``ValueError`` for variants the surgery cannot handle;
     ``surgery(model)`` edits the float model in place into a fusable form computing the same
     function and returns the groups to fuse and the modules whose output is ReLU6's (quantized
-    on the fixed range [0, 6]); ``qat_class(mixin)`` is the class the prepared model takes,
-    built on the quantizer's mixin; ``backend``: the default quantized engine;
-    ``narrow_weights``: symmetric weights without the most negative level."""
+    on the fixed range [0, 6]); ``qat_class(mixin, float class)`` is the class the prepared
+    model takes, built on the quantizer's mixin; ``backend``: the default quantized engine;
+    ``narrow_weights``: symmetric weights without the most negative level; ``local``: only the
+    layers the surgery wraps in ``torch.ao.quantization.QuantWrapper`` are quantized, each
+    between its own quantize / dequantize, the rest stays float (a ViT's Linear layers: its
+    LayerNorm, softmax and GELU have no int8 kernels worth having)."""
 
     check: Callable[[nn.Module], None]
     surgery: Callable[[nn.Module], tuple[list[list[str]], list[str]]]
-    qat_class: Callable[[type], type]
+    qat_class: Callable[[type, type], type]
     backend: str = "x86"
     narrow_weights: bool = False
+    local: bool = False
 
 
 def _never(_model: nn.Module) -> bool:

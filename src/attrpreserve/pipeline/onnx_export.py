@@ -56,17 +56,18 @@ def _agreement(model, onnx_model, images) -> dict:
                                   "mean_abs_logit_diff", "images")}
 
 
-def _output_step(int8_model, images) -> float:
-    """The int8 model's output grid step: the scale of the quantized logits it dequantizes."""
+def _output_step(int8_model, images) -> float | None:
+    """The int8 model's output grid step: the scale of the quantized logits it dequantizes
+    (None where the logits are float: a ViT quantizes its block Linear layers only)."""
     seen = []
     hook = int8_model.dequant.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].q_scale()))
+        lambda module, args: seen.append(args[0].q_scale() if args[0].is_quantized else None))
     try:
         with torch.no_grad():
             int8_model(images)
     finally:
         hook.remove()
-    return float(seen[0])
+    return None if seen[0] is None else float(seen[0])
 
 
 def _latencies(model, onnx_model, size: int) -> dict:
@@ -121,7 +122,7 @@ def _checked(model, meta, model_ref, out, form, data, images, split, opset) -> d
         int8 = convert_int8(model)
         step = _output_step(int8, images[:1])
         record["check_int8"] = {**_agreement(int8, onnx_model, images), "output_step": step}
-        for check in (record["check"], record["check_int8"]):
+        for check in (record["check"], record["check_int8"]) if step else ():
             check["max_abs_logit_diff_steps"] = check["max_abs_logit_diff"] / step
     record["latency_ms"] = _latencies(model, onnx_model, data.size)
     record["versions"] = {"torch": torch.__version__, **runtime_versions()}
@@ -173,7 +174,7 @@ def export_lines(sidecar: dict, out: str | Path) -> str:
             f"onnxruntime vs PyTorch on {check['images']} {check['split']} images: top-1 "
             f"agreement {check['top1_agreement']:.3f}, max |logit diff| "
             f"{check['max_abs_logit_diff']:.3g}")
-    if "check_int8" in rec:
+    if "max_abs_logit_diff_steps" in check:
         int8 = rec["check_int8"]
         text += (f" = {check['max_abs_logit_diff_steps']:.1f} output steps (vs torch's int8 "
                  f"model: {int8['top1_agreement']:.3f}, {int8['max_abs_logit_diff_steps']:.1f} "

@@ -124,7 +124,7 @@ def _qat_check(model: nn.Module) -> None:
 
 
 @functools.cache
-def _qat_class(mixin: type) -> type:
+def _qat_class(mixin: type, _float_class: type) -> type:
     class QATEfficientNetLite(mixin, lite_class()):
         """A fake-quant EfficientNet-Lite; its matched layer ``_head_act`` keeps its name."""
 

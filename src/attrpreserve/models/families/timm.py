@@ -10,8 +10,9 @@ block's attention (the last block's own patch tokens do not: only its class toke
 head; its LayerNorm inside the residual block cannot be tapped with per-pair rows), read as a
 ``side x side`` map (:func:`prefix_tokens`; ``models.layers.LayerTap`` does the reshaping).
 A ViT's card also names its attention maps (attention rollout), the Linear layers magnitude
-pruning covers, and its structured units (heads per attention, hidden channels per MLP). No
-eager-mode QAT (refused by name); LRP uses the default BatchNorm merging.
+pruning covers, its structured units (heads per attention, hidden channels per MLP) and QAT
+of its block Linear layers (local: the rest stays float). A timm CNN has no eager-mode QAT
+(refused by name); LRP uses the default BatchNorm merging.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import functools
 import torch
 from torch import nn
 
-from ..family import Family, register_family
+from ..family import Family, QATSupport, register_family
 from ..normalize import with_input_normalization
 
 
@@ -187,6 +188,29 @@ def _after_pruning(model: nn.Module) -> None:
         _sync_heads(block.attn)
 
 
+def _qat_check(model: nn.Module) -> None:
+    if prefix_tokens(model) is None:
+        raise ValueError("quantization-aware training of timm models covers Vision "
+                         "Transformers (their Linear layers) only")
+
+
+def _qat_surgery(model: nn.Module) -> tuple[list[list[str]], list[str]]:
+    """Every block Linear layer (qkv, proj, MLP: nearly all of a ViT's weights and multiply-
+    adds) between its own quantize and dequantize; nothing to fuse."""
+    from torch.ao.quantization import QuantWrapper
+
+    for name, module in list(model.blocks.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent, _, child = name.rpartition(".")
+            setattr(model.blocks.get_submodule(parent), child, QuantWrapper(module))
+    return [], []
+
+
+@functools.cache
+def _qat_class(mixin: type, float_class: type) -> type:
+    return type(f"QAT{float_class.__name__}", (mixin, float_class), {})
+
+
 def _is_timm(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.")
 
@@ -196,4 +220,5 @@ FAMILY = register_family(Family(
     matches=_is_timm, matched_layer=_matched_layer,
     single_label=lambda m: getattr(m, "spec", {}).get("kwargs", {}).get("single_label", True),
     tokens=prefix_tokens, attention=_attention, magnitude_layers=_block_linears,
-    units=_units, prune_units=_prune_units, after_pruning=_after_pruning))
+    units=_units, prune_units=_prune_units, after_pruning=_after_pruning,
+    qat=QATSupport(_qat_check, _qat_surgery, _qat_class, local=True)))

@@ -139,7 +139,7 @@ def _qat_surgery(model: VGG) -> tuple[list[list[str]], list[str]]:
 
 
 @functools.cache
-def _qat_class(mixin: type) -> type:
+def _qat_class(mixin: type, _float_class: type) -> type:
     class QATVGG(mixin, VGG):
         """A fake-quant VGG; ``last_relu_name`` answers with the float model's name (that ReLU
         is now an ``nn.Identity`` after the fused block)."""
