@@ -5,7 +5,12 @@ The public code's way: a full backward through the teacher, and on the student
 that builds every parameter gradient, before the real backward. Ours differentiates only the
 layers after the matched activation. All three are timed interleaved in one run.
 
+``--vit``: the same for a Vision Transformer (timm's deit_tiny at 64 px, a 4 x 4 patch grid,
+matched on its token map; teacher and student of the same size, the student random): KD,
+KD+WCAM and KD+AT (the public-code style needs a 4-D map and is left out).
+
     python bench/overhead.py [--teacher-width 32] [--divisor 4] [--batch 64] [--steps 12]
+    python bench/overhead.py --vit
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from attrpreserve.recipes import DistillStep, multilabel_kd_loss
-from attrpreserve.matching import WCAM, normalized_distance
+from attrpreserve.matching import WCAM, AttentionTransfer, normalized_distance
 from attrpreserve.models import create_model, get_layer
 
 
@@ -60,6 +65,31 @@ def public_style_step(teacher, student, layer_t, layer_s, lam=100.0):
     return step
 
 
+def vgg_setup(args):
+    """The small VGG teacher, its /divisor students, and the three steps."""
+    teacher = create_model("vgg", num_classes=8, width=args.teacher_width).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    students = {k: create_model("vgg", num_classes=8, width=args.teacher_width,
+                                width_divisor=args.divisor) for k in ("kd", "ours", "public")}
+    layer_t, layer_s = teacher.last_relu_name(), students["kd"].last_relu_name()
+    return teacher, students, {
+        "kd": DistillStep(teacher, None), "ours": DistillStep(teacher, WCAM(drop=0.3)),
+        "public": public_style_step(teacher, students["public"], layer_t, layer_s)}
+
+
+def vit_setup():
+    """deit_tiny teacher and students at 64 px (multi-label heads, like the scenes')."""
+    def vit():
+        return create_model("timm", arch="deit_tiny_patch16_224", num_classes=8, input_size=64,
+                            single_label=False)
+    teacher = vit().eval()
+    students = {k: vit() for k in ("kd", "ours", "at")}
+    return teacher, students, {
+        "kd": DistillStep(teacher, None), "ours": DistillStep(teacher, WCAM(drop=0.3)),
+        "at": DistillStep(teacher, AttentionTransfer())}
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", message="Using backward\(\) with create_graph=True")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,17 +98,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vit", action="store_true", help="a ViT (deit_tiny) instead of the VGG")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    teacher = create_model("vgg", num_classes=8, width=args.teacher_width).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(True)
-    students = {k: create_model("vgg", num_classes=8, width=args.teacher_width,
-                                width_divisor=args.divisor) for k in ("kd", "ours", "public")}
-    layer_t, layer_s = teacher.last_relu_name(), students["kd"].last_relu_name()
-    steps = {"kd": DistillStep(teacher, None),
-             "ours": DistillStep(teacher, WCAM(drop=0.3)),
-             "public": public_style_step(teacher, students["public"], layer_t, layer_s)}
+    teacher, students, steps = (vit_setup() if args.vit else vgg_setup(args))
     opts = {k: torch.optim.SGD(s.parameters(), lr=0.01, momentum=0.9) for k, s in students.items()}
     x = torch.rand(args.batch, 3, 64, 64)
     y = (torch.rand(args.batch, 8) > 0.7).float()
@@ -94,8 +117,10 @@ def main() -> None:
             if i >= 2:  # warm-up
                 times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"teacher width {args.teacher_width}, student /{args.divisor:g}, batch {args.batch}, "
-          f"64 px, {args.steps} steps, torch threads {torch.get_num_threads()}")
+    model = "deit_tiny (ViT)" if args.vit else \
+        f"VGG width {args.teacher_width}, student /{args.divisor:g}"
+    print(f"{model}, batch {args.batch}, 64 px, {args.steps} steps, torch threads "
+          f"{torch.get_num_threads()}")
     for k, v in med.items():
         print(f"  {k:7s} {v * 1000:7.1f} ms/step   {v / med['kd']:.2f}x KD")
 

@@ -16,19 +16,21 @@ from attrpreserve.models import create_model, default_layer, family_of, is_singl
 
 timm = pytest.importorskip("timm")
 
-VIT = "deit_tiny_patch16_224"
+# timm's own test models: ViT 64 wide, 6 blocks of 2 heads, 16 px patches, native 160 px
+# (371 k parameters); ResNet with a 96-channel layer4 (470 k)
+VIT, CNN = "test_vit", "test_resnet"
 SIZE = 64  # a 4 x 4 grid of 16 px patches
 FOLDERS = ("Egyptian_cat", "espresso", "n01440764")  # three ImageNet classes
 
 
 def test_vit_gradcam_on_patch_tokens_matches_a_per_pair_loop():
-    """Grad-CAM at a ViT block (batch x 17 tokens x 192): the 16 patch tokens as a 4 x 4 map,
+    """Grad-CAM at a ViT block (batch x 17 tokens x 64): the 16 patch tokens as a 4 x 4 map,
     the class token dropped; the pair-batched explainer against one plain backward per pair."""
     torch.manual_seed(0)
     model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
     assert family_of(model).name == "timm" and is_single_label(model)
     layer = default_layer(model)
-    assert layer == "blocks.10"  # the last block's patch tokens never reach the class token
+    assert layer == "blocks.4"  # the last block's patch tokens never reach the class token
     images = torch.rand(2, 3, SIZE, SIZE)
     maps = explain(model, images, [[1, 3], [2]], resolution="layer")
     assert maps.shape == (3, 4, 4)
@@ -37,11 +39,11 @@ def test_vit_gradcam_on_patch_tokens_matches_a_per_pair_loop():
     try:
         for j, (i, c) in enumerate(((0, 1), (0, 3), (1, 2))):
             logits = model(images[i:i + 1])
-            grad = torch.autograd.grad(logits[0, c], seen["tokens"])[0][0, 1:]  # 16 x C
+            grad = torch.autograd.grad(logits[0, c], seen["tokens"])[0][0, 1:]  # 16 x 64
             patches = seen["tokens"][0, 1:].detach()
             # the project's Grad-CAM weights sum the gradient over space (the paper's code)
             cam = torch.relu((patches * grad.sum(0)).sum(1)).reshape(4, 4)
-            # float32 sums over 192 channels of magnitudes <= max|cam|: a few ulps of it
+            # float32 sums over 64 channels of magnitudes <= max|cam|: a few ulps of it
             assert torch.allclose(maps[j], cam, rtol=1e-4, atol=1e-5 * float(cam.abs().max()))
     finally:
         handle.remove()
@@ -50,18 +52,18 @@ def test_vit_gradcam_on_patch_tokens_matches_a_per_pair_loop():
 
 def test_timm_references_load_with_their_configuration(tmp_path):
     torch.manual_seed(0)
-    model = create_model("timm", arch="resnet18", num_classes=1000, input_size=SIZE)
-    path = tmp_path / "resnet18.safetensors"
+    model = create_model("timm", arch=CNN, num_classes=1000, input_size=SIZE)
+    path = tmp_path / "cnn.safetensors"
     from safetensors.torch import save_file
 
     save_file(model.state_dict(), str(path))
-    loaded, meta = load_model(f"timm:resnet18={path}")
+    loaded, meta = load_model(f"timm:{CNN}={path}")
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
-    assert meta["data"]["size"] == 224  # timm's configuration's input size
+    assert meta["data"]["size"] == 160  # timm's configuration's input size
     assert default_layer(loaded) == "layer4" and len(meta["classes"]) == 1000
     random_vit, _ = load_model(f"timm:{VIT}")  # no PATH: timm's architecture, random init
-    assert random_vit.patch_embed.img_size == (224, 224)
+    assert random_vit.patch_embed.img_size == (160, 160)
     with pytest.raises(ValueError, match="unknown timm model 'resnet_nope'"):
         load_model("timm:resnet_nope")
 
@@ -81,10 +83,10 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def resnet_ref(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("timm", arch="resnet18", num_classes=1000, input_size=SIZE)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    model = create_model("timm", arch=CNN, num_classes=1000, input_size=SIZE)
+    path = tmp_path_factory.mktemp("weights") / "cnn.pth"
     torch.save(model.state_dict(), path)
-    return f"timm:resnet18={path}"
+    return f"timm:{CNN}={path}"
 
 
 def _data(folder):
@@ -104,7 +106,7 @@ def test_recipes_on_a_timm_teacher_from_the_cli(folder, resnet_ref, tmp_path, me
     model, meta = load_checkpoint(out)
     assert family_of(model).name == "timm" and len(meta["classes"]) == 3
     if method == "kd":  # the ViT student, matched on its patch-token map
-        assert model.spec["kwargs"]["arch"] == VIT and default_layer(model) == "blocks.10"
+        assert model.spec["kwargs"]["arch"] == VIT and default_layer(model) == "blocks.4"
     assert main(["evaluate", "--teacher", teacher, "--model", str(out), *_data(folder),
                  "--split", "val", "--explainers", "gradcam",
                  "--out", str(tmp_path / f"{method}.json")]) == 0
@@ -167,7 +169,7 @@ def test_attention_rollout_against_a_hand_computation():
                 joint = (a / a.sum(1, keepdim=True)) @ joint
             ref = joint[0, 1:].reshape(1, 1, 4, 4)
             ref = torch.nn.functional.interpolate(ref, size=(SIZE, SIZE), mode="bilinear")[0, 0]
-            # products of 12 row-stochastic 17 x 17 matrices in float32: a few ulps of the max
+            # products of 6 row-stochastic 17 x 17 matrices in float32: a few ulps of the max
             assert torch.allclose(maps[j], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
     with pytest.raises(ValueError, match="rollout explains Vision Transformers"):
         explain(create_model("vgg", num_classes=2, width=2), images, 0, method="rollout")
@@ -203,19 +205,26 @@ def test_gradient_weighted_rollout_batched_equals_one_pair_at_a_time():
 @pytest.fixture(scope="module")
 def vit_ref(tmp_path_factory):
     torch.manual_seed(0)
-    vit = create_model("timm", arch=VIT, num_classes=1000)  # weights made at its native 224 px
+    vit = create_model("timm", arch=VIT, num_classes=1000)  # weights made at its native 160 px
     path = tmp_path_factory.mktemp("weights") / "deit.pth"
     torch.save(vit.state_dict(), path)
     return f"timm:{VIT}={path}"
 
 
-def test_vit_magnitude_pruning_covers_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
+def _compress_vit(folder, vit_ref, out, *method) -> tuple[str, torch.nn.Module, dict]:
+    """``(teacher ref, model, sidecar)`` of the ViT teacher restricted to the folder's classes,
+    compressed from the CLI with WCAM for one epoch."""
     teacher = f"{vit_ref},classes={folder}"
+    assert main(["compress", "--teacher", teacher, "--method", *method, "--matching", "wcam",
+                 *_data(folder), "--epochs", "1", "--batch-size", "4", "--lr", "0.0001",
+                 "--out", str(out)]) == 0
+    return (teacher, *load_checkpoint(out))
+
+
+def test_vit_magnitude_pruning_covers_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
     out = tmp_path / "sparse"
-    assert main(["compress", "--teacher", teacher, "--method", "unstructured", "--rounds", "1",
-                 "--per-round", "0.5", "--matching", "wcam", *_data(folder), "--epochs", "1",
-                 "--batch-size", "4", "--lr", "0.0001", "--out", str(out)]) == 0
-    model, meta = load_checkpoint(out)
+    teacher, model, meta = _compress_vit(folder, vit_ref, out, "unstructured", "--rounds", "1",
+                                         "--per-round", "0.5")
     linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
     zeros = sum(int((m.weight == 0).sum()) for m in linears)
     total = sum(m.weight.numel() for m in linears)
@@ -232,15 +241,11 @@ def test_vit_magnitude_pruning_covers_its_linear_layers_from_the_cli(folder, vit
 
 
 def test_vit_head_pruning_from_the_cli(folder, vit_ref, tmp_path, capsys):
-    teacher = f"{vit_ref},classes={folder}"
-    out = tmp_path / "heads"
-    assert main(["compress", "--teacher", teacher, "--method", "structured", "--rate", "0.34",
-                 "--matching", "wcam", *_data(folder), "--epochs", "1", "--batch-size", "4",
-                 "--lr", "0.0001", "--out", str(out)]) == 0
-    model, meta = load_checkpoint(out)
-    assert all(b.attn.num_heads == 2 and b.mlp.fc1.out_features == 507 for b in model.blocks)
+    teacher, model, meta = _compress_vit(folder, vit_ref, tmp_path / "heads", "structured",
+                                         "--rate", "0.5")
+    assert all(b.attn.num_heads == 1 and b.mlp.fc1.out_features == 96 for b in model.blocks)
     units = meta["history"]["rounds"][0]["units"]  # counted right after the surgery
-    assert units["blocks.0.attn"] == 2 and units["blocks.11.mlp"] == 507
+    assert units["blocks.0.attn"] == 1 and units["blocks.5.mlp"] == 96
     capsys.readouterr()
     assert main(["compress", "--teacher", teacher, "--method", "structured",
                  "--prune-layers", "paper", *_data(folder), "--epochs", "1",
@@ -258,26 +263,26 @@ def test_vit_head_and_mlp_pruning_is_exact_and_rebuilds(tmp_path):
     model = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).eval()
     attn, mlp = model.blocks[3].attn, model.blocks[3].mlp
     d = attn.head_dim
-    with torch.no_grad():  # head 1 of block 3 and 100 of its MLP channels contribute nothing
+    with torch.no_grad():  # head 1 of block 3 and 50 of its MLP channels contribute nothing
         attn.proj.weight[:, d:2 * d] = 0
-        attn.qkv.weight.view(3, 3, d, -1)[:, 1] = 0
-        attn.qkv.bias.view(3, 3, d)[:, 1] = 0
-        mlp.fc1.weight[:100] = 0
-        mlp.fc1.bias[:100] = 0
-        mlp.fc2.weight[:, :100] = 0
+        attn.qkv.weight.view(3, 2, d, -1)[:, 1] = 0
+        attn.qkv.bias.view(3, 2, d)[:, 1] = 0
+        mlp.fc1.weight[:50] = 0
+        mlp.fc1.bias[:50] = 0
+        mlp.fc2.weight[:, :50] = 0
     x = torch.rand(2, 3, SIZE, SIZE)
     before = model(x)
     units = pruning_units(model)
-    assert units["blocks.3.attn"] == 3 and units["blocks.3.mlp"] == 768
-    remove_units(model, {"blocks.3.attn": 2, "blocks.3.mlp": 668})
-    assert pruning_units(model)["blocks.3.attn"] == 2 and attn.num_heads == 2
-    assert attn.qkv.weight.shape == (3 * 2 * d, 192) and mlp.fc1.out_features == 668
+    assert units["blocks.3.attn"] == 2 and units["blocks.3.mlp"] == 192
+    remove_units(model, {"blocks.3.attn": 1, "blocks.3.mlp": 142})
+    assert pruning_units(model)["blocks.3.attn"] == 1 and attn.num_heads == 1
+    assert attn.qkv.weight.shape == (3 * d, 64) and mlp.fc1.out_features == 142
     # GELU(0) = 0 and the dropped head's value rows were zero: float32 reordering only
     assert torch.allclose(model(x), before, atol=1e-5)
     save_checkpoint(tmp_path / "p", model)
     loaded, _ = load_checkpoint(tmp_path / "p")
-    assert loaded.blocks[3].attn.num_heads == 2 and torch.allclose(loaded(x), model(x), atol=1e-6)
-    maps = explain(loaded, x, 0, method="grad_rollout")  # attention maps of 2 heads still read
+    assert loaded.blocks[3].attn.num_heads == 1 and torch.allclose(loaded(x), model(x), atol=1e-6)
+    maps = explain(loaded, x, 0, method="grad_rollout")  # a one-head block's maps still read
     assert maps.shape == (2, SIZE, SIZE)
 
 
@@ -288,7 +293,7 @@ def test_train_a_timm_architecture_on_the_scenes(tmp_path):
     model, meta = load_checkpoint(tmp_path / "t")
     assert model.spec == {"name": "timm", "kwargs": {"arch": VIT, "num_classes": len(
         meta["classes"]), "input_size": 32, "single_label": False}}
-    assert default_layer(model) == "blocks.10" and model.patch_embed.grid_size == (2, 2)
+    assert default_layer(model) == "blocks.4" and model.patch_embed.grid_size == (2, 2)
     assert not is_single_label(model)  # trained with one sigmoid per class
     assert main(["train", "--model", "resnet18", "--width", "8", "--data", "scenes",
                  "--out", str(tmp_path / "r")]) == 2  # an option the builder has no use for
@@ -326,12 +331,8 @@ def test_vit_qat_of_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
     with WCAM; the int8 model runs on CPU kernels and is compared with the fake quant."""
     from attrpreserve.compress import convert_int8, is_qat, prediction_agreement
 
-    teacher = f"{vit_ref},classes={folder}"
     out = tmp_path / "q"
-    assert main(["compress", "--teacher", teacher, "--method", "quantization", "--bits", "8",
-                 "--matching", "wcam", *_data(folder), "--epochs", "1", "--batch-size", "4",
-                 "--lr", "0.0001", "--out", str(out)]) == 0
-    model, meta = load_checkpoint(out)
+    teacher, model, meta = _compress_vit(folder, vit_ref, out, "quantization", "--bits", "8")
     assert is_qat(model) and (out / "model.int8.safetensors").is_file()
     assert 0 <= meta["compression"]["int8_top1_agreement"] <= 1
     qkv = model.blocks[0].attn.qkv  # a QuantWrapper: quantize, fake-quant Linear, dequantize
@@ -340,16 +341,16 @@ def test_vit_qat_of_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
     int8 = convert_int8(model)
     assert type(int8.blocks[0].attn.qkv.module).__module__.startswith("torch.ao.nn.quantized")
     agreement = prediction_agreement(model, int8, x)
-    # int8 requantizes each of 48 Linear outputs: rounding steps, not the float model's drift
+    # int8 requantizes each of 24 Linear outputs: rounding steps, not the float model's drift
     float_model, _ = load_model(teacher)
     drift = float((float_model(x) - model(x)).abs().max())
     assert agreement["max_abs_logit_diff"] < max(drift, 1e-3) * 4
-    assert default_layer(model) == "blocks.10"
+    assert default_layer(model) == "blocks.4"
     assert explain(model, x[:2], 0).shape == (2, SIZE, SIZE)
     # exported as int8 QDQ at its native size, checked in onnxruntime against both PyTorch
     # forms (its logits are float: no output grid to count steps on)
     pytest.importorskip("onnxruntime")
-    assert main(["export", "--model", str(out), "--size", "224", "--n", "2",
+    assert main(["export", "--model", str(out), "--size", "160", "--n", "2",
                  "--out", str(tmp_path / "q.onnx")]) == 0
     record = json.loads((tmp_path / "q.onnx.json").read_text())["onnx"]
     assert record["form"] == "int8 QDQ" and record["check_int8"]["output_step"] is None

@@ -52,23 +52,23 @@ def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None
                single_label: bool = True) -> nn.Module:
     """timm's ``arch`` with a ``num_classes`` head, random init, taking [0, 1] images.
 
-    ``single_label``: a softmax classifier (ImageNet weights; the default) or, trained by
-    ``attrpreserve train`` on multi-label data, one sigmoid per class (the card reads it back
-    from the spec).
     ``input_size`` (default: the architecture's) sizes a Vision Transformer's position
     embedding, which is resampled for images of another size (timm's ``dynamic_img_size``),
-    so a ViT takes any size a convolutional model does; those only record it."""
+    so a ViT takes any size a convolutional model does; those only record it.
+    ``single_label``: a softmax classifier (ImageNet weights; the default) or, trained by
+    ``attrpreserve train`` on multi-label data, one sigmoid per class (the card reads it back
+    from the spec)."""
     timm = _timm()
     cfg = pretrained_cfg(arch)
-    native = int(cfg.get("input_size", (3, 224, 224))[-1])
     kwargs = {"pretrained": False, "num_classes": int(num_classes)}
     try:
-        model = timm.create_model(arch, img_size=int(input_size or native),
+        model = timm.create_model(arch, img_size=int(input_size or native_size(arch)),
                                   dynamic_img_size=True, **kwargs)
     except TypeError:  # not a patch-embedding model: no img_size argument
         model = timm.create_model(arch, **kwargs)
     # The fused attention kernel (scaled_dot_product_attention) has no second derivative on
-    # the CPU, and matching differentiates the student's Grad-CAM map: the plain softmax path
+    # the CPU, matching differentiates the student's Grad-CAM map, and rollout reads the
+    # attention probabilities: the plain softmax path
     for module in model.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = False
