@@ -4,7 +4,7 @@ for Vision Transformers, batched over (image, class) pairs.
 Written here because no maintained package computes them on timm models with the call shape
 of the other explainers: the attention probabilities come from the modules the family card
 names (``models.family.Family.attention``: timm's ``attn_drop``, which the softmax output
-passes through when the fused kernel is off), one forward pass over ``cat([images, pairs])``
+passes through with the fused kernel off: ``models.family.exact_attention``), one forward pass over ``cat([images, pairs])``
 records them, and one backward gives every pair's gradient (rows do not interact in eval mode).
 
 - ``rollout``: per block the head-averaged attention plus the identity (the residual), rows
@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from ..models.family import family_of
+from ..models.family import exact_attention, family_of
 from .gradcam import frozen
 
 __all__ = ["grad_rollout", "rollout"]
@@ -47,7 +47,7 @@ def _record(model, images, image_index, classes, with_grads: bool):
     b = len(images)
     x = torch.cat([images, images[image_index]]).detach().requires_grad_(with_grads)
     try:
-        with torch.set_grad_enabled(with_grads), frozen(model):
+        with torch.set_grad_enabled(with_grads), frozen(model), exact_attention(model):
             out = model(x)
             grads = None
             if with_grads:

@@ -19,6 +19,7 @@ from contextlib import ExitStack, nullcontext
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
 from ..attribution.rap import ChainRecorder
+from ..models.family import exact_attention
 from ..models.layers import LayerTap
 from ..registry import Registry
 
@@ -222,6 +223,8 @@ class AttributionMatcher:
         if classes is None:
             classes = t_out[:batch].detach().argmax(1)
         with ExitStack() as stack:
+            if self.loss.needs_pairs:  # the loss differentiates the student's map again
+                stack.enter_context(exact_attention(self.student))
             sts = [stack.enter_context(LayerTap(self.student, layer, index=index))
                    for layer in self.student_layers]
             s_rec = stack.enter_context(_recording(self.student, chain))

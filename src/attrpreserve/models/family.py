@@ -15,15 +15,16 @@ card, so a user can describe their own model in two lines.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, ContextManager, Mapping
 
 from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["FAMILIES", "Family", "InputConfig", "QATSupport", "family_of", "is_single_label",
-           "register_family"]
+__all__ = ["FAMILIES", "Family", "InputConfig", "QATSupport", "exact_attention", "family_of",
+           "is_single_label", "register_family"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class Family:
     so ``models.layers.LayerTap`` reads them as maps; None for convolutional models;
     ``attention(model)``: the modules whose outputs are the attention probabilities (batch x
     heads x tokens x tokens) of each block in order, for attention rollout (empty: none);
+    ``exact_attention(model)``: a context in which attention runs unfused (its probabilities
+    pass through ``attention``'s modules, and it has a second derivative: matching
+    differentiates the student's map), fused elsewhere;
     ``magnitude_layers(model)``: layers magnitude pruning covers besides the convolutions (a
     ViT's block Linear layers; never the classifier); ``units(model)`` and
     ``prune_units(model, keep)``: the family's own structured pruning instead of conv filters
@@ -105,6 +109,7 @@ class Family:
     tokens: Callable[[nn.Module], int | None] | None = None
     attention: Callable[[nn.Module], list[nn.Module]] | None = None
     magnitude_layers: Callable[[nn.Module], list[nn.Module]] | None = None
+    exact_attention: Callable[[nn.Module], ContextManager] | None = None
     units: Callable[[nn.Module], dict[str, int]] | None = None
     prune_units: Callable[[nn.Module, dict[str, int]], None] | None = None
 
@@ -154,3 +159,12 @@ def is_single_label(model: nn.Module) -> bool:
         return bool(own)
     family = family_of(model)
     return bool(family is not None and family.single_label(model))
+
+
+def exact_attention(model: nn.Module) -> ContextManager:
+    """The family card's unfused-attention context for ``model`` (rollout reads attention
+    probabilities; matching takes a second derivative), a no-op for models without one."""
+    family = family_of(model)
+    if family is None or family.exact_attention is None:
+        return nullcontext()
+    return family.exact_attention(model)

@@ -18,6 +18,7 @@ of its block Linear layers (local: the rest stays float). A timm CNN has no eage
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -66,12 +67,6 @@ def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None
                                   dynamic_img_size=True, **kwargs)
     except TypeError:  # not a patch-embedding model: no img_size argument
         model = timm.create_model(arch, **kwargs)
-    # The fused attention kernel (scaled_dot_product_attention) has no second derivative on
-    # the CPU, matching differentiates the student's Grad-CAM map, and rollout reads the
-    # attention probabilities: the plain softmax path
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     return with_input_normalization(model, mean, std)
@@ -96,11 +91,27 @@ def _matched_layer(model: nn.Module) -> str | None:
 
 
 def _attention(model: nn.Module) -> list[nn.Module]:
-    """Each block's attention probabilities pass through ``attn.attn_drop`` (the unfused path,
-    which the builder selects)."""
+    """Each block's attention probabilities pass through ``attn.attn_drop`` (on the unfused
+    path: :func:`_exact_attention`)."""
     if prefix_tokens(model) is None:
         return []
     return [block.attn.attn_drop for block in model.blocks if hasattr(block, "attn")]
+
+
+@contextmanager
+def _exact_attention(model: nn.Module):
+    """timm's attention unfused inside: the fused kernel (scaled_dot_product_attention) hides
+    the attention probabilities rollout reads and has no second derivative on the CPU, which
+    matching takes through the student's map; fused (faster) everywhere else."""
+    modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    saved = [m.fused_attn for m in modules]
+    for m in modules:
+        m.fused_attn = False
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, saved):
+            m.fused_attn = flag
 
 
 def _block_linears(model: nn.Module) -> list[nn.Module]:
@@ -219,6 +230,7 @@ FAMILY = register_family(Family(
     "timm", builders={"timm": timm_model}, label="timm models",
     matches=_is_timm, matched_layer=_matched_layer,
     single_label=lambda m: getattr(m, "spec", {}).get("kwargs", {}).get("single_label", True),
-    tokens=prefix_tokens, attention=_attention, magnitude_layers=_block_linears,
+    tokens=prefix_tokens, attention=_attention, exact_attention=_exact_attention,
+    magnitude_layers=_block_linears,
     units=_units, prune_units=_prune_units, after_pruning=_after_pruning,
     qat=QATSupport(_qat_check, _qat_surgery, _qat_class, local=True)))
