@@ -357,3 +357,19 @@ def test_vit_qat_of_its_linear_layers_from_the_cli(folder, vit_ref, tmp_path):
     record = json.loads((tmp_path / "q.onnx.json").read_text())["onnx"]
     assert record["form"] == "int8 QDQ" and record["check_int8"]["output_step"] is None
     assert record["check_int8"]["max_abs_logit_diff"] < max(drift, 1e-3) * 4
+
+
+def test_explainers_a_family_refuses_fail_in_one_line(folder, tmp_path, capsys):
+    torch.manual_seed(0)
+    vit = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE)
+    with pytest.raises(ValueError, match="'lrp' does not apply to VisionTransformer"):
+        explain(vit, torch.rand(1, 3, SIZE, SIZE), 0, method="lrp")
+    with pytest.raises(ValueError, match="'rollout' explains Vision Transformers"):
+        explain(create_model("timm", arch=CNN, num_classes=4), torch.rand(1, 3, SIZE, SIZE), 0,
+                method="rollout")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", f"timm:{VIT},classes={folder}", *_data(folder),
+                 "--split", "val", "--explainers", "gradcam,rap",
+                 "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'rap' does not apply" in err and len(err.splitlines()) == 1

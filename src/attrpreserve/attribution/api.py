@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..models.layers import eval_mode, model_device
-from .explainers import EXPLAINERS
+from .explainers import EXPLAINERS, check_applicable
 from .gradcam import upsample
 
 RESOLUTIONS = ("input", "layer")
@@ -110,6 +110,7 @@ def explain(model: nn.Module, images: torch.Tensor, targets, method: str = "grad
         ``pairs_from_targets``, detached, on the model's device.
     """
     EXPLAINERS.check(method)
+    check_applicable(model, [method])
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     at_layer = EXPLAINERS.meta(method)["resolution"] == "layer"

@@ -3,6 +3,7 @@ function with the common signature plus one ``EXPLAINERS.register`` line here)."
 
 from __future__ import annotations
 
+from ..models.family import family_of, label
 from ..registry import Registry
 from .gradcam import gradcam
 from .gradients import gradient, input_x_gradient, integrated_gradients
@@ -43,3 +44,18 @@ EXPLAINERS.register("rollout", rollout, resolution="input", differentiable=False
                     attention=True)
 EXPLAINERS.register("grad_rollout", grad_rollout, resolution="input", differentiable=False,
                     attention=True)
+
+
+def check_applicable(model, names) -> None:
+    """``ValueError`` (one line) for an explainer that does not apply to ``model``: one its
+    family card refuses (a ViT's LRP), or rollout without attention maps to read."""
+    family = family_of(model)
+    refused = family.refused_explainers(model) if family and family.refused_explainers else {}
+    has_attention = bool(family and family.attention and family.attention(model))
+    for name in names:
+        if name in refused:
+            raise ValueError(f"explainer {name!r} does not apply to {type(model).__name__} "
+                             f"({label(family)}): {refused[name]}")
+        if name in EXPLAINERS and EXPLAINERS.meta(name).get("attention") and not has_attention:
+            raise ValueError(f"explainer {name!r} explains Vision Transformers (attention maps); "
+                             f"{type(model).__name__} has none")

@@ -35,6 +35,7 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 
 from ..attribution import EXPLAINERS
+from ..attribution.explainers import check_applicable
 from ..fileio import atomic_write
 from ..models.families.vgg import GlobalMaxPool
 from .quantize import _quiet_ao, convert_int8, is_qat
@@ -213,9 +214,11 @@ def _weight_tensors(path: Path) -> list[torch.Tensor]:
 
 
 def check_explainers(model: nn.Module, explainers) -> None:
-    """ValueError (one line) when ``model`` runs in onnxruntime and an explainer needs more than
-    its forward passes (gradients, hooks on its layers)."""
+    """ValueError (one line) when an explainer does not apply to ``model``: ``model`` runs in
+    onnxruntime and the explainer needs more than its forward passes (gradients, hooks on its
+    layers), or its family refuses it (``attribution.explainers.check_applicable``)."""
     if not isinstance(model, OnnxModel):
+        check_applicable(model, explainers)
         return
     black_box = EXPLAINERS.names(black_box=True)
     for name in explainers:

@@ -24,7 +24,7 @@ from torch import nn
 from ..registry import Registry
 
 __all__ = ["FAMILIES", "Family", "InputConfig", "QATSupport", "exact_attention", "family_of",
-           "is_single_label", "register_family"]
+           "is_single_label", "label", "register_family"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class Family:
     heads x tokens x tokens) of each block in order, for attention rollout (empty: none);
     ``exact_attention(model)``: a context in which attention runs unfused (its probabilities
     pass through ``attention``'s modules, and it has a second derivative: matching
-    differentiates the student's map), fused elsewhere;
+    differentiates the student's map), fused elsewhere; ``refused_explainers(model)``:
+    explainer name -> why its maps mean nothing for this model (a ViT's LRP rules);
     ``magnitude_layers(model)``: layers magnitude pruning covers besides the convolutions (a
     ViT's block Linear layers; never the classifier); ``units(model)`` and
     ``prune_units(model, keep)``: the family's own structured pruning instead of conv filters
@@ -110,6 +111,7 @@ class Family:
     attention: Callable[[nn.Module], list[nn.Module]] | None = None
     magnitude_layers: Callable[[nn.Module], list[nn.Module]] | None = None
     exact_attention: Callable[[nn.Module], ContextManager] | None = None
+    refused_explainers: Callable[[nn.Module], Mapping[str, str]] | None = None
     units: Callable[[nn.Module], dict[str, int]] | None = None
     prune_units: Callable[[nn.Module, dict[str, int]], None] | None = None
 

@@ -114,6 +114,18 @@ def _exact_attention(model: nn.Module):
             m.fused_attn = flag
 
 
+# zennit's composites have no rule for attention (softmax, the q k^T and attn v products) or
+# LayerNorm: relevance is not conserved through them, and RAP's chain knows no such layer
+_NO_ATTENTION_RULES = "its rules have no attention or LayerNorm rule (relevance is not conserved)"
+
+
+def _refused_explainers(model: nn.Module) -> dict[str, str]:
+    if prefix_tokens(model) is None:
+        return {}
+    return {"lrp": _NO_ATTENTION_RULES, "lrp_a1b0": _NO_ATTENTION_RULES,
+            "ebp": _NO_ATTENTION_RULES, "rap": _NO_ATTENTION_RULES}
+
+
 def _block_linears(model: nn.Module) -> list[nn.Module]:
     """A ViT's attention (qkv, proj) and MLP Linear layers: magnitude pruning covers them."""
     if prefix_tokens(model) is None:
@@ -231,6 +243,7 @@ FAMILY = register_family(Family(
     matches=_is_timm, matched_layer=_matched_layer,
     single_label=lambda m: getattr(m, "spec", {}).get("kwargs", {}).get("single_label", True),
     tokens=prefix_tokens, attention=_attention, exact_attention=_exact_attention,
+    refused_explainers=_refused_explainers,
     magnitude_layers=_block_linears,
     units=_units, prune_units=_prune_units, after_pruning=_after_pruning,
     qat=QATSupport(_qat_check, _qat_surgery, _qat_class, local=True)))
