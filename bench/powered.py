@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attrpreserve.attribution.explainers import check_applicable
 from attrpreserve.evaluate.runner import collect_pairs
 from attrpreserve.data.images import spread
 from attrpreserve.evaluate.stats import delta_ci, gaps_recovered, mean_ci
@@ -490,6 +491,16 @@ def map_fit(root, cfg, models: dict, layer: str, classes, n: int = 400) -> dict:
     return out
 
 
+def refusal(nets: dict, explainer: str) -> str | None:
+    """Why ``explainer`` does not apply to one of ``nets`` (its family card), or None."""
+    try:
+        for net in nets.values():
+            check_applicable(net, [explainer])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
     """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``, reused)."""
     folder, wcam = out / f"seed{seed}", variant_of(args)[0]
@@ -507,6 +518,11 @@ def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
                   "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in
                             runs.items() if (p / "timing.json").is_file()}}
         for view, explainer, layer in VIEWS:
+            refused = refusal(nets, explainer)
+            if refused:  # e.g. LRP of a fake-quant Lite0: not conserved, no evidence
+                result["views"][view] = {"refused": refused}
+                say(f"seed {seed} {view}: refused ({refused})")
+                continue
             t0 = time.perf_counter()
             batches = test_set(root, cfg, classes, args.test_photos, explainer == "lrp",
                                4 if args.smoke else None)
@@ -682,6 +698,9 @@ def report(out: Path, variant: str = "stride-16") -> str:
                   "|---" * 7 + "|"]
         for r in seeds:
             v = r["views"][view]
+            if "refused" in v:
+                lines.append(f"| {r['seed']} | {v['refused']} |")
+                continue
             ms = v["models"]
             order = ("teacher", *ROLES)
             lines.append(

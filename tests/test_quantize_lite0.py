@@ -222,3 +222,20 @@ def test_cli_quantization_on_photos(tmp_path, capsys):
                  "--size", str(SIZE), "--no-progress", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "VGG family" in err and "EfficientNet-Lite" in err and "torchvision models" in err
+
+
+def test_zennit_explainers_are_refused_on_the_fake_quant_lite():
+    """LRP / EBP relevance is not conserved through the fake-quant Lite (docs/real-photos.md):
+    refused in one line, not drawn; the float model and Grad-CAM are unaffected."""
+    from attrpreserve import explain
+    from attrpreserve.models.students import create_student
+
+    torch.manual_seed(0)
+    lite = create_student("efficientnet-lite0", 3, SIZE).eval()
+    x = torch.rand(1, 3, SIZE, SIZE)
+    qat = prepare_qat(lite, bits=8, calibration=x).eval()
+    for name in ("lrp", "lrp_a1b0", "ebp"):
+        with pytest.raises(ValueError, match="not conserve relevance through the fake-quant"):
+            explain(qat, x, 0, method=name)
+    assert explain(lite, x, 0, method="lrp").shape == (1, SIZE, SIZE)
+    assert explain(qat, x, 0, method="gradcam").shape == (1, SIZE, SIZE)
