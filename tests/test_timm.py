@@ -172,7 +172,7 @@ def test_attention_rollout_against_a_hand_computation():
             ref = torch.nn.functional.interpolate(ref, size=(SIZE, SIZE), mode="bilinear")[0, 0]
             # products of 6 row-stochastic 17 x 17 matrices in float32: a few ulps of the max
             assert torch.allclose(maps[j], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
-    with pytest.raises(ValueError, match="rollout explains Vision Transformers"):
+    with pytest.raises(ValueError, match="explains Vision Transformers"):
         explain(create_model("vgg", num_classes=2, width=2), images, 0, method="rollout")
 
 
