@@ -37,3 +37,18 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+def random_photo_folders(root, folders, per_class: int = 1, shape=(40, 48, 3), seed: int = 0):
+    """``root`` with one folder of ``per_class`` random RGB photos per name in ``folders``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for folder in folders:
+        (root / folder).mkdir()
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(
+                root / folder / f"{k}.png")
+    return root
+

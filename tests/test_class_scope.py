@@ -3,10 +3,10 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import random_photo_folders
 
 from attrpreserve.cli import main
 from attrpreserve.models import create_model, save_checkpoint
@@ -19,13 +19,7 @@ NAMES = [imagenet_classes()[i] for i in (285, 967, 0)]  # the folders' order, so
 
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labeled")
-    rng = np.random.default_rng(0)
-    for folder in FOLDERS:
-        (root / folder).mkdir()
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
-            root / folder / "a.png")
-    return root
+    return random_photo_folders(tmp_path_factory.mktemp("labeled"), FOLDERS)
 
 
 @pytest.fixture(scope="module")

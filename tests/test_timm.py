@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import random_photo_folders
 
 from attrpreserve import explain
 from attrpreserve.cli import main
@@ -71,14 +72,8 @@ def test_timm_references_load_with_their_configuration(tmp_path):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("labeled")
-    rng = np.random.default_rng(0)
-    for name in FOLDERS:
-        (root / name).mkdir()
-        for k in range(4):
-            Image.fromarray(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8)).save(
-                root / name / f"{k}.png")
-    return root
+    return random_photo_folders(tmp_path_factory.mktemp("labeled"), FOLDERS, per_class=4,
+                                shape=(72, 80, 3))
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,8 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["FAMILIES", "Family", "InputConfig", "QATSupport", "exact_attention", "family_of",
+__all__ = ["FAMILIES", "Family", "QATSupport", "exact_attention", "family_of",
            "is_single_label", "label", "register_family"]
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """How the family's weights expect their input: native side in pixels and the per-channel
-    mean / std its builders normalise [0, 1] images with (inside the model)."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -68,12 +58,12 @@ class Family:
     """A model family's card.
 
     ``builders``: registry name -> builder (``num_classes`` and keyword arguments -> a model
-    taking [0, 1] images); ``label``: the family for users, in messages (default ``name``); ``matches(model)``: recognises the family's models built elsewhere
-    (by class); ``matched_layer(model)``: the layer Grad-CAM and matching use by default (the
-    last feature block's output; None, or a function answering None: probed,
-    ``models.layers.probe_layer``);
-    ``single_label(model)``: a softmax head (True) or one sigmoid per class; ``input``: native
-    input config, None where the family has no pretrained weights; ``students``: student name
+    taking [0, 1] images, its weights' mean / std inside); ``label``: the family for users, in
+    messages (default ``name``); ``matches(model)``: recognises the family's models built
+    elsewhere (by class); ``matched_layer(model)``: the layer Grad-CAM and matching use by
+    default (the last feature block's output; None, or a function answering None: probed,
+    ``models.layers.probe_layer``); ``single_label(model)``: a softmax head (True) or one
+    sigmoid per class; ``students``: student name
     -> (registry name, fixed keyword arguments) for distillation across families;
     ``canonizers(model)``: zennit canonizers for LRP (None: BatchNorm merged into the preceding
     layer); ``qat``: eager-mode QAT support (None: not quantizable); ``after_pruning(model)``:
@@ -101,7 +91,6 @@ class Family:
     matches: Callable[[nn.Module], bool] = _never
     matched_layer: Callable[[nn.Module], str | None] | None = None
     single_label: Callable[[nn.Module], bool] = _never
-    input: InputConfig | None = None
     students: Mapping[str, tuple[str, dict]] = field(default_factory=dict)
     canonizers: Callable[[nn.Module], list] | None = None
     qat: QATSupport | None = None

@@ -24,12 +24,12 @@ from ..engine import fit
 from ..evaluate import audit as run_audit
 from ..evaluate import evaluate_models, model_cost, nan_to_none
 from ..evaluate.gate import check as check_gate
-from ..models.family import is_single_label
 from ..fileio import atomic_write_text
 from ..loading import load_model
 from ..matching import create_matcher
 from ..models import MODELS, class_probabilities, create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
+from ..models.family import is_single_label
 from ..models.pretrained import is_pretrained, is_timm
 from ..models.pretrained import parse as parse_ref
 from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 
-from ..family import Family, InputConfig, QATSupport, register_family
+from ..family import Family, QATSupport, register_family
 from ..normalize import with_input_normalization
 
 LITE0 = "efficientnet-lite0"
@@ -243,7 +243,6 @@ FAMILY = register_family(Family(
     builders={"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite1": efficientnet_lite1,
               "efficientnet_lite2": efficientnet_lite2},
     matches=_is_lite, matched_layer=lambda m: "_head_act", single_label=lambda m: True,
-    input=InputConfig(224, LITE_MEAN, LITE_STD),
     students={name: (registry, {}) for name, (registry, _, _) in LITE.items()},
     qat=QATSupport(_qat_check, qat_surgery, _qat_class, backend="onednn", narrow_weights=True),
     refused_explainers=_refused_explainers))

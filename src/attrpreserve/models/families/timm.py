@@ -193,10 +193,10 @@ def _keep_hidden(mlp: nn.Module, n: int) -> None:
 
 def _prune_units(model: nn.Module, keep: dict[str, int]) -> None:
     """Keep ``keep[name]`` heads (attention) or hidden channels (MLP) of each named unit."""
+    units = _units(model)
     for name, n in keep.items():
-        module = model.get_submodule(name)
-        if n < _units(model)[name]:
-            (_keep_heads if name.endswith(".attn") else _keep_hidden)(module, n)
+        if n < units[name]:
+            (_keep_heads if name.endswith(".attn") else _keep_hidden)(model.get_submodule(name), n)
 
 
 def _sync_heads(attn: nn.Module) -> None:

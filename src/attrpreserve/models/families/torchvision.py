@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..family import Family, InputConfig, register_family
+from ..family import Family, register_family
 from ..normalize import with_input_normalization
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,7 +93,6 @@ FAMILY = register_family(Family(
               IMAGENET: torchvision_imagenet},
     matches=_is_torchvision, matched_layer=_matched_layer,
     single_label=lambda m: getattr(m, "spec", {}).get("name") == IMAGENET,
-    input=InputConfig(224, IMAGENET_MEAN, IMAGENET_STD),
     students={"resnet18": (IMAGENET, {"arch": "resnet18"}),
               "mobilenet_v3_small": (IMAGENET, {"arch": "mobilenet_v3_small"})},
     canonizers=_canonizers))
