@@ -578,6 +578,10 @@ def variant_scores(args, root, cfg, naive: Path, run: Path) -> dict:
         nets = {k: e.model for k, e in models.items()}
         out = {}
         for view, explainer, layer in VARIANT_VIEWS:
+            refused = refusal(nets, explainer)
+            if refused:  # e.g. LRP of a fake-quant Lite0: recorded, not scored
+                out[view] = {"refused": refused}
+                continue
             batches = loader(root, cfg, "val", classes)
             if explainer == "lrp":  # about five Grad-CAMs a pair: a spread subset
                 ds = batches.dataset
@@ -611,7 +615,7 @@ def variants(args, root: Path, out: Path, chosen: dict) -> dict:
         rows.append(row)
         say(f"  {name} at {lam:g}: top-1 {row['top1']:.3f} ({row['top1_delta']['delta']:+.3f}, "
             f"margin {row['margin']:.3f}), "
-            + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in s))
+            + ", ".join(f"{v} {row['spearman'][v]['run']:.3f}" for v in row["spearman"]))
         return row
 
     for name, overrides, factor in VARIANTS:
@@ -648,7 +652,8 @@ def variants_table(out: Path) -> list[str]:
             f"| {r['variant']} | {r['lam']:g} | {r['top1']:.3f} | {d['delta']:+.3f} "
             f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {'yes' if r['admissible'] else 'no'} | "
             + " | ".join(f"{r['spearman'][n]['naive']:.3f} / {r['spearman'][n]['run']:.3f}"
-                         for n in views) + f" | {r['score']:.3f} |")
+                         if n in r["spearman"] else "refused" for n in views)
+            + f" | {r['score']:.3f} |")
     return lines
 
 
