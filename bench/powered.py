@@ -118,6 +118,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="val/ photos scored, spread evenly (default 1000; box photos added)")
     p.add_argument("--lrp-photos", type=int, default=150,
                    help="held-out photos LRP scores in the variants phase (default 150)")
+    p.add_argument("--ig-photos", type=int, default=64,
+                   help="boxed val/ photos integrated gradients scores in the evaluate phase, "
+                        "spread evenly (default 64)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--smoke", action="store_true", help="a handful of photos at 64 px, 1 seed")
     p.add_argument("--report-only", action="store_true", help="print the table of OUT and stop")
@@ -429,17 +432,23 @@ def train(args, root: Path, out: Path, chosen: dict) -> None:
 
 # (name, explainer, layer): Grad-CAM where the loss matches and at the head (plain CAM), and LRP,
 # which the loss never saw (on the boxed photos only: it costs about five Grad-CAMs)
-VIEWS = (("matched layer", "gradcam", "matched"), ("head", "gradcam", None), ("LRP", "lrp", None))
+# (view, explainer, layer); LRP and IG (explainers the loss never saw) score the boxed photos,
+# IG a spread ``--ig-photos`` of them (32 integration steps: ~4 s a pair on a core)
+VIEWS = (("matched layer", "gradcam", "matched"), ("head", "gradcam", None), ("LRP", "lrp", None),
+         ("IG", "ig", None))
 ROLES = ("control", "naive", "wcam")
 LOC = ("hit_std", "auc", "energy")
 
 
 def test_set(root: Path, cfg, classes, n: int | None, boxed_only: bool = False,
              max_boxed: int | None = None):
-    """val/'s photos scored: ``n`` spread evenly plus every photo with a box (or those alone)."""
+    """val/'s photos scored: ``n`` spread evenly plus every photo with a box (or those alone;
+    ``max_boxed`` of them spread evenly)."""
     ds = photos.data_config(root, cfg, 0).loader("test", adapt=lambda d: d.with_classes(classes))
     ds = ds.dataset
-    boxed = [i for i, b in enumerate(ds.boxes or []) if b][:max_boxed]
+    boxed = [i for i, b in enumerate(ds.boxes or []) if b]
+    if max_boxed is not None and max_boxed < len(boxed):
+        boxed = [boxed[i] for i in spread(len(boxed), max_boxed)]
     if boxed_only:
         keep = boxed
     else:
@@ -502,42 +511,46 @@ def refusal(nets: dict, explainer: str) -> str | None:
 
 
 def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
-    """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``, reused)."""
+    """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``): the views it
+    lacks are computed and added (a view added to ``VIEWS`` later runs alone)."""
     folder, wcam = out / f"seed{seed}", variant_of(args)[0]
     runs = {r: folder / (wcam if r == "wcam" else r) for r in ROLES}
     if not all((p / "timing.json").is_file() for p in runs.values()):
         say(f"seed {seed}: runs not all finished; skipped")
         return None
-
-    def make():
-        cfg = base_config(args)
-        models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), **runs})
-        classes = models["teacher"].meta["classes"]
-        nets = {k: e.model for k, e in models.items()}
-        result = {"seed": seed, "layer": args.layer, "variant": args.variant, "views": {},
-                  "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in
-                            runs.items() if (p / "timing.json").is_file()}}
-        for view, explainer, layer in VIEWS:
-            refused = refusal(nets, explainer)
-            if refused:  # e.g. LRP of a fake-quant Lite0: not conserved, no evidence
-                result["views"][view] = {"refused": refused}
-                say(f"seed {seed} {view}: refused ({refused})")
-                continue
-            t0 = time.perf_counter()
-            batches = test_set(root, cfg, classes, args.test_photos, explainer == "lrp",
-                               4 if args.smoke else None)
-            layers = {k: args.layer for k in nets} if layer == "matched" else None
-            data = collect_pairs(nets, batches, "teacher", (explainer,), layers, progress=False)
-            result["views"][view] = view_scores(data, explainer, args.n_boot)
-            say(f"seed {seed} {view}: {len(data['image'])} pairs, "
-                f"{time.perf_counter() - t0:.0f} s")
+    path = folder / f"eval{suffix(args.variant)}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {
+        "seed": seed, "layer": args.layer, "variant": args.variant, "views": {},
+        "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in runs.items()}}
+    missing = [v for v in VIEWS if v[0] not in result["views"]]
+    if not missing and "map_fit" in result:
+        return result
+    cfg = base_config(args)
+    models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), **runs})
+    classes = models["teacher"].meta["classes"]
+    nets = {k: e.model for k, e in models.items()}
+    for view, explainer, layer in missing:
+        refused = refusal(nets, explainer)
+        if refused:  # e.g. LRP of a fake-quant Lite0: not conserved, no evidence
+            result["views"][view] = {"refused": refused}
+            say(f"seed {seed} {view}: refused ({refused})")
+            continue
+        t0 = time.perf_counter()
+        boxed = 4 if args.smoke else args.ig_photos if explainer == "ig" else None
+        batches = test_set(root, cfg, classes, args.test_photos, explainer in ("lrp", "ig"),
+                           boxed)
+        layers = {k: args.layer for k in nets} if layer == "matched" else None
+        data = collect_pairs(nets, batches, "teacher", (explainer,), layers, progress=False)
+        result["views"][view] = view_scores(data, explainer, args.n_boot)
+        say(f"seed {seed} {view}: {len(data['image'])} pairs, {time.perf_counter() - t0:.0f} s")
+        write_json(path, result)  # each view kept as soon as it is scored
+    if "map_fit" not in result:
         n_fit = 8 if args.smoke else 400
         result["map_fit"] = map_fit(root, cfg, models, args.layer, classes, n_fit)
         if HEAD in variant_of(args)[1].get("layer", "").split(","):  # the loss matches it too
             result["map_fit_head"] = map_fit(root, cfg, models, HEAD, classes, n_fit)
-        return result
-
-    return cached_json(folder / f"eval{suffix(args.variant)}.json", make)
+    write_json(path, result)
+    return result
 
 
 def suffix(variant: str) -> str:
@@ -610,7 +623,8 @@ def variants(args, root: Path, out: Path, chosen: dict) -> dict:
         row = {"variant": name, "lam": lam, **overrides,
                **admissibility(s["head"]["naive"], s["head"]["run"], args.n_boot),
                "spearman": {v: {"naive": mean(s[v]["naive"]["spearman"]),
-                                "run": mean(s[v]["run"]["spearman"])} for v in s}}
+                                "run": mean(s[v]["run"]["spearman"])}
+                            for v in s if "refused" not in s[v]}}
         row["score"] = mean([row["spearman"][v]["run"] for v in ("stride-16", "head")])
         rows.append(row)
         say(f"  {name} at {lam:g}: top-1 {row['top1']:.3f} ({row['top1_delta']['delta']:+.3f}, "
@@ -702,7 +716,7 @@ def report(out: Path, variant: str = "stride-16") -> str:
                   " WCAM (centre) | energy PG teacher / control / naive / WCAM (centre) |",
                   "|---" * 7 + "|"]
         for r in seeds:
-            v = r["views"][view]
+            v = r["views"].get(view, {"refused": "not evaluated"})
             if "refused" in v:
                 lines.append(f"| {r['seed']} | {v['refused']} |")
                 continue
