@@ -2,9 +2,10 @@
 
     python bench/teacher.py --out runs/teacher                # train as the demo would; score val
     python bench/teacher.py --out runs/teacher --ship         # ... score val and test, and ship it
+    python bench/teacher.py --family vit --out runs/vit       # the ViT demo's teacher (issue 25)
 
 Training uses the demo's teacher settings (``pipeline.demo_teacher_config``: ``DemoConfig``'s
-width, epochs, scenes, seed 0); a finished checkpoint in ``--out`` is reused. The score
+architecture, width, epochs, scenes, seed 0; ``--family vit``: ``pipeline.VIT``'s small ViT); a finished checkpoint in ``--out`` is reused. The score
 (``pipeline.shipped.score_teacher``) is Grad-CAM on *all* ground-truth pairs: pointing game pooled
 and per class, AUC, and mAP, against ``TARGETS``. Settings are chosen on the validation split;
 ``--ship`` reads the test split once, for the record, and copies the checkpoint with both scores
@@ -22,32 +23,38 @@ from pathlib import Path
 import torch
 
 from attrpreserve.pipeline import demo_teacher_config, is_finished, train_teacher
-from attrpreserve.pipeline.shipped import FILES, SCORES, SHIPPED_TEACHER, score_teacher
+from attrpreserve.pipeline.experiments import DEMOS
+from attrpreserve.pipeline.shipped import FILES, SCORES, score_teacher, shipped_folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/teacher", help="checkpoint folder (reused if finished)")
     ap.add_argument("--ship", action="store_true",
-                    help=f"also score the test split and copy the teacher to {SHIPPED_TEACHER}")
+                    help="also score the test split and copy the teacher into the package "
+                         "(pipeline/demo_teacher, the ViT's pipeline/demo_vit)")
+    ap.add_argument("--family", choices=sorted(DEMOS), default="vgg",
+                    help="whose demo teacher: the VGG's (default) or the ViT's")
+    ap.add_argument("--device", default="cpu", help="where to train (cpu, cuda; default cpu)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    cfg = demo_teacher_config(progress=not args.no_progress)
+    cfg = demo_teacher_config(progress=not args.no_progress, family=args.family)
     out, t0 = Path(args.out), time.perf_counter()
     trained = not is_finished(out, cfg)
     if trained:
-        train_teacher(cfg, out)
+        train_teacher(cfg, out, device=args.device)
     scores = {split: score_teacher(out, cfg.data, split)
               for split in (("val", "test") if args.ship else ("val",))}
     print(json.dumps({"checkpoint": str(out), "threads": torch.get_num_threads(),
                       "train_seconds": round(time.perf_counter() - t0, 1) if trained else None,
                       **scores}, indent=2))
     if args.ship:
-        SHIPPED_TEACHER.mkdir(parents=True, exist_ok=True)
+        folder = shipped_folder(DEMOS[args.family].shipped)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in FILES:
-            shutil.copy2(out / name, SHIPPED_TEACHER / name)
-        (SHIPPED_TEACHER / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
-        print(f"shipped: {SHIPPED_TEACHER}")
+            shutil.copy2(out / name, folder / name)
+        (folder / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
+        print(f"shipped: {folder}")
 
 
 if __name__ == "__main__":

@@ -368,3 +368,53 @@ def test_explainers_a_family_refuses_fail_in_one_line(folder, tmp_path, capsys):
                  "--out", str(tmp_path / "e.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "'rap' does not apply" in err and len(err.splitlines()) == 1
+
+
+def test_architecture_options_shape_the_model_and_travel_with_its_checkpoint(tmp_path):
+    """``options`` (the ViT demo's teacher: test_vit at patch 8) change the architecture, are
+    kept in the spec (a checkpoint rebuilds the same shapes), and anything but a shape is
+    refused by name."""
+    from attrpreserve.models.checkpoint import save_checkpoint
+
+    options = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4}
+    model = create_model("timm", arch=VIT, num_classes=3, input_size=SIZE, single_label=False,
+                         options=options)
+    assert model.patch_embed.grid_size == (8, 8) and len(model.blocks) == 2
+    assert model.blocks[0].attn.num_heads == 4 and default_layer(model) == "blocks.0"
+    save_checkpoint(tmp_path / "m", model, {"classes": ["a", "b", "c"]})
+    loaded, _ = load_checkpoint(tmp_path / "m")
+    assert loaded.spec["kwargs"]["options"] == options
+    x = torch.rand(2, 3, SIZE, SIZE)
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)
+    for bad, word in (({"pretrained": True}, "unknown architecture option 'pretrained'"),
+                      ({"depth": 2.5}, "wrong type"), ({"qkv_bias": 1}, "wrong type")):
+        with pytest.raises(ValueError, match=word):
+            create_model("timm", arch=VIT, num_classes=3, options=bad)
+
+
+def test_the_vit_demo_prunes_heads_and_reports_every_explainer(tmp_path):
+    """The ViT quick demo's shape, tiny: a ViT teacher, the control, head + MLP pruning naive /
+    AT / WCAM, and for each explainer (token Grad-CAM, rollout, gradient rollout, IG) the gap
+    recovered, in results.json and the printed table."""
+    from dataclasses import replace
+
+    from attrpreserve import pipeline
+
+    cfg = replace(pipeline.VIT, teacher="train", teacher_epochs=1, teacher_warmup=0.0,
+                  n_train=32, n_val=16, n_test=16,
+                  model_options={"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4})
+    res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
+    runs = {r["name"]: r for r in res["runs"]}
+    assert list(runs) == ["teacher", "control", "structured", "structured+at",
+                          "structured+wcam"]
+    teacher, _ = load_checkpoint(tmp_path / "teacher")
+    pruned, _ = load_checkpoint(tmp_path / "structured+wcam")
+    heads = [b.attn.num_heads for b in pruned.blocks]
+    assert sum(heads) < sum(b.attn.num_heads for b in teacher.blocks)
+    for name in ("structured+at", "structured+wcam"):
+        assert set(runs[name]["attribution"]) == {"gradcam", "rollout", "grad_rollout", "ig"}
+        for entry in runs[name]["attribution"].values():
+            assert entry["gap_recovered"]["naive"] == "structured"
+    table = pipeline.format_table(res)
+    for explainer in ("rollout", "grad_rollout", "ig"):
+        assert f"  {explainer}: structured+wcam  vs structured" in table

@@ -23,8 +23,8 @@ the public names its callers use (the CLI, bench/, tests).
 from ..recipes import RECIPES
 from .configs import (CompressConfig, DataConfig, TeacherConfig, labels_for, resolve_data,
                       scope_to_folder)
-from .experiments import (FULL, QUICK, STRENGTH_NOTE, DemoConfig, demo, demo_teacher_config,
-                          saved_sweeps, sweep, sweep_rows)
+from .experiments import (DEMOS, FULL, QUICK, STRENGTH_NOTE, VIT, DemoConfig, demo,
+                          demo_teacher_config, saved_sweeps, sweep, sweep_rows)
 from .photos import CPU as PHOTOS_CPU
 from .photos import GPU as PHOTOS_GPU
 from .photos import PhotosConfig, photos_demo
@@ -32,8 +32,8 @@ from .stages import (Loaded, audit, compress, evaluate, explain, format_table, i
                      load_models, report, train_teacher, versions, write_results)
 
 __all__ = ["RECIPES", "CompressConfig", "DataConfig", "TeacherConfig", "labels_for",
-           "resolve_data", "scope_to_folder", "FULL", "QUICK", "STRENGTH_NOTE", "DemoConfig", "demo",
-           "demo_teacher_config", "saved_sweeps",
+           "resolve_data", "scope_to_folder", "DEMOS", "FULL", "QUICK", "VIT", "STRENGTH_NOTE",
+           "DemoConfig", "demo", "demo_teacher_config", "saved_sweeps",
            "sweep", "sweep_rows", "audit", "compress", "evaluate", "explain", "format_table",
            "is_finished", "report", "train_teacher", "versions", "write_results", "Loaded",
            "load_models", "PHOTOS_CPU", "PHOTOS_GPU", "PhotosConfig", "photos_demo"]

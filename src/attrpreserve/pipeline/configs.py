@@ -208,6 +208,8 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
     init: str | None = None  # initial weights: a .safetensors / .pt / .pth state dict file
     width_divisor: float = 1.0  # every width / R (vgg16: the paper's students; smoke tests)
+    # a ``timm:`` model's architecture options (``models.families.timm.ARCH_OPTIONS``)
+    model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check(_positive_int(self.width), f"width must be a positive integer, got {self.width!r}")

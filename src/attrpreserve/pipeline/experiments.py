@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import logs
 from ..engine import TrainConfig
 from . import stages
 from .configs import CompressConfig, DataConfig, TeacherConfig
-from .shipped import install_shipped_teacher
+from .shipped import install_shipped_teacher, shipped_folder
 
 DEMO_MATCHINGS = ("none", "at", "wcam")
 CONTROL = "control"  # the teacher fine-tuned like the compressed runs, nothing compressed
@@ -38,6 +38,12 @@ class DemoConfig:
 
     scenes: str = DEMO_SCENES
     teacher: str = "shipped"
+    # the teacher's architecture (``TeacherConfig.model`` / ``model_options``) and the package
+    # folder its shipped checkpoint lives in (``pipeline.shipped``)
+    model: str = "vgg"
+    model_options: dict = field(default_factory=dict)
+    shipped: str = "demo_teacher"
+    teacher_warmup: float = 0.0  # the teacher's warm-up epochs (a ViT's from scratch)
     width: int = 16
     width_divisor: float = 4.0
     # The shipped teacher's budget (docs/benchmarks.md, "The demo teacher"): 7 epochs on 8000
@@ -96,8 +102,10 @@ class DemoConfig:
         """The demo teacher's settings (the shipped one's at seed 0)."""
         data = DataConfig(spec=self.scenes, seed=seed, n_train=self.n_train, n_val=self.n_val,
                           n_test=self.n_test)
-        return TeacherConfig(data=data, width=self.width,
-                             train=self.train_cfg(self.teacher_epochs, seed, progress, self.lr))
+        train = replace(self.train_cfg(self.teacher_epochs, seed, progress, self.lr),
+                        warmup_epochs=self.teacher_warmup)
+        return TeacherConfig(data=data, model=self.model, model_options=dict(self.model_options),
+                             width=self.width, train=train)
 
     def matching_for(self, recipe: str, matching: str) -> tuple[float, float]:
         """``(lambda, drop)`` of ``matching`` in ``recipe``'s runs."""
@@ -155,15 +163,24 @@ def matching_note(cfg: DemoConfig) -> str:
             "(bench/demo_tuning.py, docs/benchmarks.md): " + "; ".join(parts) + ".")
 
 
-def demo_teacher_config(progress: bool = True) -> TeacherConfig:
-    """The settings the shipped demo teacher was trained with (``bench/teacher.py``)."""
-    return QUICK.teacher_cfg(0, progress)
+def demo_teacher_config(progress: bool = True, family: str = "vgg") -> TeacherConfig:
+    """The settings the shipped teacher of ``family``'s demo was trained with
+    (``bench/teacher.py``)."""
+    return DEMOS[family].teacher_cfg(0, progress)
 
 
 QUICK = DemoConfig()
 # The full demo evaluates the paper's four explainers (its Table 1): Grad-CAM, EBP, LRP, RAP.
 FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"),
                   explainers=("gradcam", "ebp", "lrp", "rap"))
+# The ViT demo (issue 25): a small Vision Transformer trained on the scenes from scratch (timm's
+# test_vit at patch 8: an 8 x 8 token grid on 64 px scenes), its heads and MLP channels pruned.
+SCENE_VIT = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4}
+VIT = DemoConfig(model="timm:test_vit", model_options=SCENE_VIT, shipped="demo_vit",
+                 lr=1e-3, weight_decay=0.05, teacher_epochs=30, teacher_warmup=2.0,
+                 explainers=("gradcam", "rollout", "grad_rollout", "ig"))
+# the quick demo of each family (``attrpreserve demo --family``)
+DEMOS = {"vgg": QUICK, "vit": VIT}
 
 
 def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
@@ -183,7 +200,7 @@ def demo(out: str | Path = "runs/demo", quick: bool = True, seed: int = 0,
     data = teacher_cfg.data
     if not stages.reusable(out / "teacher", teacher_cfg, force):
         if cfg.teacher == "shipped":
-            install_shipped_teacher(out / "teacher", teacher_cfg)
+            install_shipped_teacher(out / "teacher", teacher_cfg, shipped_folder(cfg.shipped))
         else:
             stages.train_teacher(teacher_cfg, out / "teacher")
     ckpts = {"teacher": out / "teacher"}

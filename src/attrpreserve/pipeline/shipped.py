@@ -21,7 +21,12 @@ from ..fileio import atomic_write
 from .configs import DataConfig, labels_for
 from .stages import load_models, made_with
 
-SHIPPED_TEACHER = Path(__file__).resolve().parent / "demo_teacher"
+SHIPPED_TEACHER = Path(__file__).resolve().parent / "demo_teacher"  # the VGG demo's
+
+
+def shipped_folder(name: str) -> Path:
+    """The package folder of a demo's shipped teacher (``DemoConfig.shipped``)."""
+    return SHIPPED_TEACHER.parent / name
 FILES = ("model.safetensors", "model.json")
 SCORES = "scores.json"  # what bench/teacher.py measured when it shipped the teacher
 # Issue 15's bar for a teacher worth preserving: mAP, and Grad-CAM pointing game on all
@@ -29,21 +34,22 @@ SCORES = "scores.json"  # what bench/teacher.py measured when it shipped the tea
 TARGETS = {"mAP": 0.85, "pointing_game": 0.6, "pointing_game_min_class": 0.4}
 
 
-def install_shipped_teacher(out: str | Path, cfg) -> Path:
-    """Copy the shipped teacher checkpoint to ``out``; ``cfg`` (a ``TeacherConfig``) must be the
-    one it was trained with, so the demo's data and the teacher's agree."""
-    sidecar = SHIPPED_TEACHER / "model.json"
+def install_shipped_teacher(out: str | Path, cfg, folder: Path = SHIPPED_TEACHER) -> Path:
+    """Copy the teacher checkpoint shipped in ``folder`` to ``out``; ``cfg`` (a
+    ``TeacherConfig``) must be the one it was trained with, so the demo's data and the
+    teacher's agree."""
+    sidecar = folder / "model.json"
     if not sidecar.is_file():
-        raise FileNotFoundError(f"no shipped teacher in {SHIPPED_TEACHER}; make it with "
-                                "`python bench/teacher.py --ship` or run the demo with "
-                                "teacher='train'")
+        raise FileNotFoundError(f"no shipped teacher in {folder}; make it with "
+                                "`python bench/teacher.py --ship` (the ViT's: --family vit) or "
+                                "run the demo with teacher='train'")
     if not made_with(json.loads(sidecar.read_text())["config"], cfg):
         raise ValueError("the shipped teacher was trained with other settings than the demo's "
                          "teacher_cfg(); rebuild it with `python bench/teacher.py --ship`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        atomic_write(out / name, lambda p, name=name: shutil.copyfile(SHIPPED_TEACHER / name, p))
+        atomic_write(out / name, lambda p, name=name: shutil.copyfile(folder / name, p))
     return out
 
 

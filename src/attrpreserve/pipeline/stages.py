@@ -45,7 +45,10 @@ def teacher_spec(cfg: TeacherConfig, num_classes: int) -> tuple[str, dict]:
     builder takes; ``ValueError`` for a width or dropout it has no use for."""
     name, kwargs = cfg.model, {"num_classes": num_classes, "input_size": cfg.data.size}
     if is_timm(name):
-        return "timm", {"arch": parse_ref(name)[0], **kwargs, "single_label": False}
+        options = {"options": dict(cfg.model_options)} if cfg.model_options else {}
+        return "timm", {"arch": parse_ref(name)[0], **kwargs, "single_label": False, **options}
+    if cfg.model_options:
+        raise ValueError(f"model {name!r} takes no model_options (timm models do)")
     params = inspect.signature(MODELS[name]).parameters
     for key, value, default in (("dropout", cfg.dropout, 0.0), ("width", cfg.width, 16),
                                 ("width_divisor", cfg.width_divisor, 1.0)):
@@ -400,7 +403,7 @@ def made_with(saved: dict, cfg) -> bool:
 
 # Settings added after checkpoints were written, with the value those checkpoints were made
 # with: a config holding that value matches a checkpoint that lacks the key.
-ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer"}
+ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer", "model_options": {}}
 
 
 def _settings(config: dict) -> dict:
@@ -438,7 +441,8 @@ def format_table(results: dict, explainer: str = "gradcam") -> str:
     paper-comparable pointing game / AUC (each model's own predicted pairs); columns without a
     value (mAP / F1 of single-label models, localisation without masks) are left out. Under
     it, each matched run's gap recovered on all pairs with its 95% interval, or "no gap", then
-    with a control run the share of the compression-caused gap (control minus naive).
+    with a control run the share of the compression-caused gap (control minus naive); the
+    same for every other explainer evaluated, its name first.
     ``top1``: share of images whose top-scored class is one of their labels (top-1 accuracy;
     on unlabeled photos, agreement with the teacher's top-1)."""
     columns = [(h, k) for h, k in TABLE_COLUMNS
@@ -452,22 +456,34 @@ def format_table(results: dict, explainer: str = "gradcam") -> str:
     widths = [max(len(row[i]) for row in text) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths))) for row in text]
+    lines += _gap_lines(results, explainer, "")
+    others = [e for e in results["runs"][0]["attribution"] if e != explainer]
+    for other in others:  # each other explainer's gaps (the ones the loss never saw)
+        lines += _gap_lines(results, other, f"{other}: ")
+    return "\n".join(lines)
+
+
+def _gap_lines(results: dict, explainer: str, label: str) -> list[str]:
+    """The gap-recovered lines of ``explainer``'s maps (against the teacher, then beyond the
+    control), each run's line prefixed with ``label``."""
     gaps = [(r, r["attribution"].get(explainer, {}).get("gap_recovered"))
             for r in results["runs"]]
     gaps = [(r, g) for r, g in gaps if g]
-    if gaps:
-        lines.append("gap recovered = (run - naive) / (teacher - naive), all ground-truth pairs, "
-                     "pooled, 95% CI; no gap = the gap's interval includes 0")
-        width = max(len(r["name"]) for r, _ in gaps)
-        for against in ("teacher", "control"):
-            for r, g in gaps:
-                entries = [gap_entry(r, k, explainer, against=against) for _, k in TABLE_GAPS]
-                if not any(entries):
-                    continue
-                beyond = "" if against == "teacher" else " (beyond the control: control - naive)"
-                lines.append(f"  {r['name']:<{width}}  vs {g['naive']}{beyond}: " + "; ".join(
-                    f"{h} {gap_words(e)}" for (h, _), e in zip(TABLE_GAPS, entries)))
-    return "\n".join(lines)
+    if not gaps:
+        return []
+    lines = [] if label else [
+        "gap recovered = (run - naive) / (teacher - naive), all ground-truth pairs, pooled, "
+        "95% CI; no gap = the gap's interval includes 0"]
+    width = max(len(r["name"]) for r, _ in gaps)
+    for against in ("teacher", "control"):
+        for r, g in gaps:
+            entries = [gap_entry(r, k, explainer, against=against) for _, k in TABLE_GAPS]
+            if not any(entries):
+                continue
+            beyond = "" if against == "teacher" else " (beyond the control: control - naive)"
+            lines.append(f"  {label}{r['name']:<{width}}  vs {g['naive']}{beyond}: " + "; ".join(
+                f"{h} {gap_words(e)}" for (h, _), e in zip(TABLE_GAPS, entries)))
+    return lines
 
 
 def _fmt(v) -> str:

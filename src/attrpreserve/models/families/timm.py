@@ -49,8 +49,26 @@ def pretrained_cfg(arch: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
+# Architecture options a spec may pass to timm (a shape, never weights or files): a small
+# ViT for 64 px images is ``test_vit`` with ``patch_size=8`` (the ViT demo's teacher).
+ARCH_OPTIONS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": int,
+                "mlp_ratio": (int, float), "qkv_bias": bool, "class_token": bool}
+
+
+def _check_options(arch: str, options: dict) -> dict:
+    for key, value in options.items():
+        kind = ARCH_OPTIONS.get(key)
+        if kind is None:
+            raise ValueError(f"timm model {arch!r}: unknown architecture option {key!r} "
+                             f"(known: {', '.join(ARCH_OPTIONS)})")
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise ValueError(f"timm model {arch!r}: option {key!r} has the wrong type: "
+                             f"{value!r:.40}")
+    return dict(options)
+
+
 def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None,
-               single_label: bool = True) -> nn.Module:
+               single_label: bool = True, options: dict | None = None) -> nn.Module:
     """timm's ``arch`` with a ``num_classes`` head, random init, taking [0, 1] images.
 
     ``input_size`` (default: the architecture's) sizes a Vision Transformer's position
@@ -58,10 +76,11 @@ def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None
     so a ViT takes any size a convolutional model does; those only record it.
     ``single_label``: a softmax classifier (ImageNet weights; the default) or, trained by
     ``attrpreserve train`` on multi-label data, one sigmoid per class (the card reads it back
-    from the spec)."""
+    from the spec). ``options``: :data:`ARCH_OPTIONS` changing the architecture's shape."""
     timm = _timm()
     cfg = pretrained_cfg(arch)
-    kwargs = {"pretrained": False, "num_classes": int(num_classes)}
+    kwargs = {**_check_options(arch, options or {}), "pretrained": False,
+              "num_classes": int(num_classes)}
     try:
         model = timm.create_model(arch, img_size=int(input_size or native_size(arch)),
                                   dynamic_img_size=True, **kwargs)
