@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attrpreserve"
 # Bottom to top: a module may import modules of its own layer or below, never above.
 # (The root package only re-exports; it may lazily import anything and be imported anywhere.)
 LAYERS = [
-    {"registry", "fileio", "outputs", "distributed", "results_schema", "logs"},  # leaves
+    {"registry", "options", "fileio", "outputs", "distributed", "results_schema", "logs"},  # leaves
     {"models", "data"},
     {"attribution"},
     {"matching", "evaluate"},

@@ -337,3 +337,43 @@ def test_several_layers_refuse_what_cannot_share_one_pass():
         AttributionMatcher(teacher, student, WCAM(), "conv,act", "act")
     with pytest.raises(ValueError, match="resolution"):
         WCAM(resolution="pixels")
+
+
+def test_a_matchers_settings_are_declared_once_in_its_options():
+    """Defaults of the run config come from the matchers' Options; a value a matcher refuses
+    fails when the run is configured; a new matcher's setting becomes a compress flag."""
+    from dataclasses import dataclass
+
+    from attrpreserve.cli import build_parser
+    from attrpreserve.matching import MATCHERS, MatchingLoss, WCAMOptions, create_matcher
+    from attrpreserve.options import option
+    from attrpreserve.pipeline import CompressConfig
+
+    cfg = CompressConfig()
+    assert (cfg.drop, cfg.target, cfg.resolution) == (
+        WCAMOptions.drop, WCAMOptions.target, WCAMOptions.resolution)
+    with pytest.raises(ValueError, match="top1' only"):
+        CompressConfig(matching="lrp", target="labels")
+    with pytest.raises(ValueError, match="drop must be in"):
+        CompressConfig(matching="wcam", drop=1.5)
+
+    @dataclass(frozen=True)
+    class SharpOptions:
+        sharpness: float = option(2.0, "sharp: the maps' exponent")
+
+    class Sharp(MatchingLoss):
+        Options = SharpOptions
+
+        def __init__(self, sharpness: float = 2.0):
+            super().__init__()
+            self.sharpness = sharpness
+
+    MATCHERS.register("sharp", Sharp)
+    try:
+        args = build_parser().parse_args(["compress", "--teacher", "t", "--out", "o",
+                                          "--sharpness", "3"])
+        assert args.sharpness == 3.0 and args.drop == WCAMOptions.drop
+        loss = create_matcher("sharp", sharpness=args.sharpness, drop=args.drop)  # drop: not its
+        assert isinstance(loss, Sharp) and loss.sharpness == 3.0
+    finally:
+        MATCHERS.unregister("sharp")

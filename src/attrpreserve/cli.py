@@ -81,6 +81,19 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                            help=f.metadata["help"])
 
 
+def _matcher_args(p: argparse.ArgumentParser) -> None:
+    """The matchers' settings as flags, generated from their ``Options`` fields (a setting two
+    matchers share, WCAM's and LRP's target, is one flag)."""
+    seen = set()
+    for name in MATCHERS:
+        for f in fields(MATCHERS[name].Options) if MATCHERS[name] is not None else ():
+            if f.name not in seen:
+                seen.add(f.name)
+                p.add_argument(option_flag(f), dest=f.name, type=type(f.default),
+                               default=f.default, choices=f.metadata.get("choices"),
+                               help=f.metadata["help"])
+
+
 def _recipe_options(args: argparse.Namespace) -> dict:
     """The chosen recipe's options from the parsed flags; another recipe's flag set to a value
     other than its default is an error (it would be silently ignored)."""
@@ -289,18 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attribution matching: none (plain compression), at (attention "
                         "transfer), wcam (the paper's Grad-CAM matching) or lrp "
                         "(LRP-AlphaBeta(1,0) relevance at the matched layer)")
-    p.add_argument("--drop", type=float, default=compressing.drop,
-                   help="WCAM: fraction of teacher channels dropped per step")
     p.add_argument("--lambda", dest="lam", type=float, default=compressing.lam,
                    help="weight of the matching loss (100 is the paper's)")
-    p.add_argument("--target", choices=("top1", "labels"), default=compressing.target,
-                   help="WCAM classes: teacher's top-1 (paper) or every positive label")
     p.add_argument("--layer", help="matched layer name, or several separated by commas (their "
                                    "losses averaged; top1 target) (default: each model's last "
                                    "feature block's output, models.default_layer)")
-    p.add_argument("--resolution", choices=("layer", "input"), default=compressing.resolution,
-                   help="WCAM: compare the maps at the matched layer's size (layer) or "
-                        "upsampled to the images' (input)")
+    _matcher_args(p)
     p.add_argument("--temperature", type=float, default=compressing.temperature,
                    help="distillation temperature T")
     p.add_argument("--alpha", type=float, default=compressing.alpha,

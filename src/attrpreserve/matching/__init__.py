@@ -1,7 +1,10 @@
-"""Attribution-matching losses, registered by name; each is a ``torch.nn.Module``."""
+"""Attribution-matching losses, registered by name; each is a ``torch.nn.Module`` whose
+``Options`` dataclass declares its settings."""
 
 from .losses import (MATCHERS, WCAM, AttentionTransfer, AttributionMatcher, LRPMatching,
-                     MatchingLoss, create_matcher, drop_mask, normalized_distance)
+                     LRPOptions, MatchingLoss, NoOptions, WCAMOptions, create_matcher, drop_mask,
+                     matcher_options, normalized_distance)
 
 __all__ = ["MATCHERS", "WCAM", "AttentionTransfer", "AttributionMatcher", "LRPMatching",
-           "MatchingLoss", "create_matcher", "drop_mask", "normalized_distance"]
+           "LRPOptions", "MatchingLoss", "NoOptions", "WCAMOptions", "create_matcher",
+           "drop_mask", "matcher_options", "normalized_distance"]

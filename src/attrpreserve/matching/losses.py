@@ -10,20 +10,58 @@ matched layers (``"a,b"``) average their losses.
 
 from __future__ import annotations
 
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from contextlib import ExitStack, nullcontext
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
 from ..attribution.rap import ChainRecorder
 from ..models.family import exact_attention
 from ..models.layers import LayerTap
+from ..options import option, require
 from ..registry import Registry
 
 EPS = 1e-12
+TARGETS = ("top1", "labels")  # the teacher's top-1 class per image (the paper's) or every label
+RESOLUTIONS = ("layer", "input")
+TARGET_HELP = ("matched classes: the teacher's top-1 (the paper's) or every positive label (WCAM; "
+               "LRP matching takes top1 only)")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A matcher without settings (AT; plain compression)."""
+
+
+@dataclass(frozen=True)
+class WCAMOptions:
+    """WCAM's settings; their ``attrpreserve compress`` flags are generated from the fields."""
+
+    drop: float = option(0.3, "WCAM: fraction of the teacher's channels dropped per step")
+    target: str = option("top1", TARGET_HELP, choices=TARGETS)
+    resolution: str = option("layer", "WCAM: compare the maps at the matched layer's size "
+                             "(layer) or upsampled to the images' (input)", choices=RESOLUTIONS)
+
+    def __post_init__(self):
+        require(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}")
+        require(self.target in TARGETS, f"target must be 'top1' or 'labels', got {self.target!r}")
+        require(self.resolution in RESOLUTIONS,
+                f"resolution must be 'layer' or 'input', got {self.resolution!r}")
+
+
+@dataclass(frozen=True)
+class LRPOptions:
+    """LRP matching's settings: its relevance starts at the teacher's top-1 class only."""
+
+    target: str = option("top1", TARGET_HELP, choices=TARGETS)
+
+    def __post_init__(self):
+        require(self.target == "top1",
+                f"LRP matching supports target='top1' only, got {self.target!r}")
 
 
 def normalized_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor,
@@ -67,6 +105,8 @@ class MatchingLoss(nn.Module):
     records_chain = False  # True: forward also gets ``chains=(teacher calls, student calls)``
     target = "top1"
     resolution = "layer"
+    Options = NoOptions  # its settings (``attrpreserve compress`` flags)
+    random = False  # True: the constructor takes the run's ``generator`` (WCAM's channel drop)
 
 
 class AttentionTransfer(MatchingLoss):
@@ -88,16 +128,13 @@ class WCAM(MatchingLoss):
     """
 
     needs_pairs = True
+    random = True
+    Options = WCAMOptions
 
-    def __init__(self, drop: float = 0.3, target: str = "top1", generator=None,
-                 resolution: str = "layer"):
+    def __init__(self, drop: float = WCAMOptions.drop, target: str = WCAMOptions.target,
+                 generator=None, resolution: str = WCAMOptions.resolution):
         super().__init__()
-        if not 0 <= drop < 1:
-            raise ValueError(f"drop must be in [0, 1), got {drop}")
-        if target not in ("top1", "labels"):
-            raise ValueError(f"target must be 'top1' or 'labels', got {target!r}")
-        if resolution not in ("layer", "input"):
-            raise ValueError(f"resolution must be 'layer' or 'input', got {resolution!r}")
+        WCAMOptions(drop, target, resolution)  # checked
         self.drop, self.target, self.generator = drop, target, generator
         self.resolution = resolution
 
@@ -134,11 +171,11 @@ class LRPMatching(MatchingLoss):
     """
 
     records_chain = True
+    Options = LRPOptions
 
     def __init__(self, target: str = "top1", epsilon: float = 1e-6):
         super().__init__()
-        if target != "top1":
-            raise ValueError(f"LRP matching supports target='top1' only, got {target!r}")
+        LRPOptions(target)  # checked
         self.epsilon = epsilon
 
     def forward(self, t_tap, t_out, s_tap, s_out, classes, chains, size=None):
@@ -237,19 +274,29 @@ class AttributionMatcher:
         return s_out[:batch], t_out[:batch].detach(), match
 
 
-# Matchers by name, each with the options its constructor takes from the CLI / configs
-# (``create_matcher`` passes only those); "none" is plain compression.
+# Matchers by name; each class's ``Options`` declares the settings its constructor takes from
+# the CLI / configs (``create_matcher`` passes only those); "none" is plain compression.
 MATCHERS: Registry = Registry("matching")
-MATCHERS.register("none", None, options=())
-MATCHERS.register("at", AttentionTransfer, options=())
-MATCHERS.register("wcam", WCAM, options=("drop", "target", "generator", "resolution"))
-MATCHERS.register("lrp", LRPMatching, options=("target",))
+MATCHERS.register("none", None)
+MATCHERS.register("at", AttentionTransfer)
+MATCHERS.register("wcam", WCAM)
+MATCHERS.register("lrp", LRPMatching)
 
 
-def create_matcher(name: str, **kwargs) -> MatchingLoss | None:
-    """Build a registered matching loss (``None`` for ``"none"``), passing only its options."""
+def matcher_options(name: str, **values):
+    """The ``Options`` of matcher ``name`` from ``values`` (those it declares; the others are
+    ignored), checked: ``ValueError`` for a value it refuses."""
+    cls = MATCHERS[name]
+    options = cls.Options if cls is not None else NoOptions
+    return options(**{f.name: values[f.name] for f in fields(options) if f.name in values})
+
+
+def create_matcher(name: str, generator: torch.Generator | None = None, **values
+                   ) -> MatchingLoss | None:
+    """Build a registered matching loss (``None`` for ``"none"``) with the options it declares
+    from ``values``; ``generator`` drives WCAM's random channel drop."""
     cls = MATCHERS[name]
     if cls is None:
         return None
-    options = MATCHERS.meta(name)["options"]
-    return cls(**{k: v for k, v in kwargs.items() if k in options})
+    options = vars(matcher_options(name, **values))
+    return cls(**options, generator=generator) if cls.random else cls(**options)

@@ -16,11 +16,12 @@ from .. import distributed
 from ..data import DATASETS, build_dataset, get_preprocess
 from ..data.images import Relabeled, class_folders
 from ..engine import TrainConfig
-from ..matching import MATCHERS
+from ..matching import MATCHERS, WCAMOptions, matcher_options
 from ..loading import read_meta
 from ..models.pretrained import (class_indices, classes_option, imagenet_classes, is_pretrained,
                                  pretrained_meta)
 from ..recipes import RECIPES
+from ..recipes.steps import ALPHA, TEMPERATURE
 
 
 @dataclass
@@ -227,12 +228,13 @@ class CompressConfig:
     teacher: str = ""
     method: str = "kd"
     matching: str = "wcam"
-    drop: float = 0.3
+    # the matchers' settings (``matching.losses``' Options, defaults written there once)
+    drop: float = WCAMOptions.drop
     lam: float = 100.0
-    target: str = "top1"
-    resolution: str = "layer"  # WCAM's maps compared at the layer's size or the images'
-    temperature: float = 4.0
-    alpha: float = 0.9
+    target: str = WCAMOptions.target
+    resolution: str = WCAMOptions.resolution  # WCAM's maps compared at the layer's or input size
+    temperature: float = TEMPERATURE
+    alpha: float = ALPHA
     layer: str | None = None  # "a,b": several matched layers, their losses averaged
     options: Any = None
     data: DataConfig | dict | None = None  # None / dict: the teacher's data (dict overrides)
@@ -245,12 +247,11 @@ class CompressConfig:
             self.lam = 0.0
         if self.matching != "wcam":
             self.drop, self.resolution = 0.0, "layer"
-        checks = [(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}"),
-                  (self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
-                  (self.target in ("top1", "labels"),
-                   f"target must be 'top1' or 'labels', got {self.target!r}"),
-                  (self.resolution in ("layer", "input"),
-                   f"resolution must be 'layer' or 'input', got {self.resolution!r}"),
+        # every matcher's settings are checked (a typo is an error whatever the matching)
+        WCAMOptions(self.drop, self.target, self.resolution)
+        matcher_options(self.matching, drop=self.drop, target=self.target,
+                        resolution=self.resolution)
+        checks = [(self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
         for ok, message in checks:

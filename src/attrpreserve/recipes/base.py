@@ -2,9 +2,9 @@
 
 A recipe turns a frozen teacher into a trained compressed student. It owns
 
-- ``Options``: a dataclass of its settings; each field is declared with :func:`option`, whose
-  help text (and optional flag name and choices) the CLI turns into ``attrpreserve compress``
-  flags, so a new option is written once;
+- ``Options``: a dataclass of its settings; each field is declared with
+  :func:`~attrpreserve.options.option`, whose help text (and optional flag name and choices)
+  the CLI turns into ``attrpreserve compress`` flags, so a new option is written once;
 - ``label`` and ``summary``: how reports and ``--help`` name it; ``distils``: whether it
   trains a new student (the pipeline then builds a distillation step) rather than fine-tuning
   a copy of the teacher;
@@ -27,28 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..engine import History, TrainConfig, fit
+from ..options import option, option_flag, require
 from ..registry import Registry
 
 __all__ = ["RECIPES", "Recipe", "Loaders", "FineTuning", "option", "option_flag", "in_rounds",
            "trainable_copy", "require"]
-
-
-def option(default: Any, help: str, *, flag: str | None = None,
-           choices: tuple | None = None) -> Any:
-    """A recipe option: a dataclass field whose metadata makes its CLI flag (``flag``, default
-    ``--NAME`` with dashes; ``choices`` restricts the values)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
-
-
-def option_flag(f) -> str:
-    """The CLI flag of an option field."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def require(ok: bool, message: str) -> None:
-    """Options validation: ``ValueError(message)`` unless ``ok``."""
-    if not ok:
-        raise ValueError(message)
 
 
 class Loaders(NamedTuple):

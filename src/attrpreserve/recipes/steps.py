@@ -20,12 +20,16 @@ from ..matching.losses import matched_layers
 from ..models.family import is_single_label
 
 __all__ = ["MatchedStep", "LabelStep", "DistillStep", "SoftmaxDistillStep",
-           "multilabel_kd_loss", "softmax_kd_loss", "fine_tuning_step"]
+           "multilabel_kd_loss", "softmax_kd_loss", "fine_tuning_step", "TEMPERATURE", "ALPHA"]
+
+# Distillation's defaults, defined here once (the steps, ``CompressConfig`` and the CLI read
+# them): temperature T and the weight alpha of the KD term (1 - alpha weighs the labels).
+TEMPERATURE, ALPHA = 4.0, 0.9
 
 
 def multilabel_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       labels: torch.Tensor | None, temperature: float = 4.0,
-                       alpha: float = 0.9) -> torch.Tensor:
+                       labels: torch.Tensor | None, temperature: float = TEMPERATURE,
+                       alpha: float = ALPHA) -> torch.Tensor:
     """``alpha T^2 KL(teacher || student) + (1 - alpha) BCE`` over per-class binary distributions.
 
     Each class is a two-way distribution ``[sigmoid(z/T), 1 - sigmoid(z/T)]``; the KL is averaged
@@ -82,16 +86,16 @@ class LabelStep(MatchedStep):
 class DistillStep(MatchedStep):
     """KD loss (binary KL at temperature T, weight alpha, plus BCE) + ``lam`` x matching."""
 
-    temperature: float = 4.0
-    alpha: float = 0.9
+    temperature: float = TEMPERATURE
+    alpha: float = ALPHA
 
     def task(self, s_out, t_out, labels):
         return "kd", multilabel_kd_loss(s_out, t_out, labels, self.temperature, self.alpha)
 
 
 def softmax_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    labels: torch.Tensor | None = None, temperature: float = 4.0,
-                    alpha: float = 0.9) -> torch.Tensor:
+                    labels: torch.Tensor | None = None, temperature: float = TEMPERATURE,
+                    alpha: float = ALPHA) -> torch.Tensor:
     """Distillation for single-label (softmax) classifiers such as ImageNet models.
 
     ``T^2 KL(softmax(t/T) || softmax(s/T))`` (batch mean) on every row; rows with a label
@@ -118,7 +122,7 @@ class SoftmaxDistillStep(DistillStep):
 
 
 def fine_tuning_step(teacher: nn.Module, matching: MatchingLoss | None, lam: float,
-                     layer: str | None = None, temperature: float = 4.0, alpha: float = 0.9,
+                     layer: str | None = None, temperature: float = TEMPERATURE, alpha: float = ALPHA,
                      distils: bool = False) -> MatchedStep:
     """The step a run fine-tunes with: ``SoftmaxDistillStep`` for a single-label teacher, else
     ``DistillStep`` for a recipe that ``distils`` (a new student) and ``LabelStep`` for one that
