@@ -223,7 +223,7 @@ def test_lrp_layer_relevance_equals_zennit():
     """The hand-written (differentiable) AlphaBeta(1, 0) relevance at a layer equals the gradient
     zennit's own alpha1-beta0 composite sends through that layer (BatchNorm merged)."""
     from attrpreserve.attribution.lrp import a1b0_layer_relevance, make_composite
-    from attrpreserve.attribution.rap import ChainRecorder
+    from attrpreserve.attribution.chain import ChainRecorder
     torch.manual_seed(0)
     model = LRPNet().double().eval()
     x = torch.randn(3, 2, 4, 4, dtype=torch.float64)

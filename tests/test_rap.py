@@ -10,7 +10,8 @@ from torch.nn.utils import prune
 from conftest import assert_close_reordered
 
 from attrpreserve.attribution import EXPLAINERS, rap
-from attrpreserve.attribution.rap import build_chain, propagate
+from attrpreserve.attribution.chain import build_chain
+from attrpreserve.attribution.rap import propagate
 from attrpreserve.models import create_model
 
 # RAP against references computed another way (NumPy loops, hand-folded BatchNorm, one image at
@@ -399,7 +400,7 @@ def test_fake_quant_model_equals_its_float_mirror():
     """RAP on a QAT model reads the fused blocks' fake-quantized folded weights: it matches RAP
     on a float chain built from torch's converted int8 weights (shares equal; the mirror's logit
     is taken before the output fake-quant), and the map sums to the fake-quant model's logit."""
-    from attrpreserve.attribution.rap import register_layer_kind
+    from attrpreserve.attribution.chain import register_layer_kind
     from attrpreserve.compress.quantize import convert_int8, prepare_qat
     register_layer_kind("pass", FakeQuant)
     torch.manual_seed(0)

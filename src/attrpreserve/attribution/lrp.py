@@ -42,6 +42,8 @@ import torch
 from torch import nn
 
 from ..models.family import family_of
+from .chain import (Reshape, Rule, Step, chain_steps, check_chain, linear_op, output_layer,
+                    transpose_op, walk)
 from .gradcam import frozen
 
 COMPOSITES = ("epsilon_plus_flat", "alpha1_beta0")
@@ -198,7 +200,7 @@ def ebp(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor, class
 
 
 # ----------------------------------------------------------------------------- differentiable LRP
-# Written by hand (on RAP's layer-chain recorder): zennit's rules rebuild their modified weights
+# Written by hand (on the layer chain RAP uses, attribution.chain): zennit's rules rebuild their modified weights
 # as fresh leaves from ``param.data``, so its maps cannot be differentiated w.r.t. the weights
 # (see the ``differentiable`` metadata in attribution.EXPLAINERS). This is zennit's AlphaBeta(1, 0) -- the paper's LRP --
 # in plain autograd-visible operations, from the output down to one layer.
@@ -209,31 +211,40 @@ def _stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return z + ((z == 0).to(z) + z.sign()) * epsilon
 
 
-def _a1b0_affine(step, x: torch.Tensor, r: torch.Tensor, epsilon: float) -> torch.Tensor:
+class AlphaBeta10(Rule):
     """AlphaBeta(1, 0) through a Conv2d / Linear: the positive contributions
     ``x+ w+ (+ b+) + x- w-`` share ``R`` in proportion."""
-    from .rap import _linear_op, _transpose_op
-    w = step.weight
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    z = _linear_op(step, xp, wp) + _linear_op(step, xn, wn)
-    if step.bias is not None:
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        z = z + step.bias.clamp(min=0).view(shape)
-    s = r / _stabilize(z, epsilon)
-    return xp * _transpose_op(step, s, wp, x.shape) + xn * _transpose_op(step, s, wn, x.shape)
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def __call__(self, step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        w = step.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        z = linear_op(step, xp, wp) + linear_op(step, xn, wn)
+        if step.bias is not None:
+            shape = (1, -1) + (1,) * (z.dim() - 2)
+            z = z + step.bias.clamp(min=0).view(shape)
+        s = r / _stabilize(z, self.epsilon)
+        return xp * transpose_op(step, s, wp, x.shape) + xn * transpose_op(step, s, wn, x.shape)
 
 
-def _pool_relevance(step, x: torch.Tensor, r: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Max pools: plain gradient (winner takes all, as zennit); average pools: zennit's Norm rule
-    (in proportion to the inputs). Differentiable w.r.t. ``r`` and ``x``."""
-    xd = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = step.module(xd)
-        if step.kind == "max":
-            return torch.autograd.grad(y, xd, r, create_graph=True)[0]
-        s = r / _stabilize(step.module(x), epsilon)
-        return x * torch.autograd.grad(y, xd, s, create_graph=True)[0]
+class PoolRelevance(Rule):
+    """Max pools: plain gradient (winner takes all, as zennit); average pools: zennit's Norm
+    rule (in proportion to the inputs). Differentiable w.r.t. ``r`` and ``x``."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def __call__(self, step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        xd = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = step.module(xd)
+            if step.kind == "max":
+                return torch.autograd.grad(y, xd, r, create_graph=True)[0]
+            s = r / _stabilize(step.module(x), self.epsilon)
+            return x * torch.autograd.grad(y, xd, s, create_graph=True)[0]
 
 
 def a1b0_layer_relevance(calls: list, layer: nn.Module, rows: torch.Tensor,
@@ -241,31 +252,26 @@ def a1b0_layer_relevance(calls: list, layer: nn.Module, rows: torch.Tensor,
     """LRP-AlphaBeta(1, 0) relevance at the output of ``layer``, summed over channels (P x h x w
     for a conv layer), for pairs ``(rows[j], classes[j])``, starting from a one-hot at the class.
 
-    ``calls`` come from a ``ChainRecorder`` around the forward that produced the output; with grad
-    mode on during that forward the result is differentiable w.r.t. the model's parameters
-    (create_graph throughout). The layers after ``layer`` must form a chain RAP supports, and any
-    BatchNorm among them must be in eval mode (it is folded with its running statistics).
+    ``calls`` come from a ``chain.ChainRecorder`` around the forward that produced the output;
+    with grad mode on during that forward the result is differentiable w.r.t. the model's
+    parameters (create_graph throughout). The layers after ``layer`` must form a chain RAP
+    supports, and any BatchNorm among them must be in eval mode (it is folded with its running
+    statistics).
     """
-    from .rap import _check_chain, _output_layer, chain_steps
     at = [i for i, call in enumerate(calls) if call[1] is layer]
     if len(at) != 1:
         raise ValueError("lrp matching: the matched layer must run exactly once per forward, "
                          f"got {len(at)} calls")
     tail = calls[at[0] + 1:]
-    _check_chain(tail, calls[at[0]][3], tail[-1][3] if tail else calls[at[0]][3],
-                 start_name=f"the matched layer {calls[at[0]][0]!r}")
+    check_chain(tail, calls[at[0]][3], tail[-1][3] if tail else calls[at[0]][3],
+                start_name=f"the matched layer {calls[at[0]][0]!r}")
     steps = chain_steps(tail)
-    last = _output_layer(steps)
+    last = output_layer(steps)
     out = steps[last].output
     r = torch.zeros(len(rows), out.shape[1], dtype=out.dtype, device=out.device)
     r[torch.arange(len(rows)), classes] = 1.0
-    for step in steps[last::-1]:
-        x = step.input[rows]
-        r = r.reshape((len(r),) + step.output.shape[1:])
-        if step.kind == "affine":
-            r = _a1b0_affine(step, x, r, epsilon)
-        elif step.kind in ("max", "avg"):
-            r = _pool_relevance(step, x, r, epsilon)
-        else:  # pass / reshape
-            r = r.reshape(x.shape)
+    rules = {"affine": AlphaBeta10(epsilon), "max": PoolRelevance(epsilon),
+             "avg": PoolRelevance(epsilon)}
+    other = Reshape()
+    r, _ = walk(steps[:last + 1], rows, r, lambda i, step: rules.get(step.kind, other))
     return r.sum(1) if r.dim() == 4 else r

@@ -70,8 +70,10 @@ ReLU, Dropout, Identity, Flatten, Unflatten, MaxPool2d, AdaptiveMaxPool2d, AvgPo
 AdaptiveAvgPool2d. The layers must form a chain (each layer's input is the previous layer's
 output, up to a reshape) ending in a Linear layer (then only Dropout / Identity / Flatten).
 Residual additions (ResNet), concatenations, squeeze-excitation products (MobileNetV3) and other
-activations raise a ValueError that names the offending layer. Other layer types join through
-``register_layer_kind``: compress.quantize registers its quant stubs and global max-pool, so the
+activations raise a ValueError that names the offending layer. The chain itself (recording,
+BatchNorm folding, the walk back) is ``attribution.chain``, shared with the differentiable LRP;
+this module holds RAP's rule objects. Other layer types join through
+``chain.register_layer_kind``: compress.quantize registers its quant stubs and global max-pool, so the
 fake-quant (QAT) model is explained as the chain it computes -- each fused Conv-BN-ReLU block is
 one affine unit with the fake-quantized, BatchNorm-folded weight it actually used, and the
 activation fake-quants pass relevance on unchanged.
@@ -79,301 +81,25 @@ activation fake-quants pass relevance on unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-LAYER_KINDS: dict[type, str] = {
-    **dict.fromkeys((nn.Conv2d, nn.Linear), "affine"),
-    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d), "norm"),
-    **dict.fromkeys((nn.ReLU, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                     nn.AlphaDropout, nn.Identity), "pass"),
-    **dict.fromkeys((nn.Flatten, nn.Unflatten), "reshape"),
-    **dict.fromkeys((nn.MaxPool2d, nn.AdaptiveMaxPool2d), "max"),
-    **dict.fromkeys((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "avg"),
-}
-"""Rule family of each supported layer type (subclasses included); extend with
-:func:`register_layer_kind`."""
-
-
-def register_layer_kind(kind: str, *types: type) -> None:
-    """Let RAP treat modules of ``types`` as layers of rule family ``kind`` ("affine", "norm",
-    "pass", "reshape", "max", "avg"); e.g. compress.quantize registers its quant stubs as "pass".
-
-    A registered module is one unit even when it has children (a fused QAT Conv-BN-ReLU block is
-    one "affine" unit whose ReLU and fake-quant relevance passes through unchanged).
-    """
-    if kind not in ("affine", "norm", "pass", "reshape", "max", "avg"):
-        raise ValueError(f"unknown RAP layer kind {kind!r}")
-    LAYER_KINDS.update(dict.fromkeys(types, kind))
-
-
-@dataclass
-class Step:
-    """One layer of the chain: its kind, module, recorded input and output (B rows) and, for an
-    affine layer, its weight and bias (with the following BatchNorm folded in; RAP ignores hidden
-    biases, the LRP matching rule uses them)."""
-
-    name: str
-    kind: str  # "affine", "pass", "reshape", "max", "avg"
-    module: nn.Module
-    input: torch.Tensor
-    output: torch.Tensor
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    folded: bool = False
-
-
-def _kind(name: str, module: nn.Module) -> str | None:
-    """Rule family of ``module`` (None if its type is not supported)."""
-    kind = next((kind for t, kind in LAYER_KINDS.items() if isinstance(module, t)), None)
-    if kind is None and isinstance(module, nn.Sequential) and not len(module):
-        return "pass"  # an empty Sequential (a leaf) is the identity
-    return kind
-
-
-def _unsupported(name: str, module: nn.Module) -> ValueError:
-    known = ", ".join(sorted({t.__name__ for t in LAYER_KINDS}))
-    return ValueError(f"rap: unsupported layer {name!r} ({type(module).__name__}); RAP supports "
-                      f"{known}")
-
-
-def _units(model: nn.Module) -> dict[nn.Module, str]:
-    """The modules RAP steps through, by name: supported modules (not looking inside them) and
-    unsupported leaves (rejected later); containers are looked into."""
-    units: dict[nn.Module, str] = {}
-
-    def visit(name: str, module: nn.Module) -> None:
-        children = list(module.named_children())
-        if _kind(name, module) is not None or not children:
-            units[module] = name
-            return
-        for child, sub in children:
-            visit(f"{name}.{child}" if name else child, sub)
-
-    visit("", model)
-    return units
-
-
-def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``a`` is ``b`` or a reshaped view of it (same data, same number of elements)."""
-    return a is b or (a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
-                      and a.dtype == b.dtype)
-
-
-TENSORS = ("weight", "bias", "running_mean", "running_var")
-
-
-class ChainRecorder:
-    """Context manager: records every unit call (see :func:`_units`) of ``model``'s forwards as
-    ``(name, module, input, output, versions, params)`` in ``calls``; tensors keep their graph
-    when grad mode is on (differentiable LRP matching records the student this way).
-
-    ``versions`` are the tensors' in-place version counters (input before, output after the
-    call), so that an in-place operation between two layers (``out += identity``) is detected.
-    ``params`` are the unit's tensors as they were during the call (weight, bias, BatchNorm
-    statistics, also of a fused block's ``bn``), so that ``torch.func.functional_call`` works;
-    a unit that fake-quantizes its weight has the ``weight_fake_quant`` output as weight (the
-    weight it actually used, BatchNorm already folded in by fused blocks) and ``fake_quant`` set.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model, self.calls, self._handles = model, [], []
-
-    def __enter__(self) -> "ChainRecorder":
-        units = _units(self.model)
-        pending, used = [], {}
-
-        def snapshot(module):
-            state = {k: getattr(module, k, None) for k in TENSORS}
-            norm = getattr(module, "bn", None)
-            if isinstance(norm, nn.Module):
-                state["bn"] = snapshot(norm)
-            if module in used:
-                state["weight"], state["fake_quant"] = used.pop(module), True
-            return state
-
-        def pre(module, inputs):
-            x = inputs[0] if inputs else None
-            pending.append(x._version if isinstance(x, torch.Tensor) else None)
-
-        def post(module, inputs, output):
-            x = inputs[0] if inputs else None
-            y_version = output._version if isinstance(output, torch.Tensor) else None
-            self.calls.append((units[module], module, x, output, (pending.pop(), y_version),
-                               snapshot(module)))
-
-        def weight_hook(unit):
-            def hook(fq, inputs, output):
-                used[unit] = output
-            return hook
-
-        for module in units:
-            self._handles.append(module.register_forward_pre_hook(pre))
-            self._handles.append(module.register_forward_hook(post))
-            fq = getattr(module, "weight_fake_quant", None)
-            if isinstance(fq, nn.Module):
-                self._handles.append(fq.register_forward_hook(weight_hook(module)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def _record(model: nn.Module, images: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """Run ``model(images)`` once without a graph; ``(recorded calls, output)``."""
-    with ChainRecorder(model) as rec, torch.no_grad():
-        out = model(images)
-    return rec.calls, out
-
-
-def _check_chain(calls: list, start: torch.Tensor, out: torch.Tensor,
-                 start_name: str = "the model input") -> None:
-    """ValueError unless every unit's input is the previous unit's output (up to a reshape),
-    unmodified in between; the first unit's input is ``start``."""
-    if not calls:
-        raise ValueError("rap: the model has no layers to propagate through")
-    prev_name, prev, prev_version = start_name, start, start._version
-    for name, module, x, y, (x_version, y_version), _ in calls:
-        if (not isinstance(x, torch.Tensor) or not _same_storage(x, prev)
-                or x_version != prev_version):
-            raise ValueError(
-                f"rap: the input of layer {name!r} ({type(module).__name__}) is not the output of "
-                f"{prev_name}; RAP is implemented for Sequential-style chains of layers only "
-                "(residual additions, concatenations, products and other functional operations "
-                "between layers are not supported)")
-        prev_name, prev, prev_version = f"layer {name!r}", y, y_version
-    if not isinstance(out, torch.Tensor) or not _same_storage(out, prev) \
-            or out._version != prev_version:
-        raise ValueError(f"rap: the model output is not the output of its last layer "
-                         f"{calls[-1][0]!r} (a functional operation follows it)")
-
-
-def _bn_affine(norm: nn.Module, name: str, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` per channel of eval-mode BatchNorm ``norm`` (tensors from ``state``):
-    ``y = scale * x + shift``."""
-    if norm.training or state["running_var"] is None:
-        raise ValueError(f"rap: BatchNorm {name!r} must be in eval mode with running statistics "
-                         "(call model.eval())")
-    scale = (state["running_var"] + norm.eps).rsqrt()
-    if state["weight"] is not None:
-        scale = scale * state["weight"]
-    shift = -state["running_mean"] * scale
-    return scale, shift if state["bias"] is None else shift + state["bias"]
-
-
-def _fold(step: Step, norm: nn.Module, name: str, output: torch.Tensor, state: dict) -> None:
-    """Fold eval-mode BatchNorm ``norm`` into the affine ``step``: weight and bias scaled per
-    output channel by ``gamma / sqrt(var + eps)``, the bias shifted."""
-    if step.kind != "affine" or step.folded:
-        raise ValueError(f"rap: BatchNorm {name!r} must directly follow a Conv2d or Linear layer "
-                         "(it is folded into it)")
-    scale, shift = _bn_affine(norm, name, state)
-    step.weight = step.weight * scale.view((-1,) + (1,) * (step.weight.dim() - 1))
-    step.bias = shift if step.bias is None else step.bias * scale + shift
-    step.folded, step.output = True, output
-
-
-def _affine_params(name: str, module: nn.Module, state: dict):
-    """``(weight, bias)`` an affine unit computed with. A fused fake-quant Conv-BN block adds its
-    BatchNorm folded onto the conv bias to the fake-quantized weight's output (the QAT forward
-    divides the conv output by the fold scale before the BatchNorm, which cancels)."""
-    if "bn" not in state or not state.get("fake_quant"):
-        return state["weight"], state["bias"]
-    scale, shift = _bn_affine(module.bn, f"{name}.bn", state["bn"])
-    return state["weight"], shift if state["bias"] is None else state["bias"] * scale + shift
-
-
-def build_chain(model: nn.Module, images: torch.Tensor) -> tuple[list[Step], torch.Tensor]:
-    """Trace ``model(images)`` into RAP steps (BatchNorm folded); returns ``(steps, output)``.
-
-    ValueError if the model is not a chain of supported layers (see the module docstring).
-    """
-    calls, out = _record(model, images)
-    _check_chain(calls, images, out)
-    steps = chain_steps(calls)
-    for step in steps:
-        step.weight = None if step.weight is None else step.weight.detach()
-        step.bias = None if step.bias is None else step.bias.detach()
-    return steps, out
-
-
-def chain_steps(calls: list) -> list[Step]:
-    """Steps from recorded unit calls (BatchNorm folded into the affine layer before it). The
-    weights keep their graph when the calls were recorded with grad mode on."""
-    steps: list[Step] = []
-    for name, module, x, y, _, state in calls:
-        kind = _kind(name, module)
-        if kind is None:
-            raise _unsupported(name, module)
-        if kind == "norm":
-            _fold(steps[-1] if steps else Step(name, "none", module, x, y), module, name, y,
-                  state)
-            continue
-        step = Step(name, kind, module, x, y)
-        if kind == "affine":
-            _check_affine(name, module, x)
-            step.weight, step.bias = _affine_params(name, module, state)
-        steps.append(step)
-    return steps
-
-
-def _check_affine(name: str, module: nn.Module, x: torch.Tensor) -> None:
-    """ValueError for affine layers the rules do not cover."""
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise ValueError(f"rap: Conv2d {name!r} must use numeric zero padding")
-    elif x.dim() != 2:
-        raise ValueError(f"rap: Linear {name!r} must receive a 2-D input (flatten first)")
-
-
-def _linear_op(step: Step, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The layer's linear map with weight ``w`` (no bias) applied to ``x``."""
-    m = step.module
-    if isinstance(m, nn.Conv2d):
-        return F.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
-    return F.linear(x, w)
-
-
-def _transpose_op(step: Step, s: torch.Tensor, w: torch.Tensor, shape) -> torch.Tensor:
-    """The transpose of ``_linear_op`` (weight ``w``) applied to ``s``; result has ``shape``."""
-    m = step.module
-    if isinstance(m, nn.Conv2d):
-        return torch.nn.grad.conv2d_input(shape, w, s, m.stride, m.padding, m.dilation, m.groups)
-    return s @ w
-
-
-def safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b`` where ``b != 0``, else 0."""
-    return torch.where(b != 0, a / b, 0.0)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum over all dimensions but the first."""
-    return t.flatten(1).sum(1)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-sample values ``v`` (P) shaped to broadcast against ``like`` (P x ...)."""
-    return v.view((-1,) + (1,) * (like.dim() - 1))
+from .chain import (Reshape, Rule, Step, build_chain, linear_op, output_layer, per_row, row_sums,
+                    safe_divide, transpose_op, walk)
 
 
 def first_rule(x: torch.Tensor, w_c: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
     """Absolute influence normalisation: ``|x w_c| / sum |x w_c| * logit`` per row."""
     z = (x * w_c).abs()
-    return safe_divide(z, _bcast(_rows(z), z)) * _bcast(logit, z)
+    return safe_divide(z, per_row(row_sums(z), z)) * per_row(logit, z)
 
 
 def _forward_stacked(step: Step, x: torch.Tensor, weights: list) -> torch.Tensor:
     """``cat([op(x, w) for w in weights], dim=1)``, one call with the weights stacked when the
     layer has no groups."""
     if getattr(step.module, "groups", 1) != 1:
-        return torch.cat([_linear_op(step, x, w) for w in weights], dim=1)
-    return _linear_op(step, x, torch.cat(weights))
+        return torch.cat([linear_op(step, x, w) for w in weights], dim=1)
+    return linear_op(step, x, torch.cat(weights))
 
 
 def _transpose_stacked(step: Step, s: torch.Tensor, weights: list, shape) -> torch.Tensor:
@@ -381,13 +107,19 @@ def _transpose_stacked(step: Step, s: torch.Tensor, weights: list, shape) -> tor
     of ``_forward_stacked``)."""
     if getattr(step.module, "groups", 1) != 1:
         parts = s.chunk(len(weights), dim=1)
-        return sum(_transpose_op(step, p, w, shape) for p, w in zip(parts, weights))
-    return _transpose_op(step, s, torch.cat(weights), shape)
+        return sum(transpose_op(step, p, w, shape) for p, w in zip(parts, weights))
+    return transpose_op(step, s, torch.cat(weights), shape)
 
 
-def relative_rule(step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+class Relative(Rule):
     """Hidden-layer rule: positive contributions take ``R`` in full, negative ones a share by
     relative influence; then the uniform shift restores ``sum R`` (see the module docstring)."""
+
+    def __call__(self, step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return _relative(step, x, r)
+
+
+def _relative(step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     w = step.weight
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     has_neg = bool((x < 0).any())
@@ -403,61 +135,59 @@ def relative_rule(step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     c = xp * _transpose_stacked(step, s, [wp, wn], x.shape)
     if has_neg:
         c += xn * _transpose_stacked(step, s, [wn, wp], x.shape)
-    return uniform_shift(c, _rows(r))
+    return uniform_shift(c, row_sums(r))
 
 
 def uniform_shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """Subtract ``(sum c - total) / #nonzero`` from every non-zero entry of each row of ``c``."""
     nonzero = c != 0
-    count = _rows(nonzero.to(c.dtype))
-    excess = safe_divide(_rows(c) - total, count)
-    return c - _bcast(excess, c) * nonzero
+    count = row_sums(nonzero.to(c.dtype))
+    excess = safe_divide(row_sums(c) - total, count)
+    return c - per_row(excess, c) * nonzero
 
 
-def zb_rule(step: Step, x: torch.Tensor, r: torch.Tensor,
-            bounds: tuple[float, float] | None = None) -> torch.Tensor:
+class ZBox(Rule):
     """z^B rule for the input layer; bounds are each row's min / max unless ``bounds`` is given."""
+
+    def __init__(self, bounds: tuple[float, float] | None = None):
+        self.bounds = bounds
+
+    def __call__(self, step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return _zb(step, x, r, self.bounds)
+
+
+def _zb(step: Step, x: torch.Tensor, r: torch.Tensor,
+        bounds: tuple[float, float] | None) -> torch.Tensor:
     w = step.weight
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     if bounds is None:
-        low = torch.ones_like(x) * _bcast(x.flatten(1).amin(1), x)
-        high = torch.ones_like(x) * _bcast(x.flatten(1).amax(1), x)
+        low = torch.ones_like(x) * per_row(x.flatten(1).amin(1), x)
+        high = torch.ones_like(x) * per_row(x.flatten(1).amax(1), x)
     else:
         low, high = torch.full_like(x, bounds[0]), torch.full_like(x, bounds[1])
     if getattr(step.module, "groups", 1) != 1:
-        z = _linear_op(step, x, w) - _linear_op(step, low, wp) - _linear_op(step, high, wn)
+        z = linear_op(step, x, w) - linear_op(step, low, wp) - linear_op(step, high, wn)
         s = safe_divide(r, z)
-        return (x * _transpose_op(step, s, w, x.shape) - low * _transpose_op(step, s, wp, x.shape)
-                - high * _transpose_op(step, s, wn, x.shape))
+        return (x * transpose_op(step, s, w, x.shape) - low * transpose_op(step, s, wp, x.shape)
+                - high * transpose_op(step, s, wn, x.shape))
     stacked = torch.cat([w, -wp, -wn], dim=1)  # inputs stacked along channels: x, low, high
     xs = torch.cat([x, low, high], dim=1)
-    s = safe_divide(r, _linear_op(step, xs, stacked))
-    return (xs * _transpose_op(step, s, stacked, xs.shape)).unflatten(1, (3, -1)).sum(1)
+    s = safe_divide(r, linear_op(step, xs, stacked))
+    return (xs * transpose_op(step, s, stacked, xs.shape)).unflatten(1, (3, -1)).sum(1)
 
 
-def _pool_rule(step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+class Pool(Rule):
     """Max pools: relevance to the maximum; average pools: in proportion to the inputs."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        y = step.module(xg)
-        if step.kind == "max":
-            (g,) = torch.autograd.grad(y, xg, r)
-            return g
-        (g,) = torch.autograd.grad(y, xg, safe_divide(r, y.detach()))
-    return x * g
 
-
-def _output_layer(steps: list[Step]) -> int:
-    """Index of the output Linear; ValueError if the chain does not end in one."""
-    last = max((i for i, s in enumerate(steps) if s.kind == "affine"), default=None)
-    if last is None or not isinstance(steps[last].module, nn.Linear):
-        raise ValueError("rap: the model must end in a Linear layer (the class scores)")
-    tail = [s for s in steps[last + 1:] if s.kind not in ("pass", "reshape")
-            or isinstance(s.module, nn.ReLU)]
-    if tail:
-        raise ValueError(f"rap: layer {tail[0].name!r} after the output Linear layer is not "
-                         "supported (only Dropout / Identity / Flatten may follow it)")
-    return last
+    def __call__(self, step: Step, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            y = step.module(xg)
+            if step.kind == "max":
+                (g,) = torch.autograd.grad(y, xg, r)
+                return g
+            (g,) = torch.autograd.grad(y, xg, safe_divide(r, y.detach()))
+        return x * g
 
 
 def propagate(steps: list[Step], image_index: torch.Tensor, classes: torch.Tensor,
@@ -468,25 +198,19 @@ def propagate(steps: list[Step], image_index: torch.Tensor, classes: torch.Tenso
     With ``keep`` also returns ``[(layer name, relevance at that layer's input)]`` from the
     output layer down to the first layer (for tests and inspection).
     """
-    last = _output_layer(steps)
+    last = output_layer(steps)
     first = min(i for i, s in enumerate(steps) if s.kind == "affine")
     out = steps[last]
     logit = out.output[image_index, classes]
-    r = first_rule(out.input[image_index], out.weight[classes], logit)
-    layers = [(out.name, r)] if keep else []
-    for i in range(last - 1, -1, -1):
-        step = steps[i]
-        x = step.input[image_index]
-        r = r.reshape((len(r),) + step.output.shape[1:])  # undo views between layers
-        if step.kind == "affine":
-            r = zb_rule(step, x, r, bounds) if i == first else relative_rule(step, x, r)
-        elif step.kind in ("max", "avg"):
-            r = _pool_rule(step, x, r)
-        elif step.kind == "reshape":
-            r = r.reshape(x.shape)
-        if keep:
-            layers.append((step.name, r))
-    return r, layers
+    top = first_rule(out.input[image_index], out.weight[classes], logit)
+    rules = {"affine": Relative(), "max": Pool(), "avg": Pool()}
+    input_rule, other = ZBox(bounds), Reshape()
+
+    def rule_for(i: int, step: Step) -> Rule:
+        return input_rule if i == first else rules.get(step.kind, other)
+
+    r, layers = walk(steps[:last], image_index, top, rule_for, keep)
+    return r, ([(out.name, top)] + layers if keep else [])
 
 
 def rap(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,

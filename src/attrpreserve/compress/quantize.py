@@ -74,7 +74,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 
-from ..attribution.rap import register_layer_kind
+from ..attribution.chain import register_layer_kind
 from ..evaluate.cost import latency_ms
 from ..models.families.vgg import GlobalMaxPool
 from ..models.family import FAMILIES, QATSupport, family_of, label

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
-from ..attribution.rap import ChainRecorder
+from ..attribution.chain import ChainRecorder
 from ..models.family import exact_attention
 from ..models.layers import LayerTap
 from ..options import option, require
