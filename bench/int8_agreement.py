@@ -12,9 +12,13 @@ the COCO photos: top-1 agreement, the largest logit difference in output quantiz
 and the fake-quant margin (top-1 minus the int8 choice, in steps) of each disagreement; also
 the fake-quant model's top-1 agreement with the float model (what the weight range costs).
 
-Models: a VGG teacher trained on the built-in scenes (``--vgg CHECKPOINT``, else one is trained
-at 64 px and kept in OUT/vgg-teacher), at 64 px, and the pretrained EfficientNet-Lite0 at its
-native 224 px.  Prints a markdown table and writes OUT/int8_agreement.json.
+Models (``--models``): a VGG teacher trained on the built-in scenes (``--vgg CHECKPOINT``, else
+one is trained at 64 px and kept in OUT/vgg-teacher), at 64 px; the pretrained
+EfficientNet-Lite0 at its native 224 px; a small ViT trained on the scenes (``pipeline.VIT``'s
+architecture; ``--vit CHECKPOINT``, else one is trained briefly and kept in OUT/vit-teacher), at
+64 px, whose QAT covers its block Linear layers (its head stays float, so its logit
+differences are in logit units, not output steps). Prints a markdown table and writes
+OUT/int8_agreement.json.
 """
 
 from __future__ import annotations
@@ -54,15 +58,21 @@ def photos(folder: Path, size: int):
     return torch.stack(out)
 
 
-def vgg_teacher(out: Path) -> Path:
-    """A scenes VGG teacher (width 16, 64 px, 3 epochs on 2,000 scenes), trained once."""
+def scenes_teacher(out: Path, family: str) -> Path:
+    """A scenes teacher, trained once at 64 px on 2,000 scenes: the VGG (width 16, 3 epochs,
+    SGD) or the ViT demo's architecture (3 epochs, AdamW)."""
     from attrpreserve.engine import TrainConfig
-    from attrpreserve.pipeline import DataConfig, TeacherConfig, train_teacher
+    from attrpreserve.pipeline import VIT, DataConfig, TeacherConfig, train_teacher
 
-    folder = out / "vgg-teacher"
+    folder = out / f"{family}-teacher"
     if not (folder / "model.json").is_file():
-        cfg = TeacherConfig(data=DataConfig(n_train=2000, n_val=300, n_test=100),
-                            train=TrainConfig(epochs=3, lr=0.05, progress=False))
+        data = DataConfig(n_train=2000, n_val=300, n_test=100)
+        if family == "vit":
+            cfg = TeacherConfig(data=data, model=VIT.model, model_options=VIT.model_options,
+                                train=TrainConfig(epochs=3, lr=1e-3, optimizer="adamw",
+                                                  weight_decay=0.05, progress=False))
+        else:
+            cfg = TeacherConfig(data=data, train=TrainConfig(epochs=3, lr=0.05, progress=False))
         train_teacher(cfg, folder)
     return folder
 
@@ -82,7 +92,8 @@ def measure(model, images, calib, scheme: dict) -> dict:
     qat = prepare_qat(model, calibration=calib, **scheme).eval()
     int8 = convert_int8(qat)
     head = [m for m in qat.modules() if isinstance(m, nn.Linear)][-1]
-    step = float(head.activation_post_process.scale)
+    post = getattr(head, "activation_post_process", None)  # None: a float head (the ViT's)
+    step = float(post.scale) if post is not None else 1.0
     with torch.no_grad():
         fl = torch.cat([model(b) for b in images.split(32)])
         fq = torch.cat([qat(b) for b in images.split(32)])
@@ -95,7 +106,7 @@ def measure(model, images, calib, scheme: dict) -> dict:
             "mean_diff_steps": float((fq - q).abs().mean() / step),
             "disagreement_margins_steps": [round(float(m), 2) for m in margins],
             "fq_float_top1": float((top_fq == fl.argmax(1)).float().mean()),
-            "engine": qat.qat_backend}
+            "unit": "steps" if post is not None else "logit", "engine": qat.qat_backend}
 
 
 def worker(args) -> None:
@@ -106,10 +117,14 @@ def worker(args) -> None:
     from attrpreserve.loading import load_checkpoint, load_pretrained
 
     torch.manual_seed(0)
-    models = {"vgg (scenes, 64 px)": (load_checkpoint(args.vgg)[0].eval(), 64)}
-    if not args.no_lite0:
+    chosen, models = args.models.split(","), {}
+    if "vgg" in chosen:
+        models["vgg (scenes, 64 px)"] = (load_checkpoint(args.vgg)[0].eval(), 64)
+    if "lite0" in chosen:
         models["efficientnet-lite0 (224 px)"] = (
             load_pretrained("pretrained:efficientnet-lite0", 224).eval(), 224)
+    if "vit" in chosen:
+        models["vit (scenes, 64 px; Linear layers)"] = (load_checkpoint(args.vit)[0].eval(), 64)
     rows = []
     for name, (model, size) in models.items():
         images = photos(Path(args.coco) / "images", size)[: args.n]
@@ -128,9 +143,12 @@ def table(results: dict) -> str:
             margins = ", ".join(f"{m:g}" for m in r["disagreement_margins_steps"][:8]) or "-"
             if len(r["disagreement_margins_steps"]) > 8:
                 margins += ", ..."
+            unit = r.get("unit", "steps")
+            diff = f"{r['max_diff_steps']:.0f}" if unit == "steps" else \
+                f"{r['max_diff_steps']:.3f} (logit)"
             lines.append(f"| {path} | {res['cpu']['capability']} | {r['model']} | "
                          f"{r['weights']} | {r['top1_agreement']:.3f} ({r['images']}) | "
-                         f"{r['max_diff_steps']:.0f} | {margins} | {r['fq_float_top1']:.3f} |")
+                         f"{diff} | {margins} | {r['fq_float_top1']:.3f} |")
     return "\n".join(lines)
 
 
@@ -140,21 +158,30 @@ def main() -> None:
                    help="folder with images/ (the 128 shared COCO photos)")
     p.add_argument("--out", default="runs/int8", help="where the table, JSON and VGG go")
     p.add_argument("--vgg", help="a VGG teacher checkpoint folder (default: train one)")
+    p.add_argument("--vit", help="a scenes ViT checkpoint folder (default: train one)")
+    p.add_argument("--models", default="vgg,lite0,vit",
+                   help="models compared, of vgg, lite0, vit (default all three)")
     p.add_argument("--paths", default=",".join(PATHS), help="kernel paths to run")
     p.add_argument("--n", type=int, default=128, help="photos compared")
-    p.add_argument("--no-lite0", action="store_true", help="VGG only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vgg = args.vgg or str(vgg_teacher(out))
+    chosen = args.models.split(",")
+    if set(chosen) - {"vgg", "lite0", "vit"}:
+        p.error(f"--models: choose among vgg, lite0, vit; got {args.models!r}")
+    teachers = []
+    for family in ("vgg", "vit"):
+        if family in chosen:
+            given = getattr(args, family)
+            teachers += [f"--{family}", given or str(scenes_teacher(out, family))]
     results = {}
     for path in args.paths.split(","):
         env = {**os.environ, **PATHS[path]}
-        cmd = [sys.executable, __file__, "--worker", "--coco", args.coco, "--vgg", vgg,
-               "--n", str(args.n)] + (["--no-lite0"] if args.no_lite0 else [])
+        cmd = [sys.executable, __file__, "--worker", "--coco", args.coco, "--n", str(args.n),
+               "--models", args.models, *teachers]
         print(f"[{path}] {' '.join(f'{k}={v}' for k, v in PATHS[path].items())}", flush=True)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results[path] = json.loads(done.stdout.strip().splitlines()[-1])
