@@ -3,6 +3,7 @@ issue 15's targets checked.
 
     python bench/demo_seeds.py --seeds 0 1 2 --out runs/bench-demo   # quick (filter pruning)
     python bench/demo_seeds.py --full --seeds 0 1 2 --out runs/bench-full   # every recipe
+    python bench/demo_seeds.py --family vit --seeds 0 1 2 --out runs/bench-vit  # the ViT demo
     python bench/demo_seeds.py --matchings none wcam --lam 1e5 --drop 0.3 \
         --reuse runs/bench-demo --out runs/tune/s-lam1e5      # tuning: only WCAM retrains
 
@@ -26,7 +27,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from attrpreserve.pipeline import FULL, QUICK, demo, format_table
+from attrpreserve.pipeline import DEMOS, FULL, demo, format_table
 from attrpreserve.report.words import gap_entry
 
 METRICS = ("pointing_game", "auc", "spearman")
@@ -134,9 +135,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the full demo (every recipe)")
+    ap.add_argument("--family", choices=sorted(DEMOS), default="vgg",
+                    help="the quick demo of this family (default vgg; vit: the ViT demo)")
     ap.add_argument("--out", default="runs/bench-demo")
     ap.add_argument("--recipes", nargs="+", help="override the preset's recipes")
     ap.add_argument("--matchings", nargs="+", help="override the preset's matchings")
+    ap.add_argument("--explainers", nargs="+", help="override the preset's explainers")
     ap.add_argument("--lam", type=float,
                     help="WCAM's weight in every recipe (default: the demo's, tuned per recipe: "
                          "DemoConfig.tuned)")
@@ -149,8 +153,11 @@ def main() -> None:
     args = ap.parse_args()
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in
                  (("recipes", args.recipes), ("matchings", args.matchings), ("lam", args.lam),
-                  ("drop", args.drop)) if v is not None}
-    cfg = wcam_override(replace(FULL if args.full else QUICK, **overrides), args.lam, args.drop)
+                  ("drop", args.drop), ("explainers", args.explainers)) if v is not None}
+    if args.full and args.family != "vgg":
+        ap.error("--full is the VGG's full demo; drop --family")
+    preset = FULL if args.full else DEMOS[args.family]
+    cfg = wcam_override(replace(preset, **overrides), args.lam, args.drop)
     summary, all_results = [], []
     for seed in args.seeds:
         path = Path(args.out) / f"seed{seed}" / "results.json"

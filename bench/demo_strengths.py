@@ -1,6 +1,8 @@
 """Choose each recipe's demo strength on the VALIDATION split (issue 15, item 3).
 
     python bench/demo_strengths.py --teacher runs/demo/teacher --out runs/strengths
+    python bench/demo_strengths.py --family vit --teacher runs/vit/teacher --recipes structured \
+        --out runs/vit/strengths      # the ViT demo's head pruning
 
 For every recipe but distillation (distillation's strength is the width divisor, swept the same
 way with --recipes kd), each strength of ``DemoConfig.sweep_strengths`` is compressed naive and
@@ -19,7 +21,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from attrpreserve.pipeline import FULL, sweep
+from attrpreserve.pipeline import DEMOS, FULL, sweep
 from attrpreserve.report.words import PREMISE_MAP_POINTS
 
 MOVED_BY = ("pointing_game", "spearman")
@@ -67,9 +69,13 @@ def main() -> None:
                          f"demo's {FULL.compress_n_train})")
     ap.add_argument("--epochs", type=int, help="fine-tuning / distillation epochs (default the "
                     f"full demo's: {FULL.finetune_epochs} / {FULL.student_epochs})")
+    ap.add_argument("--family", choices=sorted(DEMOS),
+                    help="the demo whose settings the runs take (default: the full VGG demo's; "
+                         "vit: the ViT demo's)")
     ap.add_argument("--out", default="runs/strengths")
     args = ap.parse_args()
-    cfg = replace(FULL, compress_n_train=args.n_train, **(
+    preset = DEMOS[args.family] if args.family else FULL
+    cfg = replace(preset, compress_n_train=args.n_train, **(
         {"finetune_epochs": args.epochs, "student_epochs": args.epochs} if args.epochs else {}))
     chosen = {}
     for recipe in args.recipes:

@@ -1,6 +1,7 @@
 """Tune AT and WCAM alike on the VALIDATION split (issue 15, item 4: fair baselines).
 
     python bench/demo_tuning.py --out runs/tuning --seeds 0 1 2
+    python bench/demo_tuning.py --family vit --out runs/vit/tuning   # the ViT demo's head pruning
 
 For each recipe of the full demo, at its demo strength (``DemoConfig.strengths``, chosen by
 bench/demo_strengths.py), one naive run and AT and WCAM at every lambda of ``--lams`` (WCAM also
@@ -20,8 +21,8 @@ import json
 import statistics
 from pathlib import Path
 
-from attrpreserve.pipeline import FULL, compress, evaluate, is_finished
-from attrpreserve.pipeline.shipped import SHIPPED_TEACHER
+from attrpreserve.pipeline import DEMOS, FULL, compress, evaluate, is_finished
+from attrpreserve.pipeline.shipped import shipped_folder
 from attrpreserve.report.words import gap_entry
 
 MAP_SLACK = 0.01
@@ -35,13 +36,14 @@ def run_name(recipe: str, matching: str, lam: float, drop: float) -> str:
     return f"{recipe}+{matching}@{lam:g}" + (f",{drop:g}" if matching == "wcam" else "")
 
 
-def one_seed(recipe, teacher, seed, grid, out, n_val) -> dict:
+def one_seed(preset, recipe, teacher, seed, grid, out, n_val) -> dict:
     """Train (or reuse) naive + every setting at ``seed``;
     ``{name: (mAP, recovered, F1 at the val-chosen threshold)}``."""
     ckpts = {"teacher": teacher}
-    naive = FULL.compress_cfg(teacher, recipe, "none", seed, False)
+    naive = preset.compress_cfg(teacher, recipe, "none", seed, False)
     for name, cfg in [(recipe, naive)] + [
-            (run_name(recipe, m, lam, d), _matched(naive, m, lam, d)) for m, lam, d in grid]:
+            (run_name(recipe, m, lam, d), _matched(preset, naive, m, lam, d))
+            for m, lam, d in grid]:
         path = out / f"seed{seed}" / name
         if not is_finished(path, cfg):
             compress(cfg, path)
@@ -53,8 +55,8 @@ def one_seed(recipe, teacher, seed, grid, out, n_val) -> dict:
             if name != "teacher"}
 
 
-def _matched(naive, matching, lam, drop):
-    base = FULL.compress_cfg(naive.teacher, naive.method, matching, naive.train.seed, False)
+def _matched(preset, naive, matching, lam, drop):
+    base = preset.compress_cfg(naive.teacher, naive.method, matching, naive.train.seed, False)
     return base.with_matching(matching, lam, drop)
 
 
@@ -71,18 +73,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the shipped "
                                                     "demo teacher)")
-    ap.add_argument("--recipes", nargs="+", default=list(FULL.recipes))
+    ap.add_argument("--family", choices=sorted(DEMOS),
+                    help="the demo whose settings and shipped teacher the runs take (default: "
+                         "the full VGG demo's; vit: the ViT demo's, its recipe alone)")
+    ap.add_argument("--recipes", nargs="+", help="default: the preset's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--lams", type=float, nargs="+", default=[10.0, 100.0, 1000.0])
     ap.add_argument("--drops", type=float, nargs="+", default=[0.0, 0.3])
     ap.add_argument("--n-val", type=int, default=FULL.n_val)
     ap.add_argument("--out", default="runs/tuning")
     args = ap.parse_args()
-    teacher = Path(args.teacher or SHIPPED_TEACHER)
+    preset = DEMOS[args.family] if args.family else FULL
+    teacher = Path(args.teacher or shipped_folder(preset.shipped))
     grid, chosen = settings(args.lams, args.drops), {}
-    for recipe in args.recipes:
-        per_seed = [one_seed(recipe, teacher, s, grid, Path(args.out) / recipe, args.n_val)
-                    for s in args.seeds]
+    for recipe in args.recipes or preset.recipes:
+        per_seed = [one_seed(preset, recipe, teacher, s, grid, Path(args.out) / recipe,
+                             args.n_val) for s in args.seeds]
         naive_map = statistics.mean(p[recipe][0] for p in per_seed)
         naive_f1 = statistics.mean(p[recipe][2] for p in per_seed)
         print(f"\n{recipe}: naive mAP {naive_map:.3f}, F1 at the val threshold {naive_f1:.3f} "

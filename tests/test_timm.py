@@ -386,23 +386,30 @@ def test_architecture_options_shape_the_model_and_travel_with_its_checkpoint(tmp
     assert loaded.spec["kwargs"]["options"] == options
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)
+    hybrid = create_model("timm", arch=VIT, num_classes=3, input_size=SIZE,
+                          options={**options, "conv_stem": True})
+    assert isinstance(hybrid.patch_embed.proj, torch.nn.Sequential)  # conv stem to stride 8
+    assert hybrid(x).shape == (2, 3) and default_layer(hybrid) == "blocks.0"
     for bad, word in (({"pretrained": True}, "unknown architecture option 'pretrained'"),
+                      ({"patch_size": 6, "conv_stem": True}, "power-of-two patch size"),
                       ({"depth": 2.5}, "wrong type"), ({"qkv_bias": 1}, "wrong type")):
         with pytest.raises(ValueError, match=word):
             create_model("timm", arch=VIT, num_classes=3, options=bad)
 
 
 def test_the_vit_demo_prunes_heads_and_reports_every_explainer(tmp_path):
-    """The ViT quick demo's shape, tiny: a ViT teacher, the control, head + MLP pruning naive /
-    AT / WCAM, and for each explainer (token Grad-CAM, rollout, gradient rollout, IG) the gap
-    recovered, in results.json and the printed table."""
+    """The ViT quick demo's shape, tiny: a hybrid ViT teacher, the control, head + MLP pruning
+    naive / AT / WCAM, and for each explainer (token Grad-CAM, rollout, gradient rollout, and
+    IG as bench/demo_seeds.py adds it) the gap recovered, in results.json and the table."""
     from dataclasses import replace
 
     from attrpreserve import pipeline
 
     cfg = replace(pipeline.VIT, teacher="train", teacher_epochs=1, teacher_warmup=0.0,
                   n_train=32, n_val=16, n_test=16,
-                  model_options={"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4})
+                  model_options={"patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 4,
+                                 "conv_stem": True})
+    cfg = replace(cfg, explainers=(*cfg.explainers, "ig"))  # the bench's fourth explainer
     res = pipeline.demo(tmp_path, seed=0, progress=False, cfg=cfg)
     runs = {r["name"]: r for r in res["runs"]}
     assert list(runs) == ["teacher", "control", "structured", "structured+at",

@@ -51,8 +51,27 @@ def pretrained_cfg(arch: str) -> dict:
 
 # Architecture options a spec may pass to timm (a shape, never weights or files): a small
 # ViT for 64 px images is ``test_vit`` with ``patch_size=8`` (the ViT demo's teacher).
+# ``conv_stem`` (ours, not timm's) replaces the patch embedding's one strided convolution by
+# a convolutional stem to the same stride: ViT's "hybrid" (Dosovitskiy et al. 2021, 3.1), which
+# a ViT trained from scratch on a few thousand images learns far faster (docs/benchmarks.md).
 ARCH_OPTIONS = {"patch_size": int, "embed_dim": int, "depth": int, "num_heads": int,
-                "mlp_ratio": (int, float), "qkv_bias": bool, "class_token": bool}
+                "mlp_ratio": (int, float), "qkv_bias": bool, "class_token": bool,
+                "conv_stem": bool}
+
+
+def conv_stem(patch: int, dim: int) -> nn.Sequential:
+    """Conv 3x3 - BatchNorm - ReLU - max-pool 2 stages (16, 32, 64, ... channels) down to
+    stride ``patch`` (a power of two), then a 1x1 convolution to ``dim`` token channels."""
+    stages = patch.bit_length() - 1
+    if patch < 2 or 2 ** stages != patch:
+        raise ValueError(f"conv_stem needs a power-of-two patch size, got {patch}")
+    layers, width = [], 3
+    for i in range(stages):
+        out = 16 * 2 ** i
+        layers += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        width = out
+    return nn.Sequential(*layers, nn.Conv2d(width, dim, 1))
 
 
 def _check_options(arch: str, options: dict) -> dict:
@@ -81,11 +100,17 @@ def timm_model(arch: str, num_classes: int = 1000, input_size: int | None = None
     cfg = pretrained_cfg(arch)
     kwargs = {**_check_options(arch, options or {}), "pretrained": False,
               "num_classes": int(num_classes)}
+    stem = kwargs.pop("conv_stem", False)
     try:
         model = timm.create_model(arch, img_size=int(input_size or native_size(arch)),
                                   dynamic_img_size=True, **kwargs)
     except TypeError:  # not a patch-embedding model: no img_size argument
+        if stem:
+            raise ValueError(f"timm model {arch!r}: conv_stem applies to Vision Transformers "
+                             "only") from None
         model = timm.create_model(arch, **kwargs)
+    if stem:
+        model.patch_embed.proj = conv_stem(model.patch_embed.patch_size[0], model.embed_dim)
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     return with_input_normalization(model, mean, std)
