@@ -7,7 +7,8 @@
 Training uses the demo's teacher settings (``pipeline.demo_teacher_config``: ``DemoConfig``'s
 architecture, width, epochs, scenes, seed 0; ``--family vit``: ``pipeline.VIT``'s small ViT); a finished checkpoint in ``--out`` is reused. The score
 (``pipeline.shipped.score_teacher``) is Grad-CAM on *all* ground-truth pairs: pointing game pooled
-and per class, AUC, and mAP, against ``TARGETS``. Settings are chosen on the validation split;
+and per class, AUC, and mAP, against ``TARGETS`` (the ViT's: ``VIT_TARGETS``, with attention
+rollout's pointing game too). Settings are chosen on the validation split;
 ``--ship`` reads the test split once, for the record, and copies the checkpoint with both scores
 (``scores.json``) into the package, where the demo and tests/test_shipped.py find them.
 """
@@ -24,7 +25,8 @@ import torch
 
 from attrpreserve.pipeline import demo_teacher_config, is_finished, train_teacher
 from attrpreserve.pipeline.experiments import DEMOS
-from attrpreserve.pipeline.shipped import FILES, SCORES, score_teacher, shipped_folder
+from attrpreserve.pipeline.shipped import (FILES, SCORES, TARGETS, VIT_TARGETS, score_teacher,
+                                           shipped_folder)
 
 
 def main() -> None:
@@ -43,7 +45,8 @@ def main() -> None:
     trained = not is_finished(out, cfg)
     if trained:
         train_teacher(cfg, out, device=args.device)
-    scores = {split: score_teacher(out, cfg.data, split)
+    targets = VIT_TARGETS if args.family == "vit" else TARGETS
+    scores = {split: score_teacher(out, cfg.data, split, targets)
               for split in (("val", "test") if args.ship else ("val",))}
     print(json.dumps({"checkpoint": str(out), "threads": torch.get_num_threads(),
                       "train_seconds": round(time.perf_counter() - t0, 1) if trained else None,

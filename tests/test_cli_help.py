@@ -39,7 +39,7 @@ def code_defaults() -> dict[str, dict]:
     exporting = _params(onnx_export.export)
     return {
         "demo": {"quick": False, "sweeps": False, "out": demo["out"], "seed": demo["seed"],
-                 "no_progress": not demo["progress"], "photos": None,
+                 "no_progress": not demo["progress"], "photos": None, "family": "vgg",
                  "recipe": pipeline.PHOTOS_CPU.recipe, "strength": pipeline.PHOTOS_CPU.strength,
                  "device": "auto"},
         "train": {**own_data, **_train(teacher.train),

@@ -237,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "Finished stages are reused when OUT already holds them.")
     p.add_argument("--quick", action="store_true",
                    help="the few-minute CPU setting: 30%% filter pruning only, Grad-CAM")
+    p.add_argument("--family", choices=sorted(pipeline.DEMOS), default="vgg",
+                   help="the teacher's family: vgg (the paper's) or vit, a small hybrid Vision "
+                        "Transformer shipped like the VGG (its quick demo, --quick implied: heads "
+                        "and MLP channels pruned; Grad-CAM on the token grid, attention rollout "
+                        "and gradient-weighted rollout evaluated)")
     p.add_argument("--sweeps", action="store_true",
                    help="full demo only: also sweep each pruning / quantization recipe's "
                         "strength, naive vs WCAM (24 more fine-tuning runs), and draw the "
@@ -671,16 +676,17 @@ def _finished(args) -> Path | None:
 
 def _run_command(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        if args.sweeps and args.quick:
-            raise ValueError("--sweeps needs the full demo (the quick one runs one recipe); "
-                             "drop --quick")
+        if args.sweeps and (args.quick or args.family != "vgg"):
+            raise ValueError("--sweeps needs the VGG's full demo (a quick one runs one recipe); "
+                             "drop " + ("--quick" if args.quick else "--family"))
         if args.photos:
             results, out = _photos_demo(args), args.out or "runs/photos"
         else:
             out = args.out or "runs/demo"
+            cfg = None if args.family == "vgg" else pipeline.DEMOS[args.family]
             results = pipeline.demo(out, quick=args.quick, seed=args.seed,
                                     progress=not args.no_progress, sweeps=args.sweeps,
-                                    force=args.force)
+                                    force=args.force, cfg=cfg)
         print(pipeline.format_table(results))
         print(f"wrote {Path(out) / 'results.json'} and report.html "
               f"({results['wall_seconds']:.0f} s)")
@@ -827,8 +833,14 @@ def _interrupted(argv: list[str], args) -> int:
 
 
 def _refuse_ignored(args) -> None:
-    """A flag the command would ignore is an error (``demo``'s --photos options without it)."""
-    if args.command == "demo" and not args.photos:
+    """A flag the command would ignore is an error (``demo``'s --photos options without it,
+    its --family with it)."""
+    if args.command != "demo":
+        return
+    if args.photos and args.family != "vgg":
+        raise ValueError("--family applies to the scenes demo only (--photos fine-tunes a "
+                         "pretrained EfficientNet-Lite0): drop --family or --photos")
+    if not args.photos:
         given = [flag for flag, value, default in (
             ("--device", args.device, "auto"), ("--recipe", args.recipe, None),
             ("--strength", args.strength, None)) if value != default]

@@ -3,7 +3,7 @@ function with the common signature plus one ``EXPLAINERS.register`` line here)."
 
 from __future__ import annotations
 
-from ..models.family import family_of, label
+from ..models.family import family_of, has_attention, label
 from ..registry import Registry
 from .gradcam import gradcam
 from .gradients import gradient, input_x_gradient, integrated_gradients
@@ -51,11 +51,11 @@ def check_applicable(model, names) -> None:
     family card refuses (a ViT's LRP), or rollout without attention maps to read."""
     family = family_of(model)
     refused = family.refused_explainers(model) if family and family.refused_explainers else {}
-    has_attention = bool(family and family.attention and family.attention(model))
+    attention = has_attention(model)
     for name in names:
         if name in refused:
             raise ValueError(f"explainer {name!r} does not apply to {type(model).__name__} "
                              f"({label(family)}): {refused[name]}")
-        if name in EXPLAINERS and EXPLAINERS.meta(name).get("attention") and not has_attention:
+        if name in EXPLAINERS and EXPLAINERS.meta(name).get("attention") and not attention:
             raise ValueError(f"explainer {name!r} explains Vision Transformers (attention maps); "
                              f"{type(model).__name__} has none")

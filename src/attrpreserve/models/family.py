@@ -23,7 +23,7 @@ from torch import nn
 
 from ..registry import Registry
 
-__all__ = ["FAMILIES", "Family", "QATSupport", "exact_attention", "family_of",
+__all__ = ["FAMILIES", "Family", "QATSupport", "exact_attention", "family_of", "has_attention",
            "is_single_label", "label", "register_family"]
 
 
@@ -150,6 +150,13 @@ def is_single_label(model: nn.Module) -> bool:
         return bool(own)
     family = family_of(model)
     return bool(family is not None and family.single_label(model))
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model``'s family card names attention maps for it (a Vision Transformer:
+    attention rollout applies)."""
+    family = family_of(model)
+    return bool(family and family.attention and family.attention(model))
 
 
 def exact_attention(model: nn.Module) -> ContextManager:

@@ -179,6 +179,7 @@ FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"),
 SCENE_VIT = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4, "conv_stem": True}
 VIT = DemoConfig(model="timm:test_vit", model_options=SCENE_VIT, shipped="demo_vit",
                  lr=1e-3, weight_decay=0.05, teacher_epochs=20, teacher_warmup=1.0,
+                 sweep_strengths={"structured": (0.25, 0.5, 0.75)},  # of 4 heads: 1, 2, 3
                  # integrated gradients costs ~0.2 s a pair here (32 steps): left to
                  # bench/demo_seeds.py --explainers, outside the demo's minutes
                  explainers=("gradcam", "rollout", "grad_rollout"))

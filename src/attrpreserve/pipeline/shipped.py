@@ -18,6 +18,7 @@ import torch
 from ..evaluate.runner import collect_pairs
 from ..evaluate.task import mean_average_precision
 from ..fileio import atomic_write
+from ..models.family import has_attention
 from .configs import DataConfig, labels_for
 from .stages import load_models, made_with
 
@@ -32,6 +33,9 @@ SCORES = "scores.json"  # what bench/teacher.py measured when it shipped the tea
 # Issue 15's bar for a teacher worth preserving: mAP, and Grad-CAM pointing game on all
 # ground-truth pairs, pooled and for the worst class.
 TARGETS = {"mAP": 0.85, "pointing_game": 0.6, "pointing_game_min_class": 0.4}
+# Issue 25's bar for the ViT demo's teacher: mAP, and Grad-CAM or (gradient) rollout pointing
+# game on all ground-truth pairs
+VIT_TARGETS = {"mAP": 0.95, "pointing_game": 0.8}
 
 
 def install_shipped_teacher(out: str | Path, cfg, folder: Path = SHIPPED_TEACHER) -> Path:
@@ -53,12 +57,18 @@ def install_shipped_teacher(out: str | Path, cfg, folder: Path = SHIPPED_TEACHER
     return out
 
 
-def score_teacher(checkpoint: str | Path, data: DataConfig, split: str) -> dict:
+def score_teacher(checkpoint: str | Path, data: DataConfig, split: str,
+                  targets: dict = TARGETS) -> dict:
     """mAP and Grad-CAM pointing game / AUC on *all* ground-truth pairs of ``split`` (the fixed
-    pair set of docs/metrics.md), pooled and per class, and whether they meet :data:`TARGETS`."""
+    pair set of docs/metrics.md), pooled and per class, and whether they meet ``targets``; a
+    Vision Transformer (its card names attention maps) is also scored with gradient-weighted
+    attention rollout (Chefer et al. 2021), and its pointing-game target is met by either
+    explainer (issue 25's bar)."""
     entry = load_models({"teacher": checkpoint})["teacher"]
     loader = data.loader(split, adapt=labels_for(entry.model, entry.meta["classes"]))
-    got = collect_pairs({"teacher": entry.model}, loader, progress=False)
+    explainers = ("gradcam", "grad_rollout") if has_attention(entry.model) else ("gradcam",)
+    got = collect_pairs({"teacher": entry.model}, loader, explainers=explainers,
+                        progress=False)
     pairs, classes = got["pairs"]["teacher"]["gradcam"], got["classes"]
     hits = pairs["hit"]
     per_class = {entry.meta["classes"][k]: float(hits[classes == k].mean())
@@ -69,5 +79,13 @@ def score_teacher(checkpoint: str | Path, data: DataConfig, split: str) -> dict:
            "auc": float(torch.nanmean(pairs["auc"].double())),
            "pointing_game_per_class": per_class}
     out["pointing_game_min_class"] = min(per_class.values())
-    out["meets_targets"] = all(out[k] >= v for k, v in TARGETS.items())
+    best = {k: out[k] for k in targets}
+    if "grad_rollout" in explainers:
+        rollout = got["pairs"]["teacher"]["grad_rollout"]["hit"]
+        out["pointing_game_grad_rollout"] = float(rollout.mean())
+        out["pointing_game_grad_rollout_per_class"] = {
+            entry.meta["classes"][k]: float(rollout[classes == k].mean())
+            for k in classes.unique().tolist()}
+        best["pointing_game"] = max(out["pointing_game"], out["pointing_game_grad_rollout"])
+    out["meets_targets"] = all(best[k] >= v for k, v in targets.items())
     return out
