@@ -69,6 +69,7 @@ def main() -> None:
                          f"demo's {FULL.compress_n_train})")
     ap.add_argument("--epochs", type=int, help="fine-tuning / distillation epochs (default the "
                     f"full demo's: {FULL.finetune_epochs} / {FULL.student_epochs})")
+    ap.add_argument("--lr", type=float, help="fine-tuning lr (default the preset's)")
     ap.add_argument("--family", choices=sorted(DEMOS),
                     help="the demo whose settings the runs take (default: the full VGG demo's; "
                          "vit: the ViT demo's)")
@@ -76,7 +77,8 @@ def main() -> None:
     args = ap.parse_args()
     preset = DEMOS[args.family] if args.family else FULL
     cfg = replace(preset, compress_n_train=args.n_train, **(
-        {"finetune_epochs": args.epochs, "student_epochs": args.epochs} if args.epochs else {}))
+        {"finetune_epochs": args.epochs, "student_epochs": args.epochs} if args.epochs else {}),
+        **({"finetune_lr": args.lr} if args.lr else {}))
     chosen = {}
     for recipe in args.recipes:
         strengths = (2.0, 4.0, 8.0) if recipe == "kd" else cfg.sweep_strengths[recipe]
