@@ -330,6 +330,11 @@ def test_demo_sweeps_draw_curves(tmp_path, capsys):
     assert stamp.stat().st_mtime_ns == before
     assert main(["demo", "--quick", "--sweeps", "--out", str(tmp_path / "q")]) == 2
     assert "--sweeps needs the full demo" in capsys.readouterr().err
+    assert main(["demo", "--family", "vit", "--sweeps", "--out", str(tmp_path / "v")]) == 2
+    assert "drop --family" in capsys.readouterr().err
+    assert main(["demo", "--family", "vit", "--photos", str(tmp_path), "--out",
+                 str(tmp_path / "p")]) == 2
+    assert "--family applies to the scenes demo only" in capsys.readouterr().err
 
 
 def test_demo_report_picks_up_saved_sweeps(tmp_path):

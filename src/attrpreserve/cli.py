@@ -677,8 +677,9 @@ def _finished(args) -> Path | None:
 def _run_command(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.sweeps and (args.quick or args.family != "vgg"):
-            raise ValueError("--sweeps needs the VGG's full demo (a quick one runs one recipe); "
-                             "drop " + ("--quick" if args.quick else "--family"))
+            raise ValueError("--sweeps needs the full demo (a quick one runs one recipe; the "
+                             "full one is the VGG's): drop "
+                             + ("--quick" if args.quick else "--family"))
         if args.photos:
             results, out = _photos_demo(args), args.out or "runs/photos"
         else:
