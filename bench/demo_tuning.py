@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from attrpreserve.pipeline import DEMOS, FULL, compress, evaluate, is_finished
@@ -34,8 +35,10 @@ def settings(lams, drops) -> list[tuple[str, float, float]]:
     return [("at", lam, 0.0) for lam in lams] + [("wcam", lam, d) for lam in lams for d in drops]
 
 
-def run_name(recipe: str, matching: str, lam: float, drop: float) -> str:
-    return f"{recipe}+{matching}@{lam:g}" + (f",{drop:g}" if matching == "wcam" else "")
+def run_name(recipe: str, matching: str, lam: float, drop: float, layer: str | None = None
+             ) -> str:
+    return (f"{recipe}+{matching}@{lam:g}" + (f",{drop:g}" if matching == "wcam" else "")
+            + (f"[{layer}]" if layer else ""))
 
 
 def one_seed(preset, recipe, teacher, seed, grid, out, n_val, metrics) -> dict:
@@ -44,7 +47,7 @@ def one_seed(preset, recipe, teacher, seed, grid, out, n_val, metrics) -> dict:
     ckpts = {"teacher": teacher}
     naive = preset.compress_cfg(teacher, recipe, "none", seed, False)
     for name, cfg in [(recipe, naive)] + [
-            (run_name(recipe, m, lam, d), _matched(preset, naive, m, lam, d))
+            (run_name(recipe, m, lam, d, preset.layer), _matched(preset, naive, m, lam, d))
             for m, lam, d in grid]:
         path = out / f"seed{seed}" / name
         if not is_finished(path, cfg):
@@ -91,9 +94,13 @@ def main() -> None:
     ap.add_argument("--score", choices=sorted(SCORES), default="localisation",
                     help="what a setting recovers: localisation (pointing game and AUC gaps; "
                          "the VGG demo's) or agreement (the Spearman gap; the ViT demo's)")
+    ap.add_argument("--layer", help="AT's and WCAM's matched layer(s), a,b for several "
+                                    "(default: the preset's; a ViT's last block but one)")
     ap.add_argument("--out", default="runs/tuning")
     args = ap.parse_args()
     preset = DEMOS[args.family] if args.family else FULL
+    if args.layer:
+        preset = replace(preset, layer=args.layer)
     teacher = Path(args.teacher or shipped_folder(preset.shipped))
     grid, chosen = settings(args.lams, args.drops), {}
     for recipe in args.recipes or preset.recipes:
@@ -106,7 +113,7 @@ def main() -> None:
         for matching in ("at", "wcam"):
             best = None
             for m, lam, drop in (g for g in grid if g[0] == matching):
-                name = run_name(recipe, m, lam, drop)
+                name = run_name(recipe, m, lam, drop, preset.layer)
                 m_ap = statistics.mean(p[name][0] for p in per_seed)
                 share = statistics.mean(p[name][1] or 0.0 for p in per_seed)
                 f1 = statistics.mean(p[name][2] for p in per_seed)

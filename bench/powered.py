@@ -22,8 +22,9 @@ training state):
    its held-out top-1 is not below the naive run's by more than the margin (the half-width of
    the 95% bootstrap interval of their paired difference, so the margin comes from the photos,
    not a fixed point); the admissible candidate with the highest held-out Spearman agreement at
-   the matched layer wins. A winner at the lambda grid's edge extends the grid by x10 that way
-   (at most ``--extend`` times).
+   the matched layer wins (``--variant``: that variant's candidates, scored by the mean over its
+   matched layers, e.g. the head and the stride-16 stage). A winner at the lambda grid's edge
+   extends the grid by x10 that way (at most ``--extend`` times).
 2. ``train`` (seeds ``--seeds``, every train/ photo but the held-out 5%, ``--epochs``; at least
    500 optimiser steps, printed per run): the control (the teacher fine-tuned exactly like the
    pruned runs, nothing pruned), naive pruning, and pruning with the chosen WCAM.
@@ -90,9 +91,10 @@ def parse(argv=None) -> argparse.Namespace:
                         + ", ".join(f"{r} {v:g}" for r, v in DEFAULT_STRENGTH.items()) + ")")
     p.add_argument("--layer", default=LAYER, help=f"matched layer (default {LAYER})")
     p.add_argument("--variant", default="stride-16", choices=[slug(n) for n, *_ in VARIANTS],
-                   help="the WCAM variant the train and evaluate phases run (default "
+                   help="the WCAM variant the tune, train and evaluate phases run (default "
                         "stride-16: the tuned run, OUT/seedK/wcam; another goes to "
-                        "OUT/seedK/wcam-VARIANT beside the same control and naive runs)")
+                        "OUT/seedK/wcam-VARIANT beside the same control and naive runs; "
+                        "tuned, it is scored by its layers' mean Spearman)")
     p.add_argument("--lam", type=float,
                    help="WCAM's lambda in the train phase (default: the tune's choice, or for "
                         "--variant the variants phase's)")
@@ -215,13 +217,26 @@ def cached_json(path: Path, make) -> dict:
     return value
 
 
-def heldout(root, cfg, run: Path, seed_cfg_layer: str | None) -> dict:
-    """``run`` and the teacher on the photos held out of train/ (``OUT/.../heldout.json``)."""
+def heldout(root, cfg, run: Path, layer: str | None) -> dict:
+    """``run`` and the teacher on the photos held out of train/ at ``layer``
+    (``run/heldout.json`` at the stride-16 stage, ``run/heldout-LAYER.json`` elsewhere)."""
     def make():
         models = stages.load_models({"teacher": photos.teacher_spec(root, cfg), "run": run})
         classes = models["teacher"].meta["classes"]
-        return score(models, loader(root, cfg, "val", classes), seed_cfg_layer)
-    return cached_json(run / "heldout.json", make)
+        return score(models, loader(root, cfg, "val", classes), layer)
+    name = "heldout.json" if layer == LAYER else f"heldout-{slug(layer or 'head')}.json"
+    return cached_json(run / name, make)
+
+
+def heldout_matched(root, cfg, run: Path, layers: str) -> dict:
+    """``run``'s held-out scores at the matched layer; with several (``a,b``) each photo's
+    Spearman and cosine are averaged over them, the variants phase's score."""
+    parts = [heldout(root, cfg, run, layer)["models"]["run"] for layer in layers.split(",")]
+    out = dict(parts[0])
+    for k in ("spearman", "cosine"):
+        if all(k in p for p in parts):
+            out[k] = np.mean([p[k] for p in parts], axis=0).tolist()
+    return out
 
 
 def paired_top1(a: dict, b: dict, n_boot: int) -> dict:
@@ -299,6 +314,8 @@ def tune(args, root: Path, out: Path) -> dict:
         return json.loads(chosen_file.read_text())
     cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos)
     seeds = [int(s) for s in args.tune_seeds.split(",")]
+    overrides = variant_of(args)[1]  # the WCAM variant tuned (default the stride-16 stage)
+    layers = overrides.get("layer", args.layer)
     table = []
     naive = {}
 
@@ -308,7 +325,7 @@ def tune(args, root: Path, out: Path) -> dict:
         for seed in seeds:
             run = out / "tune" / (name if seed == 0 else f"{name}-s{seed}")
             train_run(root, c, matching, args.strength, seed, run)
-            scores.append(heldout(root, c, run, args.layer)["models"]["run"])
+            scores.append(heldout_matched(root, c, run, layers))
         return pooled(scores)
 
     def naive_run(lr):
@@ -334,8 +351,8 @@ def tune(args, root: Path, out: Path) -> dict:
     lams, drops, scores = floats(args.lams), floats(args.drops), {}
 
     def candidate(lam, drop):
-        name = f"wcam-lr{lr:g}-l{lam:g}-d{drop:g}"
-        s = runs(name, replace(cfg, lam=lam, drop=drop), "wcam")
+        name = f"wcam{suffix(args.variant)}-lr{lr:g}-l{lam:g}-d{drop:g}"
+        s = runs(name, replace(cfg, lam=lam, drop=drop, **overrides), "wcam")
         row = {"run": name, "lam": lam, "drop": drop, **admissibility(base, s, args.n_boot),
                "spearman": mean(s["spearman"]), "cosine": mean(s["cosine"])}
         say(f"  held-out top-1 {row['top1']:.3f} ({row['top1_delta']['delta']:+.3f}, margin "
@@ -356,7 +373,8 @@ def tune(args, root: Path, out: Path) -> dict:
     n_spear = mean(base.get("spearman", [])) if base.get("spearman") else None
     chosen = {"lr": lr, "lam": best["lam"] if best else None,
               "drop": best["drop"] if best else None, "naive_spearman": n_spear,
-              "table": table, "layer": args.layer, "proxy_photos": cfg.n_train,
+              "table": table, "layer": layers, "variant": args.variant,
+              "proxy_photos": cfg.n_train,
               "tune_seeds": seeds}
     write_json(chosen_file, chosen)
     return chosen

@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,9 +39,17 @@ def main() -> None:
     ap.add_argument("--family", choices=sorted(DEMOS), default="vgg",
                     help="whose demo teacher: the VGG's (default) or the ViT's")
     ap.add_argument("--device", default="cpu", help="where to train (cpu, cuda; default cpu)")
+    ap.add_argument("--epochs", type=int,
+                    help="train this many epochs instead of the demo's (a schedule being tried; "
+                         "not with --ship: the shipped teacher is the demo's settings)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     cfg = demo_teacher_config(progress=not args.no_progress, family=args.family)
+    if args.epochs is not None and args.epochs != cfg.train.epochs:
+        if args.ship:
+            ap.error(f"--epochs {args.epochs} with --ship: the demo trains its teacher for "
+                     f"{cfg.train.epochs} epochs (DemoConfig.teacher_epochs); change it there")
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
     out, t0 = Path(args.out), time.perf_counter()
     trained = not is_finished(out, cfg)
     if trained:

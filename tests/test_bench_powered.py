@@ -90,3 +90,22 @@ def test_tuning_seeds_pool_per_photo_scores_and_resample_photos():
                         {"correct": [1, 1, 1], "spearman": [0] * 3}])
     d = powered.paired_top1(a, b, n_boot=200)
     assert abs(d["delta"] - (1 - 4 / 6)) < 1e-12 and d["ci_low"] <= d["delta"] <= d["ci_high"]
+
+
+def test_a_tuned_variant_scores_the_mean_over_its_matched_layers(tmp_path):
+    """Tuning ``--variant head-stride-16``: each photo's Spearman and cosine are averaged over
+    the head and the stride-16 stage (each layer's scores cached in its own file), top-1 kept."""
+    def cached(name, correct, spearman, cosine):
+        entry = {"correct": correct, "spearman": spearman, "cosine": cosine}
+        powered.write_json(tmp_path / name, {"models": {"run": entry}})
+
+    cached("heldout.json", [1, 0], [0.2, 0.4], [0.5, 0.7])  # the stride-16 stage
+    cached("heldout-head-act.json", [1, 0], [0.6, 0.0], [0.9, 0.1])
+    both = powered.heldout_matched(None, None, tmp_path, f"{powered.HEAD},{powered.LAYER}")
+    assert both["correct"] == [1, 0]
+    assert both["spearman"] == pytest.approx([0.4, 0.2])
+    assert both["cosine"] == pytest.approx([0.7, 0.4])
+    one = powered.heldout_matched(None, None, tmp_path, powered.LAYER)
+    assert one["spearman"] == [0.2, 0.4]
+    args = powered.parse(["--variant", "head-stride-16"])
+    assert powered.variant_of(args)[1]["layer"] == f"{powered.HEAD},{powered.LAYER}"

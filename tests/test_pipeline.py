@@ -411,3 +411,13 @@ def test_bad_matched_layers_exit_2_before_training(teacher_dir, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("attrpreserve: error:") and needle in err and "\n" not in err
     assert not out.exists()  # refused before anything was written
+
+
+def test_demo_layer_reaches_matched_runs_only():
+    """``DemoConfig.layer`` is what AT and WCAM match (several layers: "a,b"); a naive run has
+    no matched layer, so its finished checkpoint is reused whatever the matched runs tap."""
+    cfg = pipeline.DemoConfig(layer="blocks.1,blocks.2")
+    assert cfg.compress_cfg("t", "structured", "wcam", 0, False).layer == "blocks.1,blocks.2"
+    assert cfg.compress_cfg("t", "structured", "at", 0, False).layer == "blocks.1,blocks.2"
+    assert cfg.compress_cfg("t", "structured", "none", 0, False).layer is None
+    assert pipeline.DemoConfig().compress_cfg("t", "structured", "wcam", 0, False).layer is None

@@ -69,6 +69,9 @@ class DemoConfig:
         "unstructured": {"at": (1000.0, 0.0), "wcam": (10000.0, 0.0)},
         "quantization": {"at": (30000.0, 0.0), "wcam": (10000.0, 0.0)}})
     target: str = "top1"
+    # the matched layer(s) of AT and WCAM ("a,b": several, their losses averaged); None: the
+    # family card's (the VGG's last conv block, a ViT's token grid of its last block but one)
+    layer: str | None = None
     matchings: tuple[str, ...] = DEMO_MATCHINGS
     # The quick demo prunes filters: distillation from scratch does not keep the teacher's mAP
     # in a few minutes (STRENGTH_NOTE), so it could not show "same accuracy, moved maps".
@@ -136,7 +139,7 @@ class DemoConfig:
         train = self.train_cfg(self.student_epochs if kd else self.finetune_epochs, seed,
                                progress, self.student_lr if kd else self.finetune_lr)
         cfg = CompressConfig(teacher=str(teacher), method=recipe, target=self.target,
-                             train=train, data=self.compress_n_train and {
+                             layer=self.layer if matching != "none" else None, train=train, data=self.compress_n_train and {
                                  "n_train": min(self.compress_n_train, self.n_train)})
         cfg = cfg.with_matching(matching, *self.matching_for(recipe, matching))
         if kd:
