@@ -388,7 +388,7 @@ def main(argv=None) -> int:
         args.tune_seeds = "0,1"
         args.n_boot, args.test_photos = 50, 8
     if args.report_only:
-        print(report(out, args.variant))
+        print(report(out, wcam_run(args, out)[2]))
         return 0
     if args.phase in ("tune", "train", "all", "variants"):
         chosen = tune(args, root, out)
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         train(args, root, out, chosen)
     if args.phase in ("evaluate", "all"):
         evaluate(args, root, out)
-        print(report(out, args.variant))
+        print(report(out, wcam_run(args, out)[2]))
     if args.phase == "variants":
         variants(args, root, out, chosen)
         print("\n".join(variants_table(out)))
@@ -424,12 +424,25 @@ def variant_lam(out: Path, variant: str) -> float | None:
     return max(rows, key=lambda r: r["score"])["lam"] if rows else None
 
 
+def wcam_run(args, out: Path, chosen: dict | None = None) -> tuple[str, float | None, str]:
+    """``(seed folder, lambda, file suffix)`` of the WCAM run ``args`` asks for: the variant at
+    its chosen lambda (the variants phase's, else the tune's times the variant's factor) in
+    ``wcam[-VARIANT]``; another ``--lam`` beside it in ``wcam[-VARIANT]-lLAM``, evaluated into
+    ``eval[-VARIANT]-lLAM.json``."""
+    folder, _, factor = variant_of(args)
+    if chosen is None:
+        path = out / "tune" / "chosen.json"
+        chosen = json.loads(path.read_text()) if path.is_file() else {}
+    tuned = variant_lam(out, args.variant) or (chosen.get("lam") or 0) * factor or None
+    lam = getattr(args, "lam", None) or tuned
+    tag = "" if lam == tuned else f"-l{lam:g}"
+    return folder + tag, lam, suffix(args.variant) + tag
+
+
 def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, dict]]:
     """(seed, name, matching, strength, overrides) of the train phase, seed-major."""
-    folder, overrides, factor = variant_of(args)
-    lam = getattr(args, "lam", None) or variant_lam(out, args.variant)
-    wcam = {"lam": lam or (chosen["lam"] or 0) * factor,
-            "drop": chosen["drop"], **overrides}
+    folder, lam, _ = wcam_run(args, out, chosen)
+    wcam = {"lam": lam or 0, "drop": chosen["drop"], **variant_of(args)[1]}
     roles = set(getattr(args, "roles", ",".join(ROLES)).split(","))
     return [(seed, name, matching, strength, extra)
             for seed in (int(s) for s in args.seeds.split(","))
@@ -531,12 +544,12 @@ def refusal(nets: dict, explainer: str) -> str | None:
 def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
     """One seed's runs against the teacher on val/ (``OUT/seedK/eval.json``): the views it
     lacks are computed and added (a view added to ``VIEWS`` later runs alone)."""
-    folder, wcam = out / f"seed{seed}", variant_of(args)[0]
+    folder, (wcam, _, tag) = out / f"seed{seed}", wcam_run(args, out)
     runs = {r: folder / (wcam if r == "wcam" else r) for r in ROLES}
     if not all((p / "timing.json").is_file() for p in runs.values()):
         say(f"seed {seed}: runs not all finished; skipped")
         return None
-    path = folder / f"eval{suffix(args.variant)}.json"
+    path = folder / f"eval{tag}.json"
     result = json.loads(path.read_text()) if path.is_file() else {
         "seed": seed, "layer": args.layer, "variant": args.variant, "views": {},
         "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in runs.items()}}
@@ -577,10 +590,14 @@ def suffix(variant: str) -> str:
 
 
 def evaluate(args, root: Path, out: Path) -> None:
-    """Phase 3: every seed whose runs are finished; ``OUT/summary.json``."""
-    seeds = [int(s) for s in args.seeds.split(",")]
-    results = [r for r in (evaluate_seed(args, root, out, s) for s in seeds) if r]
-    write_json(out / f"summary{suffix(args.variant)}.json", {"seeds": results}, indent=1)
+    """Phase 3: every seed of ``--seeds`` whose runs are finished; ``OUT/summary[TAG].json``
+    holds every seed evaluated so far (two processes may evaluate different seeds)."""
+    for seed in (int(s) for s in args.seeds.split(",") if s):
+        evaluate_seed(args, root, out, seed)
+    tag = wcam_run(args, out)[2]
+    results = [json.loads(p.read_text()) for p in
+               sorted(out.glob(f"seed*/eval{tag}.json"), key=lambda p: int(p.parent.name[4:]))]
+    write_json(out / f"summary{tag}.json", {"seeds": results}, indent=1)
 
 
 # Issue 24's matching variants, fixed before any was run: (name, PhotosConfig overrides, lambda
@@ -717,13 +734,13 @@ def tuning_table(out: Path) -> list[str]:
     return lines
 
 
-def report(out: Path, variant: str = "stride-16") -> str:
+def report(out: Path, tag: str = "") -> str:
     """The markdown tables of ``OUT/tune/chosen.json``, ``OUT/variants.json`` (when run) and
-    ``OUT/summary[-VARIANT].json``."""
+    ``OUT/summary[TAG].json`` (``wcam_run``'s file suffix)."""
     lines = tuning_table(out)
     if (out / "variants.json").is_file():
         lines += [""] + variants_table(out)
-    path = out / f"summary{suffix(variant)}.json"
+    path = out / f"summary{tag}.json"
     if not path.is_file():
         return "\n".join(lines + [f"\n(no {path} yet: run the evaluate phase)"])
     seeds = json.loads(path.read_text())["seeds"]

@@ -109,3 +109,20 @@ def test_a_tuned_variant_scores_the_mean_over_its_matched_layers(tmp_path):
     assert one["spearman"] == [0.2, 0.4]
     args = powered.parse(["--variant", "head-stride-16"])
     assert powered.variant_of(args)[1]["layer"] == f"{powered.HEAD},{powered.LAYER}"
+
+
+def test_another_lambda_trains_and_scores_beside_the_chosen_one(tmp_path):
+    """``--lam`` other than the chosen lambda gets its own run folder and evaluation file, so
+    the chosen run and its results are never overwritten."""
+    powered.write_json(tmp_path / "tune" / "chosen.json", {"lam": 1000.0, "drop": 0.3})
+    chosen = powered.parse(["--variant", "head-stride-16"])
+    assert powered.wcam_run(chosen, tmp_path) == ("wcam-head-stride-16", 1000.0,
+                                                  "-head-stride-16")
+    assert powered.wcam_run(powered.parse(["--variant", "head-stride-16", "--lam", "1000"]),
+                            tmp_path)[0] == "wcam-head-stride-16"
+    other = powered.parse(["--variant", "head-stride-16", "--lam", "100", "--roles", "wcam"])
+    assert powered.wcam_run(other, tmp_path) == ("wcam-head-stride-16-l100", 100.0,
+                                                 "-head-stride-16-l100")
+    plan = powered.run_plan(other, tmp_path, {"lam": 1000.0, "drop": 0.3})
+    assert [(n, e["lam"]) for _, n, _, _, e in plan] == [("wcam-head-stride-16-l100", 100.0)] * 3
+    assert powered.wcam_run(powered.parse([]), tmp_path) == ("wcam", 1000.0, "")
