@@ -35,6 +35,9 @@ training state):
    compression-caused gap), box localisation beside the centre baseline; the loss's own quantity
    (map cosine to the teacher at the matched layer) on train and held-out photos.
    ``OUT/summary.json`` and the markdown table (``--report-only`` prints it again).
+   ``check`` (after ``train``): the tuning's top-1 rule again at the full budget on the
+   held-out photos, each finished seed's WCAM run against its naive run; an inadmissible lambda
+   is retrained at lambda / 10 (``--lam``, beside the first run) before ``evaluate``.
 4. ``variants`` (after ``tune``; seed 0, the tuning's budget and held-out photos, the tuned lr,
    lambda and drop): the matching variants of ``VARIANTS``, fixed before any was run, each
    scored against the naive run with Grad-CAM at the stride-16 stage and at the head and with
@@ -81,7 +84,7 @@ def parse(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--folder", default=str(DEFAULT_FOLDER), help="Imagenette (class folders)")
     p.add_argument("--out", default="runs/powered", help="output folder (default runs/powered)")
-    p.add_argument("--phase", choices=("tune", "train", "evaluate", "all", "variants"),
+    p.add_argument("--phase", choices=("tune", "train", "check", "evaluate", "all", "variants"),
                    default="all", help="which phase to run (default all: tune, train, evaluate "
                                        "in order; variants runs after tune alone)")
     p.add_argument("--recipe", choices=tuple(DEFAULT_STRENGTH), default="unstructured",
@@ -395,6 +398,8 @@ def main(argv=None) -> int:
         say(f"chosen: lr {chosen['lr']:g}, lambda {chosen['lam']}, drop {chosen['drop']}")
     if args.phase in ("train", "all"):
         train(args, root, out, chosen)
+    if args.phase == "check":
+        check(args, root, out)
     if args.phase in ("evaluate", "all"):
         evaluate(args, root, out)
         print(report(out, wcam_run(args, out)[2]))
@@ -598,6 +603,30 @@ def evaluate(args, root: Path, out: Path) -> None:
     results = [json.loads(p.read_text()) for p in
                sorted(out.glob(f"seed*/eval{tag}.json"), key=lambda p: int(p.parent.name[4:]))]
     write_json(out / f"summary{tag}.json", {"seeds": results}, indent=1)
+
+
+def check(args, root: Path, out: Path) -> list[dict]:
+    """The tuning's top-1 rule again at the full budget, on the held-out photos (never val/):
+    each finished seed's WCAM run against its naive run (``OUT/check[TAG].json``). The proxy
+    budget can admit a lambda that the full budget's longer fine-tune turns inadmissible; the
+    rule's remedy, as in the variants phase, is lambda / 10 (``--lam``)."""
+    cfg, (folder, lam, tag) = base_config(args), wcam_run(args, out)
+    layers = variant_of(args)[1].get("layer", args.layer)
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",") if s):
+        runs = {r: out / f"seed{seed}" / r for r in ("naive", folder)}
+        if not all((p / "timing.json").is_file() for p in runs.values()):
+            continue
+        naive, run = (heldout_matched(root, cfg, p, layers) for p in runs.values())
+        row = {"seed": seed, "lam": lam, **admissibility(naive, run, args.n_boot),
+               "spearman": {"naive": mean(naive["spearman"]), "run": mean(run["spearman"])}}
+        rows.append(row)
+        say(f"seed {seed}, lambda {lam:g}: held-out top-1 {row['top1']:.3f} "
+            f"({row['top1_delta']['delta']:+.3f}, margin {row['margin']:.3f}): "
+            + ("admissible" if row["admissible"] else f"not admissible (try --lam {lam / 10:g})")
+            + f"; Spearman naive {row['spearman']['naive']:.3f}, WCAM {row['spearman']['run']:.3f}")
+    write_json(out / f"check{tag}.json", rows, indent=1)
+    return rows
 
 
 # Issue 24's matching variants, fixed before any was run: (name, PhotosConfig overrides, lambda

@@ -126,3 +126,21 @@ def test_another_lambda_trains_and_scores_beside_the_chosen_one(tmp_path):
     plan = powered.run_plan(other, tmp_path, {"lam": 1000.0, "drop": 0.3})
     assert [(n, e["lam"]) for _, n, _, _, e in plan] == [("wcam-head-stride-16-l100", 100.0)] * 3
     assert powered.wcam_run(powered.parse([]), tmp_path) == ("wcam", 1000.0, "")
+
+
+def test_check_applies_the_top1_rule_at_the_full_budget(tmp_path):
+    """The check phase scores each finished seed's WCAM run against its naive run on the
+    held-out photos: a run 3 photos in 4 worse than naive is not admissible."""
+    powered.write_json(tmp_path / "tune" / "chosen.json", {"lam": 1000.0, "drop": 0.3})
+    n = 40
+    for name, correct in (("naive", [1] * n), ("wcam-head-stride-16", [1] * 10 + [0] * 30)):
+        run = tmp_path / "seed0" / name
+        powered.write_json(run / "timing.json", {})
+        for cache in ("heldout.json", "heldout-head-act.json"):
+            powered.write_json(run / cache, {"models": {"run": {
+                "correct": correct, "spearman": [0.5] * n, "cosine": [0.5] * n}}})
+    args = powered.parse(["--variant", "head-stride-16", "--seeds", "0,1", "--n-boot", "200"])
+    (row,) = powered.check(args, None, tmp_path)  # seed 1 has no finished runs: skipped
+    assert row["seed"] == 0 and row["lam"] == 1000.0 and not row["admissible"]
+    assert row["top1_delta"]["delta"] == pytest.approx(-0.75)
+    assert (tmp_path / "check-head-stride-16.json").is_file()
