@@ -126,15 +126,22 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--ig-photos", type=int, default=64,
                    help="boxed val/ photos integrated gradients scores in the evaluate phase, "
                         "spread evenly (default 64)")
+    p.add_argument("--views", default=",".join(v[0] for v in VIEWS),
+                   help="views the evaluate phase scores, comma-separated (default all: "
+                        + ", ".join(v[0] for v in VIEWS) + "); a view left out can be added "
+                        "by a later call")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--smoke", action="store_true", help="a handful of photos at 64 px, 1 seed")
     p.add_argument("--report-only", action="store_true", help="print the table of OUT and stop")
     args = p.parse_args(argv)
     if args.strength is None:
         args.strength = DEFAULT_STRENGTH[args.recipe]
-    unknown = set(args.roles.split(",")) - set(ROLES)
-    if unknown:
-        p.error(f"--roles: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ROLES)})")
+    for flag, given, known in (("--roles", args.roles, ROLES),
+                               ("--views", args.views, [v[0] for v in VIEWS])):
+        unknown = set(given.split(",")) - set(known)
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(sorted(unknown))} "
+                    f"(choose from {', '.join(known)})")
     return args
 
 
@@ -558,7 +565,8 @@ def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
     result = json.loads(path.read_text()) if path.is_file() else {
         "seed": seed, "layer": args.layer, "variant": args.variant, "views": {},
         "steps": {r: json.loads((p / "timing.json").read_text()) for r, p in runs.items()}}
-    missing = [v for v in VIEWS if v[0] not in result["views"]]
+    wanted = args.views.split(",")
+    missing = [v for v in VIEWS if v[0] not in result["views"] and v[0] in wanted]
     if not missing and "map_fit" in result:
         return result
     cfg = base_config(args)

@@ -144,3 +144,10 @@ def test_check_applies_the_top1_rule_at_the_full_budget(tmp_path):
     assert row["seed"] == 0 and row["lam"] == 1000.0 and not row["admissible"]
     assert row["top1_delta"]["delta"] == pytest.approx(-0.75)
     assert (tmp_path / "check-head-stride-16.json").is_file()
+
+
+def test_views_are_chosen_by_name():
+    assert powered.parse(["--views", "matched layer,head"]).views == "matched layer,head"
+    assert set(powered.parse([]).views.split(",")) == {v[0] for v in powered.VIEWS}
+    with pytest.raises(SystemExit):
+        powered.parse(["--views", "gradcam"])
