@@ -149,9 +149,11 @@ def main() -> None:
                 f1 = statistics.mean(p[name][2] for p in per_seed)
                 low = [k for k, v, n in (("mAP", m_ap, naive_map), ("F1", f1, naive_f1))
                        if v < n - MAP_SLACK]
-                seen = "".join(f", {e} {statistics.mean(p[name][3][e] or 0.0 for p in per_seed):.1%}"
-                               for e in args.explainers)
-                print(f"  {name:28s} mAP {m_ap:.3f} F1@val {f1:.3f} recovered {share:6.1%}{seen} "
+                seen = "".join(
+                    f", {e} {statistics.mean(p[name][3][e] or 0.0 for p in per_seed):.1%}"
+                    for e in args.explainers)
+                print(f"  {name:28s} mAP {m_ap:.3f} F1@val {f1:.3f} recovered {share:6.1%}"
+                      f"{seen} "
                       + (f"({' and '.join(low)} below naive - 1 point)" if low else ""))
                 if not low and (best is None or share > best["recovered"]):
                     best = {"lam": lam, "drop": drop, "mAP": m_ap, "F1_at_val_threshold": f1,

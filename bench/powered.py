@@ -79,6 +79,11 @@ def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def ints(text: str) -> list[int]:
+    """``"0,1,2"`` as seeds (an empty text: none)."""
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,9 +328,9 @@ def tune(args, root: Path, out: Path) -> dict:
     if chosen_file.is_file():
         return json.loads(chosen_file.read_text())
     cfg = replace(base_config(args), n_train=8 if args.smoke else args.proxy_photos)
-    seeds = [int(s) for s in args.tune_seeds.split(",")]
+    seeds = ints(args.tune_seeds)
     overrides = variant_of(args)[1]  # the WCAM variant tuned (default the stride-16 stage)
-    layers = overrides.get("layer", args.layer)
+    layers = matched_layers(args)
     table = []
     naive = {}
 
@@ -436,6 +441,11 @@ def variant_lam(out: Path, variant: str) -> float | None:
     return max(rows, key=lambda r: r["score"])["lam"] if rows else None
 
 
+def matched_layers(args) -> str:
+    """The layer(s) ``args.variant`` matches (``"a,b"`` for several)."""
+    return variant_of(args)[1].get("layer", args.layer)
+
+
 def wcam_run(args, out: Path, chosen: dict | None = None) -> tuple[str, float | None, str]:
     """``(seed folder, lambda, file suffix)`` of the WCAM run ``args`` asks for: the variant at
     its chosen lambda (the variants phase's, else the tune's times the variant's factor) in
@@ -457,7 +467,7 @@ def run_plan(args, out: Path, chosen: dict) -> list[tuple[int, str, str, float, 
     wcam = {"lam": lam or 0, "drop": chosen["drop"], **variant_of(args)[1]}
     roles = set(getattr(args, "roles", ",".join(ROLES)).split(","))
     return [(seed, name, matching, strength, extra)
-            for seed in (int(s) for s in args.seeds.split(","))
+            for seed in ints(args.seeds)
             for name, matching, strength, extra in
             (("control", "none", 0.0, {}), ("naive", "none", args.strength, {}),
              (folder, "wcam", args.strength, wcam))
@@ -591,7 +601,7 @@ def evaluate_seed(args, root: Path, out: Path, seed: int) -> dict | None:
     if "map_fit" not in result:
         n_fit = 8 if args.smoke else 400
         result["map_fit"] = map_fit(root, cfg, models, args.layer, classes, n_fit)
-        if HEAD in variant_of(args)[1].get("layer", "").split(","):  # the loss matches it too
+        if HEAD in matched_layers(args).split(","):  # the loss matches it too
             result["map_fit_head"] = map_fit(root, cfg, models, HEAD, classes, n_fit)
     write_json(path, result)
     return result
@@ -605,7 +615,7 @@ def suffix(variant: str) -> str:
 def evaluate(args, root: Path, out: Path) -> None:
     """Phase 3: every seed of ``--seeds`` whose runs are finished; ``OUT/summary[TAG].json``
     holds every seed evaluated so far (two processes may evaluate different seeds)."""
-    for seed in (int(s) for s in args.seeds.split(",") if s):
+    for seed in ints(args.seeds):
         evaluate_seed(args, root, out, seed)
     tag = wcam_run(args, out)[2]
     results = [json.loads(p.read_text()) for p in
@@ -619,9 +629,9 @@ def check(args, root: Path, out: Path) -> list[dict]:
     budget can admit a lambda that the full budget's longer fine-tune turns inadmissible; the
     rule's remedy, as in the variants phase, is lambda / 10 (``--lam``)."""
     cfg, (folder, lam, tag) = base_config(args), wcam_run(args, out)
-    layers = variant_of(args)[1].get("layer", args.layer)
+    layers = matched_layers(args)
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",") if s):
+    for seed in ints(args.seeds):
         runs = {r: out / f"seed{seed}" / r for r in ("naive", folder)}
         if not all((p / "timing.json").is_file() for p in runs.values()):
             continue

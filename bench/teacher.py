@@ -5,8 +5,9 @@
     python bench/teacher.py --family vit --out runs/vit       # the ViT demo's teacher (issue 25)
 
 Training uses the demo's teacher settings (``pipeline.demo_teacher_config``: ``DemoConfig``'s
-architecture, width, epochs, scenes, seed 0; ``--family vit``: ``pipeline.VIT``'s small ViT); a finished checkpoint in ``--out`` is reused. The score
-(``pipeline.shipped.score_teacher``) is Grad-CAM on *all* ground-truth pairs: pointing game pooled
+architecture, width, epochs, scenes, seed 0; ``--family vit``: ``pipeline.VIT``'s small ViT); a
+finished checkpoint in ``--out`` is reused, an interrupted one continues from its snapshot. The
+score (``pipeline.shipped.score_teacher``) is Grad-CAM on *all* ground-truth pairs: pointing game pooled
 and per class, AUC, and mAP, against ``TARGETS`` (the ViT's: ``VIT_TARGETS``, with attention
 rollout's pointing game too). Settings are chosen on the validation split;
 ``--ship`` reads the test split once, for the record, and copies the checkpoint with both scores
@@ -53,7 +54,8 @@ def main() -> None:
     out, t0 = Path(args.out), time.perf_counter()
     trained = not is_finished(out, cfg)
     if trained:
-        train_teacher(cfg, out, device=args.device)
+        # an interrupted run continues from its snapshot (a different config is refused)
+        train_teacher(cfg, out, resume=True, device=args.device)
     targets = VIT_TARGETS if args.family == "vit" else TARGETS
     scores = {split: score_teacher(out, cfg.data, split, targets)
               for split in (("val", "test") if args.ship else ("val",))}

@@ -139,7 +139,8 @@ class DemoConfig:
         train = self.train_cfg(self.student_epochs if kd else self.finetune_epochs, seed,
                                progress, self.student_lr if kd else self.finetune_lr)
         cfg = CompressConfig(teacher=str(teacher), method=recipe, target=self.target,
-                             layer=self.layer if matching != "none" else None, train=train, data=self.compress_n_train and {
+                             layer=self.layer if matching != "none" else None, train=train,
+                             data=self.compress_n_train and {
                                  "n_train": min(self.compress_n_train, self.n_train)})
         cfg = cfg.with_matching(matching, *self.matching_for(recipe, matching))
         if kd:

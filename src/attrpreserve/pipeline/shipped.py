@@ -71,8 +71,12 @@ def score_teacher(checkpoint: str | Path, data: DataConfig, split: str,
                         progress=False)
     pairs, classes = got["pairs"]["teacher"]["gradcam"], got["classes"]
     hits = pairs["hit"]
-    per_class = {entry.meta["classes"][k]: float(hits[classes == k].mean())
-                 for k in classes.unique().tolist()}
+
+    def by_class(hit: torch.Tensor) -> dict:
+        return {entry.meta["classes"][k]: float(hit[classes == k].mean())
+                for k in classes.unique().tolist()}
+
+    per_class = by_class(hits)
     out = {"split": split, "pairs": len(classes),
            "mAP": mean_average_precision(got["logits"]["teacher"], got["labels"])[0],
            "pointing_game": float(hits.mean()),
@@ -83,9 +87,7 @@ def score_teacher(checkpoint: str | Path, data: DataConfig, split: str,
     if "grad_rollout" in explainers:
         rollout = got["pairs"]["teacher"]["grad_rollout"]["hit"]
         out["pointing_game_grad_rollout"] = float(rollout.mean())
-        out["pointing_game_grad_rollout_per_class"] = {
-            entry.meta["classes"][k]: float(rollout[classes == k].mean())
-            for k in classes.unique().tolist()}
+        out["pointing_game_grad_rollout_per_class"] = by_class(rollout)
         best["pointing_game"] = max(out["pointing_game"], out["pointing_game_grad_rollout"])
     out["meets_targets"] = all(best[k] >= v for k, v in targets.items())
     return out
