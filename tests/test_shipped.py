@@ -13,11 +13,8 @@ from attrpreserve.pipeline.shipped import (SCORES, TARGETS, VIT_TARGETS,
                                            install_shipped_teacher, score_teacher, shipped_folder)
 
 
-# the ViT's teacher misses issue 25's mAP bar (0.95) by under two points (docs/benchmarks.md,
-# "The ViT demo's teacher"); its pointing game meets it
-@pytest.mark.parametrize("family, targets, meets", [("vgg", TARGETS, True),
-                                                    ("vit", VIT_TARGETS, False)])
-def test_shipped_teacher_scores_as_recorded_against_its_targets(family, targets, meets):
+@pytest.mark.parametrize("family, targets", [("vgg", TARGETS), ("vit", VIT_TARGETS)])
+def test_shipped_teacher_scores_as_recorded_against_its_targets(family, targets):
     cfg = demo_teacher_config(progress=False, family=family)
     folder = shipped_folder(DEMOS[family].shipped)
     want = json.loads((folder / SCORES).read_text())["test"]
@@ -32,7 +29,7 @@ def test_shipped_teacher_scores_as_recorded_against_its_targets(family, targets,
     if "pointing_game_grad_rollout" in want:
         assert got["pointing_game_grad_rollout"] == pytest.approx(
             want["pointing_game_grad_rollout"], abs=0.006)
-    assert want["meets_targets"] == got["meets_targets"] == meets
+    assert want["meets_targets"] and got["meets_targets"]
 
 
 def test_demo_installs_the_shipped_teacher_only_for_its_own_settings(tmp_path):

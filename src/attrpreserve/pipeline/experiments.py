@@ -183,7 +183,7 @@ FULL = DemoConfig(recipes=("kd", "structured", "unstructured", "quantization"),
 # blocks of four heads), its heads and MLP channels pruned.
 SCENE_VIT = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4, "conv_stem": True}
 VIT = DemoConfig(model="timm:test_vit", model_options=SCENE_VIT, shipped="demo_vit",
-                 lr=1e-3, weight_decay=0.05, teacher_epochs=20, teacher_warmup=1.0,
+                 lr=1e-3, weight_decay=0.05, teacher_epochs=40, teacher_warmup=1.0,
                  sweep_strengths={"structured": (0.25, 0.5, 0.75)},  # of 4 heads: 1, 2, 3
                  # chosen on val (bench/demo_strengths.py --family vit --lr 3e-4,
                  # docs/benchmarks.md): at the VGG's fine-tuning lr 1e-3 no strength kept mAP
