@@ -2,6 +2,7 @@
 goes, a Vision Transformer's patch tokens read as maps at its matched layer, and the recipes
 that apply to a timm CNN and a ViT."""
 
+import copy
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 from conftest import random_photo_folders
 
 from attrpreserve import explain
+from attrpreserve.attribution import EXPLAINERS
 from attrpreserve.cli import main
+from attrpreserve.matching import WCAM, AttributionMatcher, normalized_distance
 from attrpreserve.loading import load_checkpoint, load_model
 from attrpreserve.models import create_model, default_layer, family_of, is_single_label
 from attrpreserve.models.family import exact_attention
@@ -368,6 +371,11 @@ def test_explainers_a_family_refuses_fail_in_one_line(folder, tmp_path, capsys):
                  "--out", str(tmp_path / "e.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "'rap' does not apply" in err and len(err.splitlines()) == 1
+    assert main(["compress", "--teacher", f"timm:{CNN},classes={folder}", "--method",
+                 "unstructured", "--matching", "wcam", "--rollout", "gradient", *_data(folder),
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a Vision Transformer teacher" in err and len(err.splitlines()) == 1
 
 
 def test_architecture_options_shape_the_model_and_travel_with_its_checkpoint(tmp_path):
@@ -425,3 +433,41 @@ def test_the_vit_demo_prunes_heads_and_reports_every_explainer(tmp_path):
     table = pipeline.format_table(res)
     for explainer in ("rollout", "grad_rollout", "ig"):
         assert f"  {explainer}: structured+wcam  vs structured" in table
+
+
+def test_wcam_rollout_term_is_the_explainers_distance_and_its_gradient_is_exact():
+    """``WCAM(rollout=...)`` adds the normalised distance between the teacher's and the
+    student's rollout, each as the explainer computes it; the gradient-weighted kind is
+    differentiated through the student's attention gradients (create_graph), checked against
+    a central difference in float64."""
+    torch.manual_seed(0)
+    teacher = create_model("timm", arch=VIT, num_classes=4, input_size=SIZE).double().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images = torch.rand(3, 3, SIZE, SIZE, dtype=torch.float64)
+    classes = teacher(images).argmax(1)
+    rows = torch.arange(3)
+    plain = AttributionMatcher(teacher, student, WCAM(drop=0.0), "blocks.4")
+    for kind, method in (("attention", "rollout"), ("gradient", "grad_rollout")):
+        matcher = AttributionMatcher(teacher, student, WCAM(drop=0.0, rollout=kind), "blocks.4")
+        term = matcher(images)[2] - plain(images)[2]
+        explainer = EXPLAINERS[method]
+        ref = normalized_distance(explainer(teacher, images, rows, classes)[0],
+                                  explainer(student, images, rows, classes)[0])
+        assert ref > 0 and torch.allclose(term, ref, rtol=1e-9, atol=1e-12)
+    weight = student.blocks[0].attn.qkv.weight
+    (grad,) = torch.autograd.grad(matcher(images)[2], weight)
+    eps, (i, j) = 1e-6, (70, 5)  # a key weight of the first block
+    values = []
+    for step in (eps, -2 * eps, eps):  # the matcher differentiates inside: edit under no_grad
+        with torch.no_grad():
+            weight[i, j] += step
+        values.append(matcher(images)[2].detach())
+    up, down = values[:2]
+    # float64 central difference: truncation ~eps^2, rounding ~1e-16 / eps of the loss
+    assert grad[i, j] != 0
+    assert torch.isclose(grad[i, j], (up - down) / (2 * eps), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="target='top1'"):
+        WCAM(target="labels", rollout="gradient")

@@ -26,10 +26,10 @@ from torch import nn
 from ..models.family import exact_attention, family_of
 from .gradcam import frozen
 
-__all__ = ["grad_rollout", "rollout"]
+__all__ = ["attention_modules", "grad_rollout", "grad_rollout_maps", "rollout", "rollout_maps"]
 
 
-def _attention(model: nn.Module) -> tuple[list[nn.Module], int]:
+def attention_modules(model: nn.Module) -> tuple[list[nn.Module], int]:
     """The modules whose outputs are the attention probabilities, and the prefix tokens."""
     family = family_of(model)
     modules = family.attention(model) if family and family.attention else None
@@ -41,7 +41,7 @@ def _attention(model: nn.Module) -> tuple[list[nn.Module], int]:
 
 def _record(model, images, image_index, classes, with_grads: bool):
     """``(attention maps per block P x H x T x T, their gradients or None, logits B x K)``."""
-    modules, prefix = _attention(model)
+    modules, prefix = attention_modules(model)
     seen: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
     b = len(images)
@@ -66,18 +66,35 @@ def _as_map(relevance: torch.Tensor, prefix: int) -> torch.Tensor:
     return row.reshape(len(row), side, side)
 
 
+def rollout_maps(attn: list[torch.Tensor], prefix: int) -> torch.Tensor:
+    """Attention rollout of per-block attention probabilities (each N x H x T x T) as N x side
+    x side; differentiable, so matching can pull a student's rollout toward a teacher's."""
+    eye = torch.eye(attn[0].shape[-1], device=attn[0].device, dtype=attn[0].dtype)
+    joint = eye.expand(len(attn[0]), *eye.shape)
+    for a in attn:
+        a = a.mean(1) + eye
+        joint = (a / a.sum(-1, keepdim=True)) @ joint
+    return _as_map(joint, prefix)
+
+
+def grad_rollout_maps(attn: list[torch.Tensor], grads: list[torch.Tensor],
+                      prefix: int) -> torch.Tensor:
+    """Chefer's gradient-weighted rollout from the attention probabilities and the explained
+    score's gradients w.r.t. them, as N x side x side; differentiable through both."""
+    relevance = torch.eye(attn[0].shape[-1], device=attn[0].device,
+                          dtype=attn[0].dtype).repeat(len(attn[0]), 1, 1)
+    for a, g in zip(attn, grads):
+        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
+    return _as_map(relevance, prefix)
+
+
 def rollout(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
             classes: torch.Tensor, layer: str | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention rollout for pairs ``(images[i_j], c_j)``; ``layer`` is ignored (every block's
     attention is rolled out)."""
     attn, _, logits, prefix = _record(model, images, image_index, classes, with_grads=False)
-    eye = torch.eye(attn[0].shape[-1], device=attn[0].device)
-    joint = eye.expand(len(attn[0]), *eye.shape)
-    for a in attn:
-        a = a.mean(1) + eye
-        joint = (a / a.sum(-1, keepdim=True)) @ joint
-    return _as_map(joint, prefix), logits
+    return rollout_maps(attn, prefix), logits
 
 
 def grad_rollout(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
@@ -86,7 +103,4 @@ def grad_rollout(model: nn.Module, images: torch.Tensor, image_index: torch.Tens
     """Gradient-weighted attention rollout (Chefer et al. 2021) for pairs ``(images[i_j],
     c_j)``; ``layer`` is ignored."""
     attn, grads, logits, prefix = _record(model, images, image_index, classes, with_grads=True)
-    relevance = torch.eye(attn[0].shape[-1], device=attn[0].device).repeat(len(attn[0]), 1, 1)
-    for a, g in zip(attn, grads):
-        relevance = relevance + (g * a).clamp(min=0).mean(1) @ relevance
-    return _as_map(relevance, prefix), logits
+    return grad_rollout_maps(attn, grads, prefix), logits

@@ -5,12 +5,14 @@ Each loss compares one map per sample (or per (image, class) pair) of a frozen t
 student's, after L2-normalising each flattened map: mean over batch and pixels of
 ``(M_T/||M_T|| - M_S/||M_S||)^2``, i.e. ``(2 - 2 cos) / (H W)``. The L2 distance of normalised
 maps and their cosine are therefore one loss (lambda x H W apart), not two variants. Several
-matched layers (``"a,b"``) average their losses.
+matched layers (``"a,b"``) average their losses. On a Vision Transformer WCAM may add one more
+such distance (``rollout``): the teacher's attention or gradient-weighted rollout against the
+student's, differentiable through the student's attention probabilities (and their gradients).
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -19,6 +21,8 @@ from torch import nn
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
+from ..attribution.rollout import (attention_modules, grad_rollout, grad_rollout_maps, rollout,
+                                   rollout_maps)
 from ..attribution.chain import ChainRecorder
 from ..models.family import exact_attention
 from ..models.layers import LayerTap
@@ -28,6 +32,7 @@ from ..registry import Registry
 EPS = 1e-12
 TARGETS = ("top1", "labels")  # the teacher's top-1 class per image (the paper's) or every label
 RESOLUTIONS = ("layer", "input")
+ROLLOUTS = ("none", "attention", "gradient")
 TARGET_HELP = ("matched classes: the teacher's top-1 (the paper's) or every positive label (WCAM; "
                "LRP matching takes top1 only)")
 
@@ -45,9 +50,16 @@ class WCAMOptions:
     target: str = option("top1", TARGET_HELP, choices=TARGETS)
     resolution: str = option("layer", "WCAM: compare the maps at the matched layer's size "
                              "(layer) or upsampled to the images' (input)", choices=RESOLUTIONS)
+    rollout: str = option("none", "WCAM on a Vision Transformer: also match the attention "
+                          "rollout (attention) or the gradient-weighted rollout (gradient) of "
+                          "every block, beside the matched layer's Grad-CAM", choices=ROLLOUTS)
 
     def __post_init__(self):
         require(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}")
+        require(self.rollout in ROLLOUTS,
+                f"rollout must be one of {', '.join(ROLLOUTS)}, got {self.rollout!r}")
+        require(self.rollout == "none" or self.target == "top1",
+                "rollout matching explains the teacher's top-1 class: target='top1'")
         require(self.target in TARGETS, f"target must be 'top1' or 'labels', got {self.target!r}")
         require(self.resolution in RESOLUTIONS,
                 f"resolution must be 'layer' or 'input', got {self.resolution!r}")
@@ -107,6 +119,7 @@ class MatchingLoss(nn.Module):
     resolution = "layer"
     Options = NoOptions  # its settings (``attrpreserve compress`` flags)
     random = False  # True: the constructor takes the run's ``generator`` (WCAM's channel drop)
+    records_attention = False  # True: also matches a ViT's rollout (``rollout_distance``)
 
 
 class AttentionTransfer(MatchingLoss):
@@ -132,11 +145,13 @@ class WCAM(MatchingLoss):
     Options = WCAMOptions
 
     def __init__(self, drop: float = WCAMOptions.drop, target: str = WCAMOptions.target,
-                 generator=None, resolution: str = WCAMOptions.resolution):
+                 generator=None, resolution: str = WCAMOptions.resolution,
+                 rollout: str = WCAMOptions.rollout):
         super().__init__()
-        WCAMOptions(drop, target, resolution)  # checked
+        WCAMOptions(drop, target, resolution, rollout)  # checked
         self.drop, self.target, self.generator = drop, target, generator
-        self.resolution = resolution
+        self.resolution, self.rollout = resolution, rollout
+        self.records_attention = rollout != "none"
 
     def teacher_maps(self, tap: LayerTap, out: torch.Tensor, classes: torch.Tensor):
         rows = tap.pair_rows(out.device)
@@ -155,6 +170,24 @@ class WCAM(MatchingLoss):
         t_map = self.teacher_maps(t_tap, t_out, classes)
         s_map = pair_gradcam(s_tap, s_out, classes, create_graph=True)
         return normalized_distance(t_map, s_map, size)
+
+
+    def rollout_distance(self, teacher: nn.Module, images: torch.Tensor, s_attn: list,
+                         prefix: int, s_out: torch.Tensor, classes: torch.Tensor
+                         ) -> torch.Tensor:
+        """The rollout term: the teacher's (attention or gradient-weighted) rollout for its
+        top-1 class against the student's, computed from the attention probabilities its
+        forward pass recorded (``s_attn``), differentiable through them and, for the gradient
+        kind, through their gradients (``create_graph``)."""
+        rows = torch.arange(len(images), device=images.device)
+        explain = grad_rollout if self.rollout == "gradient" else rollout
+        t_map, _ = explain(teacher, images, rows, classes)
+        if self.rollout == "gradient":
+            grads = torch.autograd.grad(s_out[rows, classes].sum(), s_attn, create_graph=True)
+            s_map = grad_rollout_maps(s_attn, grads, prefix)
+        else:
+            s_map = rollout_maps(s_attn, prefix)
+        return normalized_distance(t_map.detach(), s_map)
 
 
 class LRPMatching(MatchingLoss):
@@ -188,6 +221,23 @@ class LRPMatching(MatchingLoss):
 
 def _recording(model: nn.Module, on: bool):
     return ChainRecorder(model) if on else nullcontext()
+
+
+@contextmanager
+def _attention_recorded(model: nn.Module, on: bool):
+    """Yields ``(outputs, prefix)``: the list each block's attention probabilities are appended
+    to in a forward pass inside (empty when ``on`` is False), and the prefix-token count."""
+    if not on:
+        yield [], 0
+        return
+    modules, prefix = attention_modules(model)
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
+    try:
+        yield seen, prefix
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def layer_names(layer: str | list | tuple | None) -> tuple:
@@ -265,12 +315,17 @@ class AttributionMatcher:
             sts = [stack.enter_context(LayerTap(self.student, layer, index=index))
                    for layer in self.student_layers]
             s_rec = stack.enter_context(_recording(self.student, chain))
+            s_attn, prefix = stack.enter_context(
+                _attention_recorded(self.student, self.loss.records_attention))
             s_out = self.student(images)
         extra = {"chains": (t_rec.calls, s_rec.calls)} if chain else {}
         if self.loss.resolution == "input":
             extra["size"] = images.shape[-2:]
         match = sum(self.loss(tt, t_out, st, s_out, classes, **extra)
                     for tt, st in zip(tts, sts)) / len(tts)
+        if self.loss.records_attention:
+            match = match + self.loss.rollout_distance(self.teacher, images, s_attn, prefix,
+                                                       s_out[:batch], classes)
         return s_out[:batch], t_out[:batch].detach(), match
 
 

@@ -233,6 +233,7 @@ class CompressConfig:
     lam: float = 100.0
     target: str = WCAMOptions.target
     resolution: str = WCAMOptions.resolution  # WCAM's maps compared at the layer's or input size
+    rollout: str = WCAMOptions.rollout  # WCAM on a ViT: also match a rollout ("none": off)
     temperature: float = TEMPERATURE
     alpha: float = ALPHA
     layer: str | None = None  # "a,b": several matched layers, their losses averaged
@@ -246,11 +247,11 @@ class CompressConfig:
         if self.matching == "none":
             self.lam = 0.0
         if self.matching != "wcam":
-            self.drop, self.resolution = 0.0, "layer"
+            self.drop, self.resolution, self.rollout = 0.0, "layer", "none"
         # every matcher's settings are checked (a typo is an error whatever the matching)
-        WCAMOptions(self.drop, self.target, self.resolution)
+        WCAMOptions(self.drop, self.target, self.resolution, self.rollout)
         matcher_options(self.matching, drop=self.drop, target=self.target,
-                        resolution=self.resolution)
+                        resolution=self.resolution, rollout=self.rollout)
         checks = [(self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]

@@ -29,7 +29,7 @@ from ..loading import load_model
 from ..matching import create_matcher
 from ..models import MODELS, class_probabilities, create_model, save_checkpoint
 from ..models.checkpoint import init_from_file
-from ..models.family import is_single_label
+from ..models.family import has_attention, is_single_label
 from ..models.pretrained import is_pretrained, is_timm
 from ..models.pretrained import parse as parse_ref
 from ..recipes import (RECIPES, FineTuning, Loaders, deployed, deployed_file, export,
@@ -112,12 +112,15 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
                          "and cannot be compressed or distilled from; give the checkpoint or "
                          "'pretrained:' model it was exported from")
     teacher, t_meta = load_model(cfg.teacher)
+    if cfg.rollout != "none" and not has_attention(teacher):
+        raise ValueError(f"--rollout {cfg.rollout}: matching a rollout needs a Vision "
+                         f"Transformer teacher; {type(teacher).__name__} has no attention maps")
     teacher.to(distributed.device_for(device))
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen,
-                             resolution=cfg.resolution)
+                             resolution=cfg.resolution, rollout=cfg.rollout)
     classes = t_meta["classes"]
     loaders = Loaders(data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
                                   adapt=labels_for(teacher, classes, pseudo=False)),
@@ -403,7 +406,8 @@ def made_with(saved: dict, cfg) -> bool:
 
 # Settings added after checkpoints were written, with the value those checkpoints were made
 # with: a config holding that value matches a checkpoint that lacks the key.
-ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer", "model_options": {}}
+ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer", "model_options": {},
+                  "rollout": "none"}
 
 
 def _settings(config: dict) -> dict:
