@@ -112,10 +112,16 @@ def mean_table(all_results: list[dict]) -> str:
 
 
 def reuse_stages(source: Path, out: Path) -> None:
-    """Copy ``source``'s stage folders into ``out`` (``demo`` reuses those whose config matches)."""
+    """Copy ``source``'s stage folders into ``out`` (``demo`` reuses those whose config
+    matches); a copied run distilled from ``source``'s teacher names the copied teacher."""
     for stage in source.iterdir() if source.is_dir() else ():
         if stage.is_dir() and not (out / stage.name).exists():
             shutil.copytree(stage, out / stage.name)
+            side = out / stage.name / "model.json"
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+            if meta.get("config", {}).get("teacher") == str(source / "teacher"):
+                meta["config"]["teacher"] = str(out / "teacher")
+                side.write_text(json.dumps(meta, indent=2))
 
 
 def wcam_override(cfg, lam: float | None, drop: float | None):

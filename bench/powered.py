@@ -658,6 +658,9 @@ VARIANTS = (
     ("head + stride-16", {"layer": f"{HEAD},{LAYER}"}, 1),
     ("stride-16 at input resolution", {"resolution": "input"}, 256),
     ("stride-16, label targets", {"target": "labels"}, 1),
+    # added after the five above were run (70% sparsity: the cosine is matched past the
+    # control's while the ranks Spearman counts are not): the winner, on soft ranks
+    ("head + stride-16, ranks", {"layer": f"{HEAD},{LAYER}", "form": "rank"}, 1),
 )
 # (view, explainer, layer) of the variants' scores; None: the model's own (the head)
 VARIANT_VIEWS = (("stride-16", "gradcam", LAYER), ("head", "gradcam", None), ("LRP", "lrp", None))

@@ -47,7 +47,7 @@ def code_defaults() -> dict[str, dict]:
                                                       "dropout", "init")}},
         "compress": {**inherited, **_train(comp.train), **recipes,
                      **{k: getattr(comp, k) for k in ("method", "matching", "drop", "lam",
-                                                      "target", "resolution", "rollout", "layer",
+                                                      "target", "resolution", "rollout", "form", "layer",
                                                       "temperature",
                                                       "alpha")}},
         "evaluate": {**inherited, "teacher": evaluate["teacher"], "control": evaluate["control"],

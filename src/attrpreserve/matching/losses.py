@@ -33,6 +33,8 @@ EPS = 1e-12
 TARGETS = ("top1", "labels")  # the teacher's top-1 class per image (the paper's) or every label
 RESOLUTIONS = ("layer", "input")
 ROLLOUTS = ("none", "attention", "gradient")
+FORMS = ("cosine", "rank")
+SOFT_RANK_TEMPERATURE = 0.1  # in standard deviations of a map's values
 TARGET_HELP = ("matched classes: the teacher's top-1 (the paper's) or every positive label (WCAM; "
                "LRP matching takes top1 only)")
 
@@ -53,6 +55,9 @@ class WCAMOptions:
     rollout: str = option("none", "WCAM on a Vision Transformer: also match the attention "
                           "rollout (attention) or the gradient-weighted rollout (gradient) of "
                           "every block, beside the matched layer's Grad-CAM", choices=ROLLOUTS)
+    form: str = option("cosine", "WCAM: compare the maps' values (cosine: the paper's L2 of "
+                       "normalised maps) or their soft ranks (rank: a differentiable Spearman, "
+                       "so the weak cells count as much as the peak)", choices=FORMS)
 
     def __post_init__(self):
         require(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}")
@@ -60,6 +65,9 @@ class WCAMOptions:
                 f"rollout must be one of {', '.join(ROLLOUTS)}, got {self.rollout!r}")
         require(self.rollout == "none" or self.target == "top1",
                 "rollout matching explains the teacher's top-1 class: target='top1'")
+        require(self.form in FORMS, f"form must be 'cosine' or 'rank', got {self.form!r}")
+        require(self.form == "cosine" or self.resolution == "layer",
+                "form='rank' compares every pair of cells: resolution='layer' only")
         require(self.target in TARGETS, f"target must be 'top1' or 'labels', got {self.target!r}")
         require(self.resolution in RESOLUTIONS,
                 f"resolution must be 'layer' or 'input', got {self.resolution!r}")
@@ -82,15 +90,41 @@ def normalized_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor,
     maps are resized bilinearly to ``size`` first when given, else the student's to the
     teacher's."""
     size = tuple(size) if size is not None else tuple(teacher_maps.shape[-2:])
-    teacher_maps, student_maps = (
-        m if tuple(m.shape[-2:]) == size else
-        F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        for m in (teacher_maps, student_maps))
-    t, s = teacher_maps.flatten(1), student_maps.flatten(1)
+    t, s = (_resized(m, size).flatten(1) for m in (teacher_maps, student_maps))
     # sqrt(sum + eps), not norm().clamp: the norm's gradient at an all-zero map is 0/0.
     t = t * torch.rsqrt((t * t).sum(1, keepdim=True) + EPS)
     s = s * torch.rsqrt((s * s).sum(1, keepdim=True) + EPS)
     return ((t - s) ** 2).mean()
+
+
+def _resized(maps: torch.Tensor, size: tuple) -> torch.Tensor:
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def soft_ranks(maps: torch.Tensor, temperature: float = SOFT_RANK_TEMPERATURE) -> torch.Tensor:
+    """Per flattened map, each cell's rank made differentiable: ``sum_j sigmoid((z_i - z_j) /
+    temperature)`` of the map's standardised values ``z`` (ties share rank, as in Spearman's
+    average ranks). Written here because the maintained soft-sort packages (torchsort) build a
+    C++ extension; for maps of a few hundred cells the pairwise form is exact enough and cheap."""
+    x = maps.flatten(1)
+    centred = x - x.mean(1, keepdim=True)
+    z = centred * torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + EPS)
+    return torch.sigmoid((z[:, :, None] - z[:, None, :]) / temperature).sum(2)
+
+
+def rank_distance(teacher_maps: torch.Tensor, student_maps: torch.Tensor,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """:func:`normalized_distance` of the maps' centred soft ranks: ``(2 - 2 rho) / (H W)``
+    with ``rho`` a differentiable Spearman correlation, on the same scale as the cosine form."""
+    size = tuple(size) if size is not None else tuple(teacher_maps.shape[-2:])
+    t, s = (soft_ranks(_resized(m, size)) for m in (teacher_maps, student_maps))
+    t, s = (r - r.mean(1, keepdim=True) for r in (t, s))
+    return normalized_distance(t[:, :, None], s[:, :, None])
+
+
+DISTANCES = {"cosine": normalized_distance, "rank": rank_distance}
 
 
 def drop_mask(channels: int, fraction: float, generator: torch.Generator | None = None,
@@ -146,11 +180,12 @@ class WCAM(MatchingLoss):
 
     def __init__(self, drop: float = WCAMOptions.drop, target: str = WCAMOptions.target,
                  generator=None, resolution: str = WCAMOptions.resolution,
-                 rollout: str = WCAMOptions.rollout):
+                 rollout: str = WCAMOptions.rollout, form: str = WCAMOptions.form):
         super().__init__()
-        WCAMOptions(drop, target, resolution, rollout)  # checked
+        WCAMOptions(drop, target, resolution, rollout, form)  # checked
         self.drop, self.target, self.generator = drop, target, generator
-        self.resolution, self.rollout = resolution, rollout
+        self.resolution, self.rollout, self.form = resolution, rollout, form
+        self.distance = DISTANCES[form]
         self.records_attention = rollout != "none"
 
     def teacher_maps(self, tap: LayerTap, out: torch.Tensor, classes: torch.Tensor):
@@ -169,7 +204,7 @@ class WCAM(MatchingLoss):
             return s_out.sum() * 0.0
         t_map = self.teacher_maps(t_tap, t_out, classes)
         s_map = pair_gradcam(s_tap, s_out, classes, create_graph=True)
-        return normalized_distance(t_map, s_map, size)
+        return self.distance(t_map, s_map, size)
 
 
     def rollout_distance(self, teacher: nn.Module, images: torch.Tensor, s_attn: list,
@@ -187,7 +222,7 @@ class WCAM(MatchingLoss):
             s_map = grad_rollout_maps(s_attn, grads, prefix)
         else:
             s_map = rollout_maps(s_attn, prefix)
-        return normalized_distance(t_map.detach(), s_map)
+        return self.distance(t_map.detach(), s_map)
 
 
 class LRPMatching(MatchingLoss):

@@ -234,6 +234,7 @@ class CompressConfig:
     target: str = WCAMOptions.target
     resolution: str = WCAMOptions.resolution  # WCAM's maps compared at the layer's or input size
     rollout: str = WCAMOptions.rollout  # WCAM on a ViT: also match a rollout ("none": off)
+    form: str = WCAMOptions.form  # WCAM compares the maps' values (cosine) or soft ranks (rank)
     temperature: float = TEMPERATURE
     alpha: float = ALPHA
     layer: str | None = None  # "a,b": several matched layers, their losses averaged
@@ -247,11 +248,11 @@ class CompressConfig:
         if self.matching == "none":
             self.lam = 0.0
         if self.matching != "wcam":
-            self.drop, self.resolution, self.rollout = 0.0, "layer", "none"
+            self.drop, self.resolution, self.rollout, self.form = 0.0, "layer", "none", "cosine"
         # every matcher's settings are checked (a typo is an error whatever the matching)
-        WCAMOptions(self.drop, self.target, self.resolution, self.rollout)
+        WCAMOptions(self.drop, self.target, self.resolution, self.rollout, self.form)
         matcher_options(self.matching, drop=self.drop, target=self.target,
-                        resolution=self.resolution, rollout=self.rollout)
+                        resolution=self.resolution, rollout=self.rollout, form=self.form)
         checks = [(self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]

@@ -70,6 +70,7 @@ class DemoConfig:
         "quantization": {"at": (30000.0, 0.0), "wcam": (10000.0, 0.0)}})
     target: str = "top1"
     rollout: str = "none"  # WCAM on a ViT: also match its rollout (WCAMOptions.rollout)
+    form: str = "cosine"  # WCAM compares map values or soft ranks (WCAMOptions.form)
     # the matched layer(s) of AT and WCAM ("a,b": several, their losses averaged); None: the
     # family card's (the VGG's last conv block, a ViT's token grid of its last block but one)
     layer: str | None = None
@@ -142,6 +143,7 @@ class DemoConfig:
         cfg = CompressConfig(teacher=str(teacher), method=recipe, target=self.target,
                              layer=self.layer if matching != "none" else None, train=train,
                              rollout=self.rollout if matching == "wcam" else "none",
+                             form=self.form if matching == "wcam" else "cosine",
                              data=self.compress_n_train and {
                                  "n_train": min(self.compress_n_train, self.n_train)})
         cfg = cfg.with_matching(matching, *self.matching_for(recipe, matching))

@@ -73,6 +73,7 @@ class PhotosConfig:
     layer: str | None = None
     target: str = "top1"  # WCAM's classes: the teacher's top-1 or the photo's label
     resolution: str = "layer"  # WCAM's maps compared at the layer's size or the photos'
+    form: str = "cosine"  # WCAM compares the maps' values (cosine) or their soft ranks (rank)
     matchings: tuple[str, ...] = ("none", "wcam")
     # the demo also fine-tunes the teacher exactly like the compressed runs with nothing
     # compressed (the recipe at strength 0): what fine-tuning alone moves ("control")
@@ -227,7 +228,7 @@ def compress_config(root: Path, cfg: PhotosConfig, matching: str, seed: int = 0,
     lam = cfg.at_lam if matching == "at" else cfg.lam
     return CompressConfig(teacher=teacher_spec(root, cfg), method=recipe, matching=matching,
                           lam=lam, drop=cfg.drop, target=cfg.target, layer=cfg.layer,
-                          resolution=cfg.resolution,
+                          resolution=cfg.resolution, form=cfg.form,
                           options=strength_options(recipe, value, cfg.unstructured_rounds),
                           data=data_config(root, cfg, seed, device), train=train)
 
