@@ -27,6 +27,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from attrpreserve.fileio import atomic_write_text
 from attrpreserve.pipeline import DEMOS, FULL, demo, format_table
 from attrpreserve.report.words import gap_entry
 
@@ -121,7 +122,7 @@ def reuse_stages(source: Path, out: Path) -> None:
             meta = json.loads(side.read_text()) if side.is_file() else {}
             if meta.get("config", {}).get("teacher") == str(source / "teacher"):
                 meta["config"]["teacher"] = str(out / "teacher")
-                side.write_text(json.dumps(meta, indent=2))
+                atomic_write_text(side, json.dumps(meta, indent=2))
 
 
 def wcam_override(cfg, lam: float | None, drop: float | None):

@@ -19,6 +19,7 @@ Maps are on the patch grid (P x side x side), like Grad-CAM at a token layer.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from torch import nn
 from ..models.family import exact_attention, family_of
 from .gradcam import frozen
 
-__all__ = ["attention_modules", "grad_rollout", "grad_rollout_maps", "rollout", "rollout_maps"]
+__all__ = ["attention_modules", "recorded_attention", "grad_rollout", "grad_rollout_maps", "rollout", "rollout_maps"]
 
 
 def attention_modules(model: nn.Module) -> tuple[list[nn.Module], int]:
@@ -39,24 +40,38 @@ def attention_modules(model: nn.Module) -> tuple[list[nn.Module], int]:
     return modules, family.tokens(model) or 0
 
 
-def _record(model, images, image_index, classes, with_grads: bool):
-    """``(attention maps per block P x H x T x T, their gradients or None, logits B x K)``."""
+@contextmanager
+def recorded_attention(model: nn.Module):
+    """Yields ``(maps, prefix)``: the list each block's attention probabilities are appended to
+    by a forward pass inside (still in its graph), and the model's prefix-token count."""
     modules, prefix = attention_modules(model)
     seen: list[torch.Tensor] = []
     handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
-    b = len(images)
-    x = torch.cat([images, images[image_index]]).detach().requires_grad_(with_grads)
     try:
-        with torch.set_grad_enabled(with_grads), frozen(model), exact_attention(model):
-            out = model(x)
-            grads = None
-            if with_grads:
-                rows = torch.arange(b, len(x), device=out.device)
-                grads = [g[b:] for g in torch.autograd.grad(out[rows, classes].sum(), seen)]
+        yield seen, prefix
     finally:
         for h in handles:
             h.remove()
-    return [a[b:].detach() for a in seen], grads, out[:b].detach(), prefix
+
+
+def _record(model, images, image_index, classes, with_grads: bool):
+    """``(attention maps per block P x H x T x T, their gradients or None, logits B x K)``.
+    One pass over ``cat([images, pairs])``, or over ``images`` alone when the pairs are the
+    images in order (one class each: matching's case)."""
+    b = len(images)
+    own = len(image_index) == b and torch.equal(
+        image_index, torch.arange(b, device=image_index.device))
+    start = 0 if own else b
+    x = images if own else torch.cat([images, images[image_index]])
+    x = x.detach().requires_grad_(with_grads)
+    with recorded_attention(model) as (seen, prefix), torch.set_grad_enabled(with_grads), \
+            frozen(model), exact_attention(model):
+        out = model(x)
+        grads = None
+        if with_grads:
+            rows = torch.arange(start, len(x), device=out.device)
+            grads = [g[start:] for g in torch.autograd.grad(out[rows, classes].sum(), seen)]
+    return [a[start:].detach() for a in seen], grads, out[:b].detach(), prefix
 
 
 def _as_map(relevance: torch.Tensor, prefix: int) -> torch.Tensor:

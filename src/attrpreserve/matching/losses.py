@@ -12,7 +12,7 @@ student's, differentiable through the student's attention probabilities (and the
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
 from ..attribution.lrp import a1b0_layer_relevance
-from ..attribution.rollout import (attention_modules, grad_rollout, grad_rollout_maps, rollout,
+from ..attribution.rollout import (grad_rollout, grad_rollout_maps, recorded_attention, rollout,
                                    rollout_maps)
 from ..attribution.chain import ChainRecorder
 from ..models.family import exact_attention
@@ -206,7 +206,6 @@ class WCAM(MatchingLoss):
         s_map = pair_gradcam(s_tap, s_out, classes, create_graph=True)
         return self.distance(t_map, s_map, size)
 
-
     def rollout_distance(self, teacher: nn.Module, images: torch.Tensor, s_attn: list,
                          prefix: int, s_out: torch.Tensor, classes: torch.Tensor
                          ) -> torch.Tensor:
@@ -258,21 +257,9 @@ def _recording(model: nn.Module, on: bool):
     return ChainRecorder(model) if on else nullcontext()
 
 
-@contextmanager
 def _attention_recorded(model: nn.Module, on: bool):
-    """Yields ``(outputs, prefix)``: the list each block's attention probabilities are appended
-    to in a forward pass inside (empty when ``on`` is False), and the prefix-token count."""
-    if not on:
-        yield [], 0
-        return
-    modules, prefix = attention_modules(model)
-    seen: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
-    try:
-        yield seen, prefix
-    finally:
-        for h in handles:
-            h.remove()
+    """``rollout.recorded_attention`` when ``on``; else an empty recording."""
+    return recorded_attention(model) if on else nullcontext(([], 0))
 
 
 def layer_names(layer: str | list | tuple | None) -> tuple:
