@@ -410,3 +410,41 @@ def test_the_rank_form_is_a_differentiable_spearman():
     assert grad.abs().sum() > 0
     with pytest.raises(ValueError, match="resolution='layer' only"):
         WCAM(form="rank", resolution="input")
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("kind", ["gradient", "input_x_gradient"])
+def test_the_input_map_term_is_the_explainers_distance_and_its_gradient_is_exact(kind):
+    """``WCAM(input_map=...)`` adds the normalised distance between the teacher's and the
+    student's input-level map, each as the explainer of that name computes it, scaled by
+    pixels / matched-layer cells; its gradient (through the student's input gradient,
+    create_graph) agrees with a float64 central difference."""
+    from attrpreserve.attribution import EXPLAINERS
+
+    torch.manual_seed(2)
+    teacher, student = Tiny(channels=4).double().eval(), Tiny(channels=3).double().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    plain = AttributionMatcher(teacher, student, WCAM(drop=0.0), "act", "act")
+    matcher = AttributionMatcher(teacher, student, WCAM(drop=0.0, input_map=kind), "act",
+                                 "act")
+    term = matcher(x)[2] - plain(x)[2]
+    rows, classes = torch.arange(3), teacher(x).argmax(1)
+    explainer = EXPLAINERS[kind]
+    ref = normalized_distance(explainer(teacher, x, rows, classes, layer="act")[0],
+                              explainer(student, x, rows, classes, layer="act")[0])
+    # the input is 4 x 4 like the matched layer here: pixels / cells = 1
+    assert ref > 0 and torch.allclose(term, ref, rtol=1e-9, atol=1e-12)
+    weight = student.conv.weight
+    (grad,) = torch.autograd.grad(matcher(x)[2], weight)
+    eps, index = 1e-6, (1, 0, 1, 1)
+    values = []
+    for step in (eps, -2 * eps, eps):  # the matcher differentiates inside: edit under no_grad
+        with torch.no_grad():
+            weight[index] += step
+        values.append(matcher(x)[2].detach())
+    up, down = values[:2]
+    # float64 central difference: truncation ~eps^2, rounding ~1e-16 / eps of the loss
+    assert grad[index] != 0
+    assert torch.isclose(grad[index], (up - down) / (2 * eps), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="form='cosine'"):
+        WCAM(input_map=kind, form="rank")

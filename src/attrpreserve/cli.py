@@ -702,7 +702,7 @@ def _run_command(args: argparse.Namespace) -> int:
         cfg = pipeline.CompressConfig(
             teacher=args.teacher, method=args.method, matching=args.matching, drop=args.drop,
             lam=args.lam, target=args.target, resolution=args.resolution,
-            rollout=args.rollout, form=args.form,
+            rollout=args.rollout, form=args.form, input_map=args.input_map,
             temperature=args.temperature, alpha=args.alpha, layer=args.layer, options=_recipe_options(args), data=_data_overrides(args),
             train=_train_cfg(args))
         _, meta = pipeline.compress(cfg, args.out, **_run_options(args))

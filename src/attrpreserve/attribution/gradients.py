@@ -4,8 +4,8 @@ All share the explainer call shape ``f(model, images, image_index, classes, laye
 return ``(maps P x H x W, logits B x K)``, both detached. ``layer`` is ignored (these methods
 attribute to the input pixels). The model's parameters receive no gradient (``frozen``).
 
-They are not differentiable w.r.t. the model's parameters (no ``create_graph``) and are used for
-evaluation only, not as matching losses.
+They are not differentiable w.r.t. the model's parameters (no ``create_graph``); WCAM's input-map
+term (``matching.losses``) differentiates the same formulas (``INPUT_MAP_FORMULAS``) itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from .gradcam import frozen
 
 
-def _pair_input_grads(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
+def pair_input_grads(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
                       classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, d z_c / d x, logits)`` for every pair in one forward and one backward.
 
@@ -34,6 +34,21 @@ def _pair_input_grads(model: nn.Module, images: torch.Tensor, image_index: torch
     return x.detach(), grads.detach(), out[:b].detach()
 
 
+def gradient_map(x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """``max_channel |grads|``: vanilla gradient saliency from the input gradient."""
+    return grads.abs().amax(dim=1)
+
+
+def input_x_gradient_map(x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """``sum_channel x * grads`` (signed)."""
+    return (x * grads).sum(dim=1)
+
+
+# The input-level maps by explainer name, from ``(x, d z / d x)``: one formula for the
+# explainers here and for WCAM's differentiable input-map term (``matching.losses``).
+INPUT_MAP_FORMULAS = {"gradient": gradient_map, "input_x_gradient": input_x_gradient_map}
+
+
 def gradient(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
              classes: torch.Tensor, layer: str | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +59,8 @@ def gradient(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
     reduction; equals captum ``Saliency(abs=True)`` followed by a max over channels).
     Returns ``(maps P x H x W, logits B x K)``; ``layer`` is ignored.
     """
-    _, grads, logits = _pair_input_grads(model, images, image_index, classes)
-    return grads.abs().amax(dim=1), logits
+    x, grads, logits = pair_input_grads(model, images, image_index, classes)
+    return gradient_map(x, grads), logits
 
 
 def input_x_gradient(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
@@ -55,8 +70,8 @@ def input_x_gradient(model: nn.Module, images: torch.Tensor, image_index: torch.
 
     Returns ``(maps P x H x W, logits B x K)``; ``layer`` is ignored.
     """
-    x, grads, logits = _pair_input_grads(model, images, image_index, classes)
-    return (x * grads).sum(dim=1), logits
+    x, grads, logits = pair_input_grads(model, images, image_index, classes)
+    return input_x_gradient_map(x, grads), logits
 
 
 def integrated_gradients(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attribution.gradcam import frozen, pair_gradcam, weighted_map
+from ..attribution.gradients import INPUT_MAP_FORMULAS, pair_input_grads
 from ..attribution.lrp import a1b0_layer_relevance
 from ..attribution.rollout import (grad_rollout, grad_rollout_maps, recorded_attention, rollout,
                                    rollout_maps)
@@ -34,6 +35,7 @@ TARGETS = ("top1", "labels")  # the teacher's top-1 class per image (the paper's
 RESOLUTIONS = ("layer", "input")
 ROLLOUTS = ("none", "attention", "gradient")
 FORMS = ("cosine", "rank")
+INPUT_MAPS = ("none",) + tuple(INPUT_MAP_FORMULAS)
 SOFT_RANK_TEMPERATURE = 0.1  # in standard deviations of a map's values
 TARGET_HELP = ("matched classes: the teacher's top-1 (the paper's) or every positive label (WCAM; "
                "LRP matching takes top1 only)")
@@ -58,6 +60,10 @@ class WCAMOptions:
     form: str = option("cosine", "WCAM: compare the maps' values (cosine: the paper's L2 of "
                        "normalised maps) or their soft ranks (rank: a differentiable Spearman, "
                        "so the weak cells count as much as the peak)", choices=FORMS)
+    input_map: str = option("none", "WCAM: also match an input-level map of the teacher's "
+                            "top-1 class (gradient, input_x_gradient: the explainers of those "
+                            "names), differentiable through the student's input gradient; it "
+                            "weighs like one matched layer", choices=INPUT_MAPS)
 
     def __post_init__(self):
         require(0 <= self.drop < 1, f"drop must be in [0, 1), got {self.drop}")
@@ -68,6 +74,11 @@ class WCAMOptions:
         require(self.form in FORMS, f"form must be 'cosine' or 'rank', got {self.form!r}")
         require(self.form == "cosine" or self.resolution == "layer",
                 "form='rank' compares every pair of cells: resolution='layer' only")
+        require(self.input_map in INPUT_MAPS,
+                f"input_map must be one of {', '.join(INPUT_MAPS)}, got {self.input_map!r}")
+        require(self.input_map == "none" or (self.target == "top1" and self.form == "cosine"),
+                "input_map matching explains the teacher's top-1 class with the cosine form: "
+                "target='top1', form='cosine'")
         require(self.target in TARGETS, f"target must be 'top1' or 'labels', got {self.target!r}")
         require(self.resolution in RESOLUTIONS,
                 f"resolution must be 'layer' or 'input', got {self.resolution!r}")
@@ -154,6 +165,7 @@ class MatchingLoss(nn.Module):
     Options = NoOptions  # its settings (``attrpreserve compress`` flags)
     random = False  # True: the constructor takes the run's ``generator`` (WCAM's channel drop)
     records_attention = False  # True: also matches a ViT's rollout (``rollout_distance``)
+    records_input = False  # True: also matches an input-level map (``input_distance``)
 
 
 class AttentionTransfer(MatchingLoss):
@@ -180,13 +192,16 @@ class WCAM(MatchingLoss):
 
     def __init__(self, drop: float = WCAMOptions.drop, target: str = WCAMOptions.target,
                  generator=None, resolution: str = WCAMOptions.resolution,
-                 rollout: str = WCAMOptions.rollout, form: str = WCAMOptions.form):
+                 rollout: str = WCAMOptions.rollout, form: str = WCAMOptions.form,
+                 input_map: str = WCAMOptions.input_map):
         super().__init__()
-        WCAMOptions(drop, target, resolution, rollout, form)  # checked
+        WCAMOptions(drop, target, resolution, rollout, form, input_map)  # checked
         self.drop, self.target, self.generator = drop, target, generator
         self.resolution, self.rollout, self.form = resolution, rollout, form
+        self.input_map = input_map
         self.distance = DISTANCES[form]
         self.records_attention = rollout != "none"
+        self.records_input = input_map != "none"
 
     def teacher_maps(self, tap: LayerTap, out: torch.Tensor, classes: torch.Tensor):
         rows = tap.pair_rows(out.device)
@@ -222,6 +237,20 @@ class WCAM(MatchingLoss):
         else:
             s_map = rollout_maps(s_attn, prefix)
         return self.distance(t_map.detach(), s_map)
+
+    def input_distance(self, teacher: nn.Module, images: torch.Tensor, x: torch.Tensor,
+                       s_out: torch.Tensor, classes: torch.Tensor, cells: int) -> torch.Tensor:
+        """The input-map term: the teacher's ``input_map`` for its top-1 class against the
+        student's, whose forward ran on ``x`` (``images`` requiring grad), differentiable
+        through the student's input gradient (``create_graph``). ``normalized_distance`` averages
+        over the map's cells, so the term is scaled by pixels / ``cells`` (the matched layer's)
+        to weigh like one matched layer's (2 - 2 cos)."""
+        rows = torch.arange(len(images), device=images.device)
+        formula = INPUT_MAP_FORMULAS[self.input_map]
+        t_x, t_grads, _ = pair_input_grads(teacher, images, rows, classes)
+        (s_grads,) = torch.autograd.grad(s_out[rows, classes].sum(), x, create_graph=True)
+        t_map, s_map = formula(t_x, t_grads), formula(x, s_grads)
+        return normalized_distance(t_map, s_map) * t_map[0].numel() / cells
 
 
 class LRPMatching(MatchingLoss):
@@ -339,7 +368,8 @@ class AttributionMatcher:
             s_rec = stack.enter_context(_recording(self.student, chain))
             s_attn, prefix = stack.enter_context(
                 _attention_recorded(self.student, self.loss.records_attention))
-            s_out = self.student(images)
+            x = images.detach().requires_grad_(True) if self.loss.records_input else images
+            s_out = self.student(x)
         extra = {"chains": (t_rec.calls, s_rec.calls)} if chain else {}
         if self.loss.resolution == "input":
             extra["size"] = images.shape[-2:]
@@ -348,6 +378,10 @@ class AttributionMatcher:
         if self.loss.records_attention:
             match = match + self.loss.rollout_distance(self.teacher, images, s_attn, prefix,
                                                        s_out[:batch], classes)
+        if self.loss.records_input:
+            cells = tts[0].pair_activation.shape[-2:].numel()
+            match = match + self.loss.input_distance(self.teacher, images, x, s_out[:batch],
+                                                     classes, cells)
         return s_out[:batch], t_out[:batch].detach(), match
 
 

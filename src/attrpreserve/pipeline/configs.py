@@ -5,7 +5,7 @@ batched (``DataConfig``), a teacher's training (``TeacherConfig``), a compressio
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,7 @@ class CompressConfig:
     resolution: str = WCAMOptions.resolution  # WCAM's maps compared at the layer's or input size
     rollout: str = WCAMOptions.rollout  # WCAM on a ViT: also match a rollout ("none": off)
     form: str = WCAMOptions.form  # WCAM compares the maps' values (cosine) or soft ranks (rank)
+    input_map: str = WCAMOptions.input_map  # WCAM: also match an input-level map ("none": off)
     temperature: float = TEMPERATURE
     alpha: float = ALPHA
     layer: str | None = None  # "a,b": several matched layers, their losses averaged
@@ -248,11 +249,11 @@ class CompressConfig:
         if self.matching == "none":
             self.lam = 0.0
         if self.matching != "wcam":
-            self.drop, self.resolution, self.rollout, self.form = 0.0, "layer", "none", "cosine"
+            self.drop, self.resolution, self.form = 0.0, "layer", "cosine"
+            self.rollout = self.input_map = "none"
         # every matcher's settings are checked (a typo is an error whatever the matching)
-        WCAMOptions(self.drop, self.target, self.resolution, self.rollout, self.form)
-        matcher_options(self.matching, drop=self.drop, target=self.target,
-                        resolution=self.resolution, rollout=self.rollout, form=self.form)
+        WCAMOptions(**self.matcher_values())
+        matcher_options(self.matching, **self.matcher_values())
         checks = [(self.lam >= 0, f"lambda must be >= 0, got {self.lam}"),
                   (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
                   (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")]
@@ -263,6 +264,10 @@ class CompressConfig:
     def recipe(self):
         """The registered recipe object of ``method``."""
         return RECIPES[self.method]
+
+    def matcher_values(self) -> dict:
+        """The matchers' settings (``WCAMOptions``' fields) as ``create_matcher`` takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(WCAMOptions)}
 
     def with_matching(self, matching: str, lam: float, drop: float) -> CompressConfig:
         """This run with ``matching`` at ``lam`` / ``drop`` (naive: lambda 0; non-WCAM: no drop)."""

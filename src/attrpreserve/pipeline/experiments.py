@@ -71,6 +71,7 @@ class DemoConfig:
     target: str = "top1"
     rollout: str = "none"  # WCAM on a ViT: also match its rollout (WCAMOptions.rollout)
     form: str = "cosine"  # WCAM compares map values or soft ranks (WCAMOptions.form)
+    input_map: str = "none"  # WCAM: also match an input-level map (WCAMOptions.input_map)
     # the matched layer(s) of AT and WCAM ("a,b": several, their losses averaged); None: the
     # family card's (the VGG's last conv block, a ViT's token grid of its last block but one)
     layer: str | None = None
@@ -144,6 +145,7 @@ class DemoConfig:
                              layer=self.layer if matching != "none" else None, train=train,
                              rollout=self.rollout if matching == "wcam" else "none",
                              form=self.form if matching == "wcam" else "cosine",
+                             input_map=self.input_map if matching == "wcam" else "none",
                              data=self.compress_n_train and {
                                  "n_train": min(self.compress_n_train, self.n_train)})
         cfg = cfg.with_matching(matching, *self.matching_for(recipe, matching))

@@ -119,8 +119,7 @@ def compress(cfg: CompressConfig, out: str | Path, resume: bool = False,
     data = resolve_data(cfg.data, t_meta)
     torch.manual_seed(cfg.train.seed)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    matcher = create_matcher(cfg.matching, drop=cfg.drop, target=cfg.target, generator=gen,
-                             resolution=cfg.resolution, rollout=cfg.rollout, form=cfg.form)
+    matcher = create_matcher(cfg.matching, generator=gen, **cfg.matcher_values())
     classes = t_meta["classes"]
     loaders = Loaders(data.loader("train", shuffle=True, seed=cfg.train.seed, shard=True,
                                   adapt=labels_for(teacher, classes, pseudo=False)),
@@ -407,7 +406,7 @@ def made_with(saved: dict, cfg) -> bool:
 # Settings added after checkpoints were written, with the value those checkpoints were made
 # with: a config holding that value matches a checkpoint that lacks the key.
 ADDED_SETTINGS = {"recalibrate_bn": 0, "resolution": "layer", "model_options": {},
-                  "rollout": "none", "form": "cosine"}
+                  "rollout": "none", "form": "cosine", "input_map": "none"}
 
 
 def _settings(config: dict) -> dict:
