@@ -6,6 +6,8 @@ issue 15's targets checked.
     python bench/demo_seeds.py --family vit --seeds 0 1 2 --out runs/bench-vit  # the ViT demo
     python bench/demo_seeds.py --matchings none wcam --lam 1e5 --drop 0.3 \
         --reuse runs/bench-demo --out runs/tune/s-lam1e5      # tuning: only WCAM retrains
+    python bench/demo_seeds.py --family vit --set input_map=input_x_gradient --lam 1e4 \
+        --reuse runs/bench-vit --out runs/bench-vit-input    # another DemoConfig setting
 
 For each seed it runs ``attrpreserve demo`` and prints its table and wall time; then, per
 explainer, recipe and matched run, what results.json's ``gap_recovered`` says on the all-pairs
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from attrpreserve.fileio import atomic_write_text
 from attrpreserve.pipeline import DEMOS, FULL, demo, format_table
+from attrpreserve.pipeline.experiments import demo_setting
 from attrpreserve.report.words import gap_entry
 
 METRICS = ("pointing_game", "auc", "spearman")
@@ -154,6 +157,9 @@ def main() -> None:
     ap.add_argument("--drop", type=float,
                     help="WCAM's drop rate in every recipe (default: the demo's, tuned per "
                          "recipe)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="another demo setting (a DemoConfig field, VALUE a Python literal or "
+                         "a string; repeatable), e.g. input_map=input_x_gradient")
     ap.add_argument("--reuse", metavar="DIR",
                     help="copy the stages of DIR/seedN first; a copied stage whose settings "
                          "differ from this run's is retrained, the others are reused")
@@ -164,6 +170,10 @@ def main() -> None:
     if args.full and args.family != "vgg":
         ap.error("--full is the VGG's full demo; drop --family")
     preset = FULL if args.full else DEMOS[args.family]
+    try:
+        overrides.update(demo_setting(preset, text) for text in args.settings)
+    except ValueError as exc:
+        ap.error(str(exc))
     cfg = wcam_override(replace(preset, **overrides), args.lam, args.drop)
     summary, all_results = [], []
     for seed in args.seeds:

@@ -23,13 +23,13 @@ setting per (recipe, matching) is printed and saved to ``OUT/chosen.json``;
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from attrpreserve.pipeline import DEMOS, FULL, compress, evaluate, is_finished
+from attrpreserve.pipeline.experiments import demo_setting
 from attrpreserve.pipeline.shipped import shipped_folder
 from attrpreserve.report.words import gap_entry
 
@@ -42,19 +42,6 @@ def settings(lams, drops) -> list[tuple[str, float, float]]:
 
 def run_name(recipe: str, matching: str, lam: float, drop: float) -> str:
     return f"{recipe}+{matching}@{lam:g}" + (f",{drop:g}" if matching == "wcam" else "")
-
-
-def demo_setting(preset, text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` as a ``DemoConfig`` field and its value (a Python literal, else the
-    string); ``ValueError`` naming the fields for an unknown key."""
-    key, sep, value = text.partition("=")
-    names = [f.name for f in fields(preset)]
-    if not sep or key not in names:
-        raise ValueError(f"--set {text!r}: give KEY=VALUE with KEY one of {', '.join(names)}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def one_seed(preset, recipe, teacher, seed, grid, out, n_val, metrics, also=()) -> dict:

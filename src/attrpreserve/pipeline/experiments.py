@@ -4,9 +4,10 @@ WCAM matching, evaluated and reported) and strength sweeps. Stages are called th
 
 from __future__ import annotations
 
+import ast
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .. import logs
@@ -321,3 +322,16 @@ def saved_sweeps(out: str | Path) -> list[dict]:
     for path in sorted(Path(out).glob("sweep/*/sweep.json")):
         rows += json.loads(path.read_text()).get("sweeps") or []
     return rows
+
+
+def demo_setting(preset, text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` as a ``DemoConfig`` field and its value (a Python literal, else the
+    string); ``ValueError`` naming the fields for an unknown key."""
+    key, sep, value = text.partition("=")
+    names = [f.name for f in fields(preset)]
+    if not sep or key not in names:
+        raise ValueError(f"--set {text!r}: give KEY=VALUE with KEY one of {', '.join(names)}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
