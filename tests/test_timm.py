@@ -94,6 +94,7 @@ def _data(folder):
 
 @pytest.mark.parametrize("method,extra", [
     ("structured", []), ("unstructured", []),
+    ("unstructured", ["--input-map", "input_x_gradient"]),  # a BatchNorm CNN, input term on
     ("kd", ["--student", f"timm:{VIT}"]),
 ])
 def test_recipes_on_a_timm_teacher_from_the_cli(folder, resnet_ref, tmp_path, method, extra):
@@ -104,6 +105,7 @@ def test_recipes_on_a_timm_teacher_from_the_cli(folder, resnet_ref, tmp_path, me
                  "--lr", "0.001", "--out", str(out)]) == 0
     model, meta = load_checkpoint(out)
     assert family_of(model).name == "timm" and len(meta["classes"]) == 3
+    assert meta["config"]["input_map"] == (extra[1] if "--input-map" in extra else "none")
     if method == "kd":  # the ViT student, matched on its patch-token map
         assert model.spec["kwargs"]["arch"] == VIT and default_layer(model) == "blocks.4"
     assert main(["evaluate", "--teacher", teacher, "--model", str(out), *_data(folder),
