@@ -6,7 +6,7 @@ issue 15's targets checked.
     python bench/demo_seeds.py --family vit --seeds 0 1 2 --out runs/bench-vit  # the ViT demo
     python bench/demo_seeds.py --matchings none wcam --lam 1e5 --drop 0.3 \
         --reuse runs/bench-demo --out runs/tune/s-lam1e5      # tuning: only WCAM retrains
-    python bench/demo_seeds.py --family vit --set input_map=input_x_gradient --lam 1e4 \
+    python bench/demo_seeds.py --family vit --set input_map=input_x_gradient --lam 1000 \
         --reuse runs/bench-vit --out runs/bench-vit-input    # another DemoConfig setting
 
 For each seed it runs ``attrpreserve demo`` and prints its table and wall time; then, per

@@ -56,6 +56,17 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def pair_batch(images: torch.Tensor, image_index: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(x, start)``: the one batch a pair explainer runs, ``cat([images, images[image_index]])``
+    with pair j at row ``start + j`` (the first B rows are the plain outputs), or ``images``
+    alone with ``start`` 0 when the pairs are the images in order (one class each: matching's
+    case), so no image runs twice."""
+    b = len(images)
+    own = len(image_index) == b and torch.equal(
+        image_index, torch.arange(b, device=image_index.device))
+    return (images, 0) if own else (torch.cat([images, images[image_index]]), b)
+
+
 class frozen:
     """Context manager: parameters of ``model`` do not require grad inside; restored after."""
 

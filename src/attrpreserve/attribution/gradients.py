@@ -13,25 +13,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .gradcam import frozen
+from .gradcam import frozen, pair_batch
 
 
 def pair_input_grads(model: nn.Module, images: torch.Tensor, image_index: torch.Tensor,
-                      classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, d z_c / d x, logits)`` for every pair in one forward and one backward.
 
-    ``x = images[image_index]`` (P x 3 x H x W). The forward runs on ``cat([images, x])`` so the
-    first B rows are the model's normal outputs (reused as logits, no extra forward) and row
-    ``B + j`` belongs to pair j. The model is in eval mode, so rows do not interact and the
-    gradient of ``sum_j z_{c_j}(x_j)`` w.r.t. ``x_j`` is exactly ``d z_{c_j} / d x_j``.
+    ``x = images[image_index]`` (P x 3 x H x W). The forward runs on ``gradcam.pair_batch``'s
+    batch: ``cat([images, x])``, whose first B rows are the model's normal outputs (reused as
+    logits, no extra forward), or ``images`` alone when the pairs are the images in order. The
+    model is in eval mode, so rows do not interact and the gradient of ``sum_j z_{c_j}(x_j)``
+    w.r.t. ``x_j`` is exactly ``d z_{c_j} / d x_j``.
     """
-    b = len(images)
-    x = images[image_index].detach().requires_grad_(True)
+    batch, start = pair_batch(images, image_index)
+    batch = batch.detach().requires_grad_(True)
     with torch.enable_grad(), frozen(model):
-        out = model(torch.cat([images.detach(), x]))
-        rows = torch.arange(b, b + len(x), device=out.device)
-        (grads,) = torch.autograd.grad(out[rows, classes].sum(), x)
-    return x.detach(), grads.detach(), out[:b].detach()
+        out = model(batch)
+        rows = torch.arange(start, len(batch), device=out.device)
+        (grads,) = torch.autograd.grad(out[rows, classes].sum(), batch)
+    return batch[start:].detach(), grads[start:].detach(), out[:len(images)].detach()
 
 
 def gradient_map(x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ for Vision Transformers, batched over (image, class) pairs.
 Written here because no maintained package computes them on timm models with the call shape
 of the other explainers: the attention probabilities come from the modules the family card
 names (``models.family.Family.attention``: timm's ``attn_drop``, which the softmax output
-passes through with the fused kernel off: ``models.family.exact_attention``), one forward pass over ``cat([images, pairs])``
-records them, and one backward gives every pair's gradient (rows do not interact in eval mode).
+passes through with the fused kernel off: ``models.family.exact_attention``), one forward pass
+over ``cat([images, pairs])`` (``gradcam.pair_batch``) records them, and one backward gives every pair's gradient (rows do not interact in eval mode).
 
 - ``rollout``: per block the head-averaged attention plus the identity (the residual), rows
   renormalised, multiplied from the first block to the last; the class token's row over the
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from ..models.family import exact_attention, family_of
-from .gradcam import frozen
+from .gradcam import frozen, pair_batch
 
-__all__ = ["attention_modules", "recorded_attention", "grad_rollout", "grad_rollout_maps", "rollout", "rollout_maps"]
+__all__ = ["attention_modules", "recorded_attention", "grad_rollout", "grad_rollout_maps",
+           "rollout", "rollout_maps"]
 
 
 def attention_modules(model: nn.Module) -> tuple[list[nn.Module], int]:
@@ -58,11 +59,7 @@ def _record(model, images, image_index, classes, with_grads: bool):
     """``(attention maps per block P x H x T x T, their gradients or None, logits B x K)``.
     One pass over ``cat([images, pairs])``, or over ``images`` alone when the pairs are the
     images in order (one class each: matching's case)."""
-    b = len(images)
-    own = len(image_index) == b and torch.equal(
-        image_index, torch.arange(b, device=image_index.device))
-    start = 0 if own else b
-    x = images if own else torch.cat([images, images[image_index]])
+    x, start = pair_batch(images, image_index)
     x = x.detach().requires_grad_(with_grads)
     with recorded_attention(model) as (seen, prefix), torch.set_grad_enabled(with_grads), \
             frozen(model), exact_attention(model):
@@ -71,7 +68,7 @@ def _record(model, images, image_index, classes, with_grads: bool):
         if with_grads:
             rows = torch.arange(start, len(x), device=out.device)
             grads = [g[start:] for g in torch.autograd.grad(out[rows, classes].sum(), seen)]
-    return [a[start:].detach() for a in seen], grads, out[:b].detach(), prefix
+    return [a[start:].detach() for a in seen], grads, out[:len(images)].detach(), prefix
 
 
 def _as_map(relevance: torch.Tensor, prefix: int) -> torch.Tensor:
