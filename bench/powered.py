@@ -483,10 +483,9 @@ def train(args, root: Path, out: Path, chosen: dict) -> None:
                   out / f"seed{seed}" / name, control=name == "control")
 
 
-# (name, explainer, layer): Grad-CAM where the loss matches and at the head (plain CAM), and LRP,
-# which the loss never saw (on the boxed photos only: it costs about five Grad-CAMs)
-# (view, explainer, layer); LRP and IG (explainers the loss never saw) score the boxed photos,
-# IG a spread ``--ig-photos`` of them (32 integration steps: ~4 s a pair on a core)
+# (view, explainer, layer): Grad-CAM where the loss matches and at the head (plain CAM); LRP and
+# IG, explainers the loss never saw, on the boxed photos only (LRP costs about five Grad-CAMs; IG
+# a spread ``--ig-photos`` of them, 32 integration steps: ~4 s a pair on a core)
 VIEWS = (("matched layer", "gradcam", "matched"), ("head", "gradcam", None), ("LRP", "lrp", None),
          ("IG", "ig", None))
 ROLES = ("control", "naive", "wcam")
@@ -768,9 +767,10 @@ def tuning_table(out: Path) -> list[str]:
     if not path.is_file():
         return [f"(no {path} yet: run the tune phase)"]
     chosen = json.loads(path.read_text())
-    lines = [f"**tuning** (seed 0, {chosen['proxy_photos']} train photos x 2 epochs, held-out "
-             f"photos; matched layer {chosen['layer']}; chosen: lr {chosen['lr']:g}, lambda "
-             f"{chosen['lam']}, drop {chosen['drop']})\n",
+    seeds = ", ".join(str(s) for s in chosen.get("tune_seeds", [0]))
+    lines = [f"**tuning** (seeds {seeds} pooled, {chosen['proxy_photos']} train photos x 2 "
+             f"epochs each, held-out photos; matched layer {chosen['layer']}; chosen: lr "
+             f"{chosen['lr']:g}, lambda {chosen['lam']}, drop {chosen['drop']})\n",
              "| run | lr | lambda | drop | top-1 | top-1 vs naive [95% CI] | margin | admissible "
              "| Spearman | cosine |", "|---" * 10 + "|"]
     for r in chosen["table"]:
