@@ -5,7 +5,8 @@ Written here because no maintained package computes them on timm models with the
 of the other explainers: the attention probabilities come from the modules the family card
 names (``models.family.Family.attention``: timm's ``attn_drop``, which the softmax output
 passes through with the fused kernel off: ``models.family.exact_attention``), one forward pass
-over ``cat([images, pairs])`` (``gradcam.pair_batch``) records them, and one backward gives every pair's gradient (rows do not interact in eval mode).
+over ``cat([images, pairs])`` (``gradcam.pair_batch``) records them, and one backward gives
+every pair's gradient (rows do not interact in eval mode).
 
 - ``rollout``: per block the head-averaged attention plus the identity (the residual), rows
   renormalised, multiplied from the first block to the last; the class token's row over the
