@@ -535,7 +535,17 @@ def view_scores(data: dict, explainer: str, n_boot: int) -> dict:
     for ref, level in (("teacher", t), ("control", c)):
         out[f"gap_vs_{ref}"] = dict(zip(keys, gaps_recovered(level, n, m, image, n_boot=n_boot,
                                                              seed=0)))
+    out["top1_wcam_vs_naive"] = top1_vs_naive(data, n_boot)
     return out
+
+
+def top1_vs_naive(data: dict, n_boot: int) -> dict:
+    """WCAM's top-1 minus naive's on the same photos, with its paired 95% bootstrap interval:
+    how far a point of difference on val/ is from noise."""
+    labels = data["labels"].argmax(1)
+    naive, wcam = ({"correct": (data["logits"][r].argmax(1) == labels).double().tolist()}
+                   for r in ("naive", "wcam"))
+    return paired_top1(naive, wcam, n_boot)
 
 
 def map_fit(root, cfg, models: dict, layer: str, classes, n: int = 400) -> dict:
@@ -816,6 +826,11 @@ def report(out: Path, tag: str = "") -> str:
                 + f" ({v['center']['auc']:.3f}) | "
                 + " / ".join(f"{ms[k]['energy']:.3f}" for k in order)
                 + f" ({v['center']['energy']:.3f}) |")
+        deltas = [(r["seed"], r["views"].get(view, {}).get("top1_wcam_vs_naive")) for r in seeds]
+        if all(d for _, d in deltas):
+            lines.append("\n(top-1 WCAM - naive, points [paired 95% CI]: " + "; ".join(
+                f"seed {s} {100 * d['delta']:+.1f} [{100 * d['ci_low']:+.1f}, "
+                f"{100 * d['ci_high']:+.1f}]" for s, d in deltas) + ")")
     for key, where in (("map_fit", "the stride-16 stage"), ("map_fit_head", "the head")):
         if not all(key in r for r in seeds):
             continue

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 spec = importlib.util.spec_from_file_location(
     "powered", Path(__file__).resolve().parents[1] / "bench" / "powered.py")
@@ -151,3 +152,15 @@ def test_views_are_chosen_by_name():
     assert set(powered.parse([]).views.split(",")) == {v[0] for v in powered.VIEWS}
     with pytest.raises(SystemExit):
         powered.parse(["--views", "gradcam"])
+
+
+def test_val_top1_against_naive_is_paired_and_hand_computable():
+    """WCAM right on 3 of the 4 photos naive gets right, and on none naive misses: -1 in 8."""
+    labels = torch.eye(2)[[0, 0, 0, 0, 1, 1, 1, 1]]
+    right, wrong = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
+    naive = torch.stack([right] * 4 + [right] * 4)  # right on the first four only
+    wcam = torch.stack([right] * 3 + [wrong] + [right] * 4)
+    data = {"labels": labels, "logits": {"naive": naive, "wcam": wcam}}
+    d = powered.top1_vs_naive(data, n_boot=500)
+    assert d["delta"] == pytest.approx(-1 / 8)
+    assert d["ci_low"] <= -1 / 8 <= d["ci_high"] <= 0
