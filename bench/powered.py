@@ -200,17 +200,21 @@ def loader(root: Path, cfg: photos.PhotosConfig, split: str, classes, n=None, bo
     return data.loader(split, adapt=adapt)
 
 
+def correct(data: dict, name: str) -> list[float]:
+    """1 where model ``name``'s top-1 is the photo's label, per pair of ``collect_pairs``."""
+    return (data["logits"][name].argmax(1) == data["labels"].argmax(1)).double().tolist()
+
+
 def score(models: dict, batches, layer: str | None, explainer: str = "gradcam") -> dict:
     """Per-image correctness and per-pair agreement with ``models["teacher"]`` (as lists)."""
     layers = {name: layer for name in models} if layer else None
     data = collect_pairs({n: e.model for n, e in models.items()}, batches, "teacher",
                          (explainer,), layers, progress=False)
-    labels = data["labels"].argmax(1)
     out = {"image": data["image"].tolist(), "classes": data["classes"].tolist(),
            "center_hit": data["center_hit"].tolist(), "models": {}}
-    for name, logits in data["logits"].items():
+    for name in data["logits"]:
         pairs = data["pairs"][name][explainer]
-        entry = {"correct": (logits.argmax(1) == labels).double().tolist(),
+        entry = {"correct": correct(data, name),
                  "loc": {k: pairs[k].tolist() for k in ("hit_std", "auc", "energy")}}
         if name != "teacher":
             entry.update({k: pairs[k].tolist() for k in ("spearman", "cosine")})
@@ -515,13 +519,13 @@ def columns(data: dict, name: str, explainer: str) -> dict:
 def view_scores(data: dict, explainer: str, n_boot: int) -> dict:
     """Top-1, agreement and box localisation of each model, and WCAM's gap recovered against
     the teacher and against the control, from one ``collect_pairs`` pass."""
-    image, labels = data["image"], data["labels"].argmax(1)
+    image = data["image"]
     cols = {n: columns(data, n, explainer) for n in data["pairs"]}
     out = {"pairs": len(image), "boxed_pairs": int((~torch.isnan(cols["teacher"]["auc"])).sum()),
            "models": {}}
     out["center"] = {k: mean(data["center"][k].tolist()) for k in LOC}  # the centre baseline
     for name, c in cols.items():
-        row = {"top1": float((data["logits"][name].argmax(1) == labels).double().mean())}
+        row = {"top1": mean(correct(data, name))}
         for k in ("spearman", "cosine") if name != "teacher" else ():
             row[k] = mean_ci(c[k], image, n_boot=n_boot, seed=0)
         for k in LOC:
@@ -542,9 +546,7 @@ def view_scores(data: dict, explainer: str, n_boot: int) -> dict:
 def top1_vs_naive(data: dict, n_boot: int) -> dict:
     """WCAM's top-1 minus naive's on the same photos, with its paired 95% bootstrap interval:
     how far a point of difference on val/ is from noise."""
-    labels = data["labels"].argmax(1)
-    naive, wcam = ({"correct": (data["logits"][r].argmax(1) == labels).double().tolist()}
-                   for r in ("naive", "wcam"))
+    naive, wcam = ({"correct": correct(data, r)} for r in ("naive", "wcam"))
     return paired_top1(naive, wcam, n_boot)
 
 
@@ -695,8 +697,7 @@ def variant_scores(args, root, cfg, naive: Path, run: Path) -> dict:
                 batches = ds.subset(spread(len(ds), args.lrp_photos)).loader(cfg.batch_size)
             data = collect_pairs(nets, batches, "teacher", (explainer,),
                                  {k: layer for k in nets} if layer else None, progress=False)
-            labels = data["labels"].argmax(1)
-            out[view] = {k: {"correct": (data["logits"][k].argmax(1) == labels).double().tolist(),
+            out[view] = {k: {"correct": correct(data, k),
                              "spearman": data["pairs"][k][explainer]["spearman"].tolist()}
                          for k in ("naive", "run")}
         return out

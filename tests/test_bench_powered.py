@@ -158,7 +158,7 @@ def test_val_top1_against_naive_is_paired_and_hand_computable():
     """WCAM right on 3 of the 4 photos naive gets right, and on none naive misses: -1 in 8."""
     labels = torch.eye(2)[[0, 0, 0, 0, 1, 1, 1, 1]]
     right, wrong = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
-    naive = torch.stack([right] * 4 + [right] * 4)  # right on the first four only
+    naive = torch.stack([right] * 8)  # class 0 everywhere: right on the first four only
     wcam = torch.stack([right] * 3 + [wrong] + [right] * 4)
     data = {"labels": labels, "logits": {"naive": naive, "wcam": wcam}}
     d = powered.top1_vs_naive(data, n_boot=500)
